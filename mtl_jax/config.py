@@ -1,0 +1,78 @@
+"""Validation of an experiment config before anything is built or compiled.
+
+Every problem names the config field it is in, so a typo on the command line fails in a
+second instead of after compilation.
+"""
+
+import ml_collections
+
+from mtl_jax import tasks as task_lib
+from mtl_jax.data.mixture import STRATEGIES
+
+MODES = ('multi', 'single', 'both')
+SCHEDULES = ('linear', 'cosine', 'constant')
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _require(condition: bool, field: str, message: str):
+  if not condition:
+    raise ConfigError(f'config.{field}: {message}')
+
+
+def _positive(config, fields: str, allow_zero: bool = False):
+  for field in fields.split():
+    value = config
+    for part in field.split('.'):
+      value = value[part]
+    ok = value >= 0 if allow_zero else value > 0
+    _require(ok, field, f'must be {">= 0" if allow_zero else "> 0"}, got {value!r}.')
+
+
+def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
+  """Checks the config; returns the run's task specs (depth overrides applied)."""
+  _require(config.mode in MODES, 'mode', f'{config.mode!r} is not one of {MODES}.')
+  _require(len(config.tasks) > 0, 'tasks', 'name at least one task.')
+  _require(len(set(config.tasks)) == len(config.tasks), 'tasks',
+           f'lists a task twice: {list(config.tasks)}.')
+  known = task_lib.names()
+  unknown = [t for t in config.tasks if t not in known]
+  _require(not unknown, 'tasks', f'unknown task(s) {unknown}; known tasks: {list(known)}.')
+  n = len(config.tasks)
+  for field in ('task_weights', 'task_depths'):
+    _require(len(config[field]) in (0, n), field,
+             f'has {len(config[field])} entries for {n} tasks {list(config.tasks)} '
+             f'(give one per task, or none for the default).')
+  _require(all(w >= 0 for w in config.task_weights), 'task_weights',
+           f'weights must be >= 0, got {list(config.task_weights)}.')
+  _positive(config, 'batch_size num_steps log_every eval_batch_size data.train_size '
+            'data.eval_size data.seq_len data.vocab_size model.hidden_size model.num_layers '
+            'model.num_heads model.intermediate_size optimizer.learning_rate')
+  _positive(config, 'optimizer.warmup_steps optimizer.weight_decay optimizer.clip_norm '
+            'model.dropout_rate model.attention_dropout_rate model.head_dropout_rate',
+            allow_zero=True)
+  _positive(config, 'model.vocab_size', allow_zero=True)
+  _require(-1.0 <= config.data.relatedness <= 1.0, 'data.relatedness',
+           f'must lie in [-1, 1], got {config.data.relatedness}.')
+  _require(config.sampling.strategy in STRATEGIES, 'sampling.strategy',
+           f'{config.sampling.strategy!r} is not one of {STRATEGIES}.')
+  _positive(config, 'sampling.temperature')
+  _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
+           f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
+  _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',
+           f'hidden_size {config.model.hidden_size} is not divisible by {config.model.num_heads}.')
+  _require(config.data.seq_len <= config.model.max_len, 'data.seq_len',
+           f'{config.data.seq_len} exceeds model.max_len {config.model.max_len}.')
+
+  specs = []
+  for i, name in enumerate(config.tasks):
+    task = task_lib.get(name)
+    if config.task_depths:
+      depth = config.task_depths[i]
+      _require(depth == -1 or 1 <= depth <= config.model.num_layers, 'task_depths',
+               f'task {name!r} depth {depth} is not -1 or in 1..{config.model.num_layers}.')
+      task = task_lib.Task(**{**task.__dict__, 'depth': depth})
+    specs.append(task)
+  return tuple(specs)

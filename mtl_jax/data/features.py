@@ -1,0 +1,94 @@
+"""Examples -> fixed-shape numpy feature tables that batches are sliced from.
+
+A table is a dict of arrays with one leading row axis:
+  input_ids, segment_ids, attention_mask: (n, S) int32
+  labels[task]: (n,) int32 class, (n,) float32 value, or (n, S) int32 tag per token
+  label_masks[task]: float32, same shape as labels[task]; 1 where the label is present.
+Every table carries labels and masks for every task of the run, so rows of several tasks
+stack into one batch and each task's loss reads only its own mask.
+"""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from mtl_jax.tasks import Task, TaskKind
+
+
+class Example(NamedTuple):
+  """One input (one text, or a pair) and the labels it carries; None marks a missing label.
+
+  A text is a string, or a list of words when word-level labels must align with it.
+  """
+  inputs: tuple[str | list[str], ...]
+  labels: dict[str, Any]
+
+
+def _label_arrays(task: Task, n: int, seq_len: int):
+  if task.kind is TaskKind.TAGGING:
+    return np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.float32)
+  dtype = np.float32 if task.kind is TaskKind.REGRESSION else np.int32
+  return np.zeros((n,), dtype), np.zeros((n,), np.float32)
+
+
+def _check_label(task: Task, value, where: str):
+  if task.kind is TaskKind.TAGGING:
+    bad = [v for v in value if not 0 <= v < task.num_labels]
+  elif task.kind is TaskKind.CLASSIFICATION:
+    bad = [] if 0 <= value < task.num_labels else [value]
+  else:
+    bad = [] if np.isfinite(value) else [value]
+  if bad:
+    raise ValueError(f'{where}: task {task.name!r} has invalid label(s) {bad[:5]} '
+                     f'(expected {task.num_labels} classes).')
+
+
+def encode_examples(examples: Sequence[Example], tasks: Sequence[Task], tokenizer,
+                    seq_len: int, where: str = 'examples') -> dict:
+  """Tokenises examples and aligns every task's labels with the tokens.
+
+  Word-level tags go on the first word piece of each word in the first text; the other
+  pieces, the special tokens, padding and truncated words are masked out.
+  """
+  n = len(examples)
+  pretokenized = bool(examples) and isinstance(examples[0].inputs[0], list)
+  batch_inputs = [ex.inputs[0] if len(ex.inputs) == 1 else tuple(ex.inputs) for ex in examples]
+  encodings = tokenizer.encode_batch(batch_inputs, is_pretokenized=pretokenized)
+  table = {
+      'input_ids': np.asarray([e.ids for e in encodings], np.int32).reshape(n, seq_len),
+      'segment_ids': np.asarray([e.type_ids for e in encodings], np.int32).reshape(n, seq_len),
+      'attention_mask': np.asarray([e.attention_mask for e in encodings],
+                                   np.int32).reshape(n, seq_len),
+      'labels': {}, 'label_masks': {},
+  }
+  for task in tasks:
+    labels, masks = _label_arrays(task, n, seq_len)
+    for row, (ex, enc) in enumerate(zip(examples, encodings)):
+      value = ex.labels.get(task.name)
+      if value is None or len(ex.inputs) != len(task.input_fields):
+        continue
+      _check_label(task, value, f'{where}, row {row}')
+      if task.kind is TaskKind.TAGGING:
+        words = ex.inputs[0]
+        if not isinstance(words, list) or len(words) != len(value):
+          raise ValueError(f'{where}, row {row}: task {task.name!r} needs one tag per word '
+                           f'of a pre-split text.')
+        seen = set()
+        for pos, (word, seq) in enumerate(zip(enc.word_ids, enc.sequence_ids)):
+          if seq == 0 and word is not None and word not in seen:
+            seen.add(word)
+            labels[row, pos], masks[row, pos] = value[word], 1.0
+      else:
+        labels[row], masks[row] = value, 1.0
+    table['labels'][task.name], table['label_masks'][task.name] = labels, masks
+  return table
+
+
+def concat_tables(tables: Sequence[dict]) -> dict:
+  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *tables)
+
+
+def num_rows(table: dict) -> int:
+  return int(table['input_ids'].shape[0])

@@ -1,0 +1,37 @@
+"""Runs the compiled predictor over each task's evaluation table and scores it."""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mtl_jax.data.pipeline import eval_batches
+from mtl_jax.evaluation.metrics import compute_metrics
+from mtl_jax.tasks import Task, TaskKind
+
+
+def predictions(predict_step: Callable, params, task: Task, table: dict, batch_size: int
+                ) -> dict:
+  """{'pred', 'label', 'mask'} over the whole table for one task."""
+  preds = []
+  for batch, valid in eval_batches(table, batch_size):
+    preds.append(np.asarray(predict_step(params, batch)[task.name])[:valid])
+  return {'pred': np.concatenate(preds), 'label': table['labels'][task.name],
+          'mask': table['label_masks'][task.name] > 0}
+
+
+def score(task: Task, outputs: dict) -> dict[str, float]:
+  """The task's metrics over its labelled units."""
+  pred, label, mask = outputs['pred'], outputs['label'], outputs['mask']
+  if task.kind is TaskKind.TAGGING:
+    rows = mask.any(axis=1)
+    inputs = {'pred': pred[rows], 'label': label[rows], 'mask': mask[rows]}
+  else:
+    inputs = {'pred': pred[mask], 'label': label[mask]}
+  inputs.update(num_classes=task.num_labels, tag_names=task.label_names)
+  return compute_metrics(task.metrics, inputs)
+
+
+def evaluate(predict_step: Callable, params, tasks: Sequence[Task], tables: dict[str, dict],
+             batch_size: int) -> dict[str, dict[str, float]]:
+  return {t.name: score(t, predictions(predict_step, params, t, tables[t.name], batch_size))
+          for t in tasks}

@@ -1,0 +1,127 @@
+"""A BERT-architecture Transformer encoder in Flax linen.
+
+The parameter tree maps one-to-one onto a BERT checkpoint (Hugging Face names on the right;
+a torch Linear weight is the transpose of a Dense kernel):
+
+  embeddings/word_embeddings/embedding        embeddings.word_embeddings.weight
+  embeddings/position_embeddings/embedding    embeddings.position_embeddings.weight
+  embeddings/token_type_embeddings/embedding  embeddings.token_type_embeddings.weight
+  embeddings/LayerNorm/{scale,bias}           embeddings.LayerNorm.{weight,bias}
+  layer_{i}/attention/{query,key,value}/*     encoder.layer.{i}.attention.self.{query,key,value}.*
+  layer_{i}/attention/output/*                encoder.layer.{i}.attention.output.dense.*
+  layer_{i}/attention_LayerNorm/*             encoder.layer.{i}.attention.output.LayerNorm.*
+  layer_{i}/intermediate/*                    encoder.layer.{i}.intermediate.dense.*
+  layer_{i}/output/*                          encoder.layer.{i}.output.dense.*
+  layer_{i}/output_LayerNorm/*                encoder.layer.{i}.output.LayerNorm.*
+  pooler/*                                    pooler.dense.*
+"""
+
+import dataclasses
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  vocab_size: int
+  hidden_size: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  intermediate_size: int = 1024
+  max_len: int = 128
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  pooler: bool = True
+  initializer_range: float = 0.02
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads '
+                       f'{self.num_heads}.')
+
+
+def _dense(features, cfg, name):
+  return nn.Dense(features, kernel_init=nn.initializers.normal(cfg.initializer_range), name=name)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with BERT's separate query/key/value projections."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic):
+    cfg = self.cfg
+    batch, length, width = x.shape
+    heads, head_dim = cfg.num_heads, width // cfg.num_heads
+    q, k, v = (_dense(width, cfg, name)(x).reshape(batch, length, heads, head_dim)
+               for name in ('query', 'key', 'value'))
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q * (head_dim ** -0.5), k)
+    weights = jax.nn.softmax(logits + bias, axis=-1)
+    weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, length, width)
+    return _dense(width, cfg, 'output')(out)
+
+
+class Layer(nn.Module):
+  """A post-LayerNorm Transformer block, as in BERT."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic):
+    cfg = self.cfg
+    dropout = nn.Dropout(cfg.dropout_rate)
+    h = SelfAttention(cfg, name='attention')(x, bias, deterministic)
+    x = nn.LayerNorm(cfg.layer_norm_eps, name='attention_LayerNorm')(
+        x + dropout(h, deterministic=deterministic))
+    h = nn.gelu(_dense(cfg.intermediate_size, cfg, 'intermediate')(x), approximate=False)
+    h = _dense(cfg.hidden_size, cfg, 'output')(h)
+    return nn.LayerNorm(cfg.layer_norm_eps, name='output_LayerNorm')(
+        x + dropout(h, deterministic=deterministic))
+
+
+class Embeddings(nn.Module):
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids, segment_ids, deterministic):
+    cfg = self.cfg
+    init = nn.initializers.normal(cfg.initializer_range)
+    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, name=name)
+    positions = jnp.arange(input_ids.shape[-1])
+    x = (embed(cfg.vocab_size, 'word_embeddings')(input_ids)
+         + embed(cfg.max_len, 'position_embeddings')(positions)
+         + embed(cfg.type_vocab_size, 'token_type_embeddings')(segment_ids))
+    x = nn.LayerNorm(cfg.layer_norm_eps, name='LayerNorm')(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class EncoderOutput(flax.struct.PyTreeNode):
+  hidden_states: tuple[jax.Array, ...]  # embeddings, then each layer: L + 1 arrays (B, S, D)
+  pooled: jax.Array | None  # tanh(dense(last layer's [CLS])) when the pooler is on
+
+
+class Encoder(nn.Module):
+  """Token ids -> every layer's hidden states (hierarchical heads read lower layers)."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic=True):
+    cfg = self.cfg
+    if input_ids.shape[-1] > cfg.max_len:
+      raise ValueError(f'Sequence length {input_ids.shape[-1]} exceeds max_len {cfg.max_len}.')
+    x = Embeddings(cfg, name='embeddings')(input_ids, segment_ids, deterministic)
+    # Additive mask over keys: padding positions get a large negative logit.
+    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, -1e9).astype(x.dtype)
+    hidden_states = [x]
+    for i in range(cfg.num_layers):
+      x = Layer(cfg, name=f'layer_{i}')(x, bias, deterministic)
+      hidden_states.append(x)
+    pooled = None
+    if cfg.pooler:
+      pooled = jnp.tanh(_dense(cfg.hidden_size, cfg, 'pooler')(x[:, 0]))
+    return EncoderOutput(tuple(hidden_states), pooled)

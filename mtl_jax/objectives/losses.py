@@ -1,0 +1,42 @@
+"""Per-task losses under label masks, stacked into one loss vector of shape (N,)."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtl_jax.tasks import Task
+
+
+def _per_unit_loss(task: Task, output: jax.Array, label: jax.Array) -> jax.Array:
+  """Loss of every labelled unit (example, or token for tagging), before masking."""
+  if task.loss == 'cross_entropy':
+    # Masked-out labels may hold any value; clip so the gather stays in range.
+    label = jnp.clip(label, 0, task.num_labels - 1)
+    return optax.softmax_cross_entropy_with_integer_labels(output.astype(jnp.float32), label)
+  if task.loss == 'mse':
+    return jnp.square(output.astype(jnp.float32) - label)
+  raise ValueError(f'Task {task.name!r}: unknown loss {task.loss!r}.')
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mean over mask, count). The mean is 0, not NaN, when the mask is empty."""
+  mask = mask.astype(jnp.float32)
+  count = mask.sum()
+  # where() keeps a NaN or inf in a masked-out unit out of the sum and its gradient.
+  total = jnp.where(mask > 0, values, 0.0).sum()
+  return total / jnp.maximum(count, 1.0), count
+
+
+def loss_vector(tasks: Sequence[Task], outputs: dict, labels: dict, masks: dict
+                ) -> tuple[jax.Array, jax.Array]:
+  """Each task's mean loss over the units that carry its label.
+
+  Returns:
+    losses: (N,) float32, in the order of `tasks`; 0 for a task with no label in the batch.
+    counts: (N,) float32, how many labelled units each task had.
+  """
+  pairs = [masked_mean(_per_unit_loss(t, outputs[t.name], labels[t.name]), masks[t.name])
+           for t in tasks]
+  return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])

@@ -1,0 +1,5 @@
+"""Task specs and their registry. Importing this package registers the built-in tasks."""
+
+from mtl_jax.tasks import builtin as _builtin  # noqa: F401  (registers the built-in suite)
+from mtl_jax.tasks.registry import get, names, register
+from mtl_jax.tasks.spec import Task, TaskKind

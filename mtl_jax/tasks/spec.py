@@ -1,0 +1,71 @@
+"""The frozen description of one task: what it reads, what it predicts, how it is scored."""
+
+import dataclasses
+import enum
+
+
+class TaskKind(enum.Enum):
+  CLASSIFICATION = 'classification'  # one label per input (single sentence or pair)
+  REGRESSION = 'regression'  # one real value per input (STS-B)
+  TAGGING = 'tagging'  # one label per word (POS, chunks, NER, slots)
+
+
+LOSS_BY_KIND = {
+    TaskKind.CLASSIFICATION: 'cross_entropy',
+    TaskKind.REGRESSION: 'mse',
+    TaskKind.TAGGING: 'cross_entropy',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One task. Adding a task to the codebase means registering one of these.
+
+  Attributes:
+    name: unique name, used as the key of its labels, head and metrics.
+    kind: what the head predicts.
+    num_labels: classes (or tags); 1 for regression.
+    input_fields: the example fields fed to the encoder, one or two (a pair).
+    label_field: the example field that holds this task's label.
+    metrics: metric names (see mtl_jax.evaluation.metrics), the first is primary.
+    source: the data source that yields this task's examples ('builtin', 'glue/sst2', ...).
+    depth: encoder layer (1..L) whose hidden states feed the head; -1 is the last layer.
+    label_names: names of the classes, for reports.
+  """
+  name: str
+  kind: TaskKind
+  num_labels: int
+  input_fields: tuple[str, ...]
+  label_field: str
+  metrics: tuple[str, ...]
+  source: str
+  depth: int = -1
+  label_names: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if not self.name.isidentifier():
+      raise ValueError(f'Task name {self.name!r} must be a Python identifier.')
+    if len(self.input_fields) not in (1, 2):
+      raise ValueError(f'Task {self.name!r}: input_fields must hold 1 or 2 fields, '
+                       f'got {self.input_fields}.')
+    if self.kind is TaskKind.REGRESSION and self.num_labels != 1:
+      raise ValueError(f'Task {self.name!r}: a regression task has num_labels=1.')
+    if self.kind is not TaskKind.REGRESSION and self.num_labels < 2:
+      raise ValueError(f'Task {self.name!r}: needs num_labels >= 2, got {self.num_labels}.')
+    if not self.metrics:
+      raise ValueError(f'Task {self.name!r}: give at least one metric.')
+    if self.depth == 0 or self.depth < -1:
+      raise ValueError(f'Task {self.name!r}: depth is a layer 1..L or -1 (last), '
+                       f'got {self.depth}.')
+
+  @property
+  def loss(self) -> str:
+    return LOSS_BY_KIND[self.kind]
+
+  @property
+  def primary_metric(self) -> str:
+    return self.metrics[0]
+
+  @property
+  def is_pair(self) -> bool:
+    return len(self.input_fields) == 2

@@ -1,0 +1,149 @@
+"""train_and_evaluate(config, workdir): the main job, flat and readable.
+
+mode 'multi' trains all tasks jointly; 'single' trains each task alone; 'both' does the
+single-task baselines first, then MTL, and reports Δm% of MTL against them.
+"""
+
+import json
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from mtl_jax import config as config_lib
+from mtl_jax.data.pipeline import TaskData, load_task_data, train_batches
+from mtl_jax.evaluation import summary
+from mtl_jax.evaluation.evaluate import evaluate
+from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
+from mtl_jax.models.encoder import EncoderConfig
+from mtl_jax.models.multitask import HardSharing
+from mtl_jax.tasks import Task
+from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from mtl_jax.train.state import TrainState
+from mtl_jax.train.step import INPUT_KEYS, make_predict_step, make_train_step
+
+RUN_FILES = ('metrics.jsonl', 'eval.json')
+
+
+def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> EncoderConfig:
+  return EncoderConfig(
+      vocab_size=vocab_size, hidden_size=model_cfg.hidden_size,
+      num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
+      intermediate_size=model_cfg.intermediate_size, max_len=model_cfg.max_len,
+      dropout_rate=model_cfg.dropout_rate,
+      attention_dropout_rate=model_cfg.attention_dropout_rate,
+      layer_norm_eps=model_cfg.layer_norm_eps, pooler=model_cfg.pooler)
+
+
+def build_model(config: ml_collections.ConfigDict, tasks: Sequence[Task],
+                tokenizer_vocab_size: int) -> HardSharing:
+  vocab_size = config.model.vocab_size or tokenizer_vocab_size
+  if vocab_size < tokenizer_vocab_size:
+    raise config_lib.ConfigError(
+        f'config.model.vocab_size: {vocab_size} is smaller than the tokenizer\'s vocabulary '
+        f'({tokenizer_vocab_size}).')
+  return HardSharing(encoder_config(config.model, vocab_size), tuple(tasks),
+                     config.model.head_dropout_rate)
+
+
+def create_state(model, optimizer, seed: int, seq_len: int) -> TrainState:
+  init_key, dropout_key = jax.random.split(jax.random.key(seed))
+  dummy = jnp.zeros((1, seq_len), jnp.int32)
+  params = model.init(init_key, dummy, dummy, dummy)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), rng=dropout_key)
+
+
+def _check_workdir(workdir: str):
+  taken = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
+  if taken:
+    raise FileExistsError(f'{workdir} already holds a run ({", ".join(taken)}); '
+                          f'choose a new --workdir so nothing is overwritten.')
+  os.makedirs(workdir, exist_ok=True)
+
+
+def _write_json(path: str, obj):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float) -> dict:
+  m = jax.device_get(metrics)
+  record = {'step': step, 'loss': float(m['loss']), 'grad_norm': float(m['grad_norm']),
+            'learning_rate': float(m['learning_rate']), 'seconds': round(seconds, 3)}
+  for key in ('task_losses', 'task_counts', 'task_weights'):
+    record[key] = {t.name: float(v) for t, v in zip(tasks, np.asarray(m[key]))}
+  return record
+
+
+def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
+        workdir: str, task_weights: Sequence[float], desc: str) -> dict[str, dict[str, float]]:
+  """Trains one model on `tasks`, logs to workdir/metrics.jsonl, returns eval metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  model = build_model(config, tasks, data.vocab_size)
+  schedule = learning_rate_schedule(config.optimizer, config.num_steps)
+  optimizer = make_optimizer(config.optimizer, schedule)
+  state = create_state(model, optimizer, config.seed, config.data.seq_len)
+  train_step = jax.jit(make_train_step(model, optimizer, tasks, jnp.asarray(task_weights,
+                                                                            jnp.float32),
+                                       schedule), donate_argnums=0)
+  predict_step = jax.jit(make_predict_step(model, tasks))
+
+  batches = train_batches(data, config.sampling, config.seed, config.batch_size, 0,
+                          config.num_steps)
+  start = time.perf_counter()
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as log, \
+      tqdm.tqdm(total=config.num_steps, desc=desc, unit='step', mininterval=1.0) as bar:
+    for step in range(config.num_steps):
+      batch = next(batches)
+      state, metrics = train_step(state, {k: batch[k] for k in (*INPUT_KEYS, 'labels',
+                                                                   'label_masks')})
+      if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
+        record = _log_record(step + 1, metrics, tasks, time.perf_counter() - start)
+        log.write(json.dumps(record) + '\n')
+        log.flush()
+        bar.set_postfix(loss=f'{record["loss"]:.4f}')
+        bar.update(step + 1 - bar.n)
+
+  return evaluate(predict_step, state.params, tasks, data.eval, config.eval_batch_size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The main job. Returns what it writes to workdir/eval.json."""
+  tasks = config_lib.validate(config)
+  _check_workdir(workdir)
+  _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+  weights = list(config.task_weights) or [1.0] * len(tasks)
+
+  single, multi = None, None
+  if config.mode in ('single', 'both'):
+    single = {}
+    for task in tasks:
+      task_dir = os.path.join(workdir, 'single', task.name)
+      _check_workdir(task_dir)
+      data = load_task_data(config.data, (task,))
+      single[task.name] = fit(config, (task,), data, task_dir, [1.0],
+                              desc=f'STL {task.name}')[task.name]
+      _write_json(os.path.join(task_dir, 'eval.json'), {'tasks': {task.name: single[task.name]}})
+  if config.mode in ('multi', 'both'):
+    data = load_task_data(config.data, tasks)
+    multi = fit(config, tasks, data, workdir, weights, desc='MTL')
+
+  primary = {t.name: t.primary_metric for t in tasks}
+  higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}
+  report = {'mode': config.mode, 'multi': multi, 'single': single, 'primary_metric': primary}
+  if multi is not None and single is not None:
+    mtl_primary = {t: multi[t][m] for t, m in primary.items()}
+    stl_primary = {t: single[t][m] for t, m in primary.items()}
+    report['delta_m'] = summary.delta_m(mtl_primary, stl_primary, higher)
+    report['per_task_delta'] = summary.per_task_delta(mtl_primary, stl_primary, higher)
+  _write_json(os.path.join(workdir, 'eval.json'), report)
+  print(summary.format_table(multi or single, single if multi else None, primary))
+  return report

@@ -1,0 +1,51 @@
+"""Mixture sampling: the probability formulas, sampled frequencies, determinism."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mtl_jax.data.mixture import mixture_probabilities, sample_rows
+
+SIZES = [1000, 200, 50, 10]
+
+
+def test_probability_formulas():
+  n = np.array(SIZES, float)
+  np.testing.assert_allclose(mixture_probabilities(SIZES, 'proportional'), n / n.sum())
+  np.testing.assert_allclose(mixture_probabilities(SIZES, 'uniform'), [0.25] * 4)
+  tau = 3.0
+  np.testing.assert_allclose(mixture_probabilities(SIZES, 'temperature', tau),
+                             n ** (1 / tau) / (n ** (1 / tau)).sum())
+  np.testing.assert_allclose(mixture_probabilities(SIZES, 'temperature', 1.0), n / n.sum())
+  # Large tau approaches uniform.
+  np.testing.assert_allclose(mixture_probabilities(SIZES, 'temperature', 1e6), [0.25] * 4,
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize('strategy,tau', [('proportional', 1.0), ('temperature', 2.0),
+                                          ('uniform', 1.0)])
+def test_sampled_task_frequencies_match_formula(strategy, tau):
+  p = mixture_probabilities(SIZES, strategy, tau)
+  offsets = np.cumsum([0] + SIZES)
+  rows = np.concatenate([sample_rows(7, step, 64, SIZES, p) for step in range(300)])
+  counts = np.histogram(rows, bins=offsets)[0]
+  assert stats.chisquare(counts, p * counts.sum()).pvalue > 1e-3
+  # Within a task, examples are uniform.
+  first = rows[rows < SIZES[0]]
+  assert stats.chisquare(np.bincount(first // 100, minlength=10)).pvalue > 1e-3
+
+
+def test_sampling_is_deterministic_in_seed_and_step():
+  p = mixture_probabilities(SIZES, 'proportional')
+  np.testing.assert_array_equal(sample_rows(3, 11, 32, SIZES, p), sample_rows(3, 11, 32, SIZES, p))
+  assert not np.array_equal(sample_rows(3, 11, 32, SIZES, p), sample_rows(3, 12, 32, SIZES, p))
+  assert not np.array_equal(sample_rows(3, 11, 32, SIZES, p), sample_rows(4, 11, 32, SIZES, p))
+
+
+def test_bad_inputs():
+  with pytest.raises(ValueError, match='strategy'):
+    mixture_probabilities(SIZES, 'nope')
+  with pytest.raises(ValueError, match='at least one'):
+    mixture_probabilities([5, 0], 'proportional')
+  with pytest.raises(ValueError, match='temperature'):
+    mixture_probabilities(SIZES, 'temperature', 0.0)

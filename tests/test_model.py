@@ -1,0 +1,96 @@
+"""Encoder and heads: shapes, padding invariance, dropout determinism, depth selection."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtl_jax.models.encoder import Encoder, EncoderConfig
+from mtl_jax.models.multitask import HardSharing
+from mtl_jax.tasks import Task, TaskKind
+
+CFG = EncoderConfig(vocab_size=50, hidden_size=32, num_layers=3, num_heads=4,
+                    intermediate_size=64, max_len=24, dropout_rate=0.1,
+                    attention_dropout_rate=0.1)
+TASKS = (
+    Task('cls', TaskKind.CLASSIFICATION, 3, ('a',), 'cls', ('accuracy',), 'test'),
+    Task('reg', TaskKind.REGRESSION, 1, ('a', 'b'), 'reg', ('pearson',), 'test', depth=2),
+    Task('tag', TaskKind.TAGGING, 5, ('a',), 'tag', ('token_accuracy',), 'test', depth=1),
+)
+
+
+def _inputs(batch=2, length=16, real=10, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(5, CFG.vocab_size, (batch, length)).astype(np.int32)
+  mask = (np.arange(length) < real).astype(np.int32)[None].repeat(batch, 0)
+  segments = (np.arange(length) >= real // 2).astype(np.int32)[None].repeat(batch, 0) * mask
+  return jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask)
+
+
+def test_encoder_shapes_and_layout():
+  ids, seg, mask = _inputs()
+  encoder = Encoder(CFG)
+  params = encoder.init(jax.random.key(0), ids, seg, mask)['params']
+  out = encoder.apply({'params': params}, ids, seg, mask)
+  assert len(out.hidden_states) == CFG.num_layers + 1
+  chex.assert_shape(list(out.hidden_states), (2, 16, CFG.hidden_size))
+  chex.assert_shape(out.pooled, (2, CFG.hidden_size))
+  chex.assert_tree_all_finite(out)
+  # BERT layout: the names an importer maps onto.
+  assert set(params) == {'embeddings', 'pooler', 'layer_0', 'layer_1', 'layer_2'}
+  assert set(params['layer_0']['attention']) == {'query', 'key', 'value', 'output'}
+  chex.assert_shape(params['layer_0']['intermediate']['kernel'], (32, 64))
+  chex.assert_shape(params['embeddings']['word_embeddings']['embedding'], (50, 32))
+
+
+def test_padding_tokens_do_not_change_outputs():
+  ids, seg, mask = _inputs()
+  model = HardSharing(CFG, TASKS)
+  params = model.init(jax.random.key(0), ids, seg, mask)['params']
+  out = model.apply({'params': params}, ids, seg, mask)
+  # Different token ids at padded positions, and a longer padded tail.
+  garbage = jnp.where(mask > 0, ids, 7)
+  out_garbage = model.apply({'params': params}, garbage, seg, mask)
+  longer = [jnp.pad(x, ((0, 0), (0, 8)), constant_values=3 if i == 0 else 0)
+            for i, x in enumerate((ids, seg, mask))]
+  out_longer = model.apply({'params': params}, *longer)
+  for other in (out_garbage, out_longer):
+    np.testing.assert_allclose(other['cls'], out['cls'], atol=1e-5)
+    np.testing.assert_allclose(other['reg'], out['reg'], atol=1e-5)
+    np.testing.assert_allclose(other['tag'][:, :10], out['tag'][:, :10], atol=1e-5)
+
+
+def test_head_shapes_and_depths():
+  ids, seg, mask = _inputs()
+  model = HardSharing(CFG, TASKS)
+  variables = model.init(jax.random.key(0), ids, seg, mask)
+  out = model.apply(variables, ids, seg, mask)
+  chex.assert_shape(out['cls'], (2, 3))
+  chex.assert_shape(out['reg'], (2,))
+  chex.assert_shape(out['tag'], (2, 16, 5))
+  # A head supervised at depth 1 depends on layer 0 only: perturbing layer 2 leaves it fixed.
+  params = variables['params']
+  bumped = jax.tree.map(lambda x: x, params)
+  bumped['encoder']['layer_2'] = jax.tree.map(lambda x: x + 1.0, params['encoder']['layer_2'])
+  out2 = model.apply({'params': bumped}, ids, seg, mask)
+  np.testing.assert_array_equal(out2['tag'], out['tag'])
+  np.testing.assert_array_equal(out2['reg'], out['reg'])  # depth 2 reads layer_1's output
+  assert not np.allclose(out2['cls'], out['cls'])
+
+
+def test_dropout_is_deterministic_given_the_key():
+  ids, seg, mask = _inputs()
+  model = HardSharing(CFG, TASKS)
+  variables = model.init(jax.random.key(0), ids, seg, mask)
+  run = lambda k: model.apply(variables, ids, seg, mask, deterministic=False,
+                              rngs={'dropout': jax.random.key(k)})
+  chex.assert_trees_all_equal(run(1), run(1))
+  assert not np.allclose(run(1)['cls'], run(2)['cls'])
+
+
+def test_depth_beyond_encoder_is_an_error():
+  ids, seg, mask = _inputs()
+  deep = Task('deep', TaskKind.CLASSIFICATION, 2, ('a',), 'deep', ('accuracy',), 'test', depth=4)
+  with pytest.raises(ValueError, match='depth 4'):
+    HardSharing(CFG, (deep,)).init(jax.random.key(0), ids, seg, mask)
