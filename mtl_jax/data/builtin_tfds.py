@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from mtl_jax.data import builtin_suite as suite
 from mtl_jax.data.features import Example
-from mtl_jax.data.tokenizer import train_wordpiece
+from mtl_jax.data.tokenizer import learn_vocabulary, write_vocabulary
 
 SPLITS = ('train', 'validation', 'test')
 _INT_LABELS = ('sentiment', 'topic', 'conflict', 'entailment')
@@ -101,7 +101,7 @@ def vocabulary(cfg: SuiteConfig, data_dir: str, vocab_size: int) -> str:
   path = os.path.join(data_dir, 'mtl_builtin_vocab', f'{cfg.name}_v{vocab_size}.txt')
   if not os.path.exists(path):
     train = load_split(data_sources(cfg, data_dir)['train'])
-    sentences = (' '.join(words) for examples in train.values() for ex in examples
-                 for words in ex.inputs)
-    train_wordpiece(sentences, vocab_size, path)
+    words = (w for examples in train.values() for ex in examples for text in ex.inputs
+             for w in text)
+    write_vocabulary(learn_vocabulary(words, vocab_size), path)
   return path

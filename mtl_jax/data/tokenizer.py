@@ -1,7 +1,8 @@
 """WordPiece tokenisation through the `tokenizers` library (BERT's scheme)."""
 
+import collections
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tokenizers import BertWordPieceTokenizer
 
@@ -24,16 +25,43 @@ def load_wordpiece(vocab_path: str, seq_len: int, lowercase: bool = True
   return tokenizer
 
 
-def train_wordpiece(sentences: Iterable[str], vocab_size: int, vocab_path: str) -> str:
-  """Learns a WordPiece vocabulary from text and writes it as vocab.txt; returns its path."""
-  tokenizer = BertWordPieceTokenizer(lowercase=True)
-  tokenizer.train_from_iterator(sentences, vocab_size=vocab_size, min_frequency=1,
-                                special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-  directory = os.path.dirname(vocab_path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+def learn_vocabulary(words: Iterable[str], vocab_size: int) -> list[str]:
+  """A WordPiece vocabulary learnt by greedy pair merges, as the `tokenizers` trainer does,
+  but deterministic: ties go to the lexicographically smallest pair (the library's trainer
+  breaks them by hash order, so its vocabulary changes from one process to the next).
+  """
+  counts = collections.Counter(w.lower() for w in words)
+  # Each word as its pieces: first char, then '##'-prefixed continuations.
+  split = {w: [w[0]] + ['##' + c for c in w[1:]] for w in sorted(counts) if w}
+  vocab = list(SPECIAL_TOKENS) + sorted({p for pieces in split.values() for p in pieces})
+  while len(vocab) < vocab_size:
+    pairs = collections.Counter()
+    for word, pieces in split.items():
+      for pair in zip(pieces, pieces[1:]):
+        pairs[pair] += counts[word]
+    if not pairs:
+      break  # every word is a single piece already
+    best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+    merged = best[0] + best[1][2:]
+    for word, pieces in split.items():
+      i, out = 0, []
+      while i < len(pieces):
+        if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best:
+          out.append(merged)
+          i += 2
+        else:
+          out.append(pieces[i])
+          i += 1
+      split[word] = out
+    vocab.append(merged)
+  return vocab
+
+
+def write_vocabulary(vocab: Sequence[str], vocab_path: str) -> str:
+  """Writes vocab.txt atomically (never leaves a half-written file); returns its path."""
+  os.makedirs(os.path.dirname(vocab_path) or '.', exist_ok=True)
   tmp = vocab_path + '.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
-    f.writelines(token + '\n' for token, _ in vocab)
-  os.replace(tmp, vocab_path)  # never leaves a half-written vocabulary behind
+    f.writelines(token + '\n' for token in vocab)
+  os.replace(tmp, vocab_path)
   return vocab_path

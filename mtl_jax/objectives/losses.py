@@ -9,8 +9,12 @@ import optax
 from mtl_jax.tasks import Task
 
 
-def _per_unit_loss(task: Task, output: jax.Array, label: jax.Array) -> jax.Array:
-  """Loss of every labelled unit (example, or token for tagging), before masking."""
+def _per_unit_loss(task: Task, output: jax.Array, label: jax.Array, mask: jax.Array
+                   ) -> jax.Array:
+  """Loss of every unit (example, or token for tagging), before masking."""
+  # Zero the outputs of unlabelled units first, so a NaN there cannot reach the gradient.
+  keep = (mask > 0).reshape(mask.shape + (1,) * (output.ndim - mask.ndim))
+  output = jnp.where(keep, output, 0.0)
   if task.loss == 'cross_entropy':
     # Masked-out labels may hold any value; clip so the gather stays in range.
     label = jnp.clip(label, 0, task.num_labels - 1)
@@ -37,6 +41,7 @@ def loss_vector(tasks: Sequence[Task], outputs: dict, labels: dict, masks: dict
     losses: (N,) float32, in the order of `tasks`; 0 for a task with no label in the batch.
     counts: (N,) float32, how many labelled units each task had.
   """
-  pairs = [masked_mean(_per_unit_loss(t, outputs[t.name], labels[t.name]), masks[t.name])
+  pairs = [masked_mean(_per_unit_loss(t, outputs[t.name], labels[t.name], masks[t.name]),
+                       masks[t.name])
            for t in tasks]
   return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])

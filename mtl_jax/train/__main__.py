@@ -1,6 +1,6 @@
 """python -m mtl_jax.train --config experiments/configs/default.py[:variant] --workdir DIR"""
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mtl_jax.train.loop import train_and_evaluate
@@ -14,6 +14,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
   train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

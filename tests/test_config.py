@@ -1,0 +1,52 @@
+"""The config is validated before anything is built, with errors that name the field."""
+
+import pytest
+
+from experiments.configs import bert_mini, default
+from mtl_jax.config import ConfigError, validate
+
+
+def test_default_configs_are_valid():
+  assert [t.name for t in validate(default.get_config())] == list(default.BUILTIN_TASKS)
+  assert len(validate(bert_mini.get_config())) == 4
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('tasks', ('sentiment', 'sentimnt'), r"config.tasks: unknown task\(s\) \['sentimnt'\]"),
+    ('tasks', (), 'config.tasks: name at least one task'),
+    ('tasks', ('topic', 'topic'), 'config.tasks: lists a task twice'),
+    ('task_weights', (1.0, 2.0), 'config.task_weights: has 2 entries for 7 tasks'),
+    ('task_weights', (1.0,) * 6 + (-1.0,), 'config.task_weights: weights must be >= 0'),
+    ('task_depths', (1,) * 7 + (2,), 'config.task_depths: has 8 entries'),
+    ('task_depths', (1, 2, 3, 1, 1, 1, 1), "config.task_depths: task 'sentiment' depth 3"),
+    ('data.train_size', -5, r'config.data.train_size: must be > 0, got -5'),
+    ('batch_size', 0, 'config.batch_size: must be > 0'),
+    ('model.dropout_rate', -0.1, 'config.model.dropout_rate: must be >= 0'),
+    ('mode', 'joint', "config.mode: 'joint' is not one of"),
+    ('sampling.strategy', 'annealed', "config.sampling.strategy: 'annealed'"),
+    ('data.relatedness', 1.5, r'config.data.relatedness: must lie in \[-1, 1\]'),
+    ('data.seq_len', 65, 'config.data.seq_len: 65 exceeds model.max_len 64'),
+    ('model.num_heads', 3, 'config.model.num_heads: hidden_size 128 is not divisible by 3'),
+    ('optimizer.schedule', 'step', "config.optimizer.schedule: 'step'"),
+])
+def test_bad_config_names_the_field(field, value, message):
+  config = default.get_config()
+  *parents, leaf = field.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ConfigError, match=message):
+    validate(config)
+
+
+def test_depth_override_reaches_the_task_spec():
+  config = default.get_config()
+  config.task_depths = (1, 1, -1, -1, -1, 2, -1)
+  tasks = validate(config)
+  assert [t.depth for t in tasks] == [1, 1, -1, -1, -1, 2, -1]
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="Unknown variant 'tiny'"):
+    default.get_config('tiny')
