@@ -61,6 +61,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
 
   if variant == 'smoke':
+    c.tasks = ('pos', 'sentiment', 'entailment', 'similarity')  # every head kind, 5 short runs
     c.data.train_size = 64
     c.data.eval_size = 32
     c.data.seq_len = 32

@@ -1,0 +1,99 @@
+"""The built-in suite through TFDS and grain, feature tables, and step-indexed batches."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from mtl_jax import tasks as task_lib
+from mtl_jax.data import builtin_suite, builtin_tfds
+from mtl_jax.data.pipeline import eval_batches, load_task_data, train_batches
+
+SIZES = dict(train_size=24, eval_size=8, relatedness=0.5, seed=3)
+
+
+def _key(task, ex):
+  return (task, tuple(map(tuple, ex.inputs)),
+          tuple(sorted((k, str(v)) for k, v in ex.labels.items())))
+
+
+def test_tfds_round_trip_equals_the_generator(data_dir):
+  cfg = builtin_tfds.suite_config(**SIZES)
+  sources = builtin_tfds.data_sources(cfg, data_dir)
+  assert set(sources) == set(builtin_tfds.SPLITS)
+  stored = builtin_tfds.load_split(sources['validation'])
+  assert list(stored) == list(builtin_suite.TASKS)
+  for task in builtin_suite.TASKS:
+    assert len(stored[task]) == SIZES['eval_size']
+    seed = builtin_tfds.zlib.crc32(f'3/validation/{task}'.encode())
+    generated = [builtin_tfds.to_example({**r, 'similarity': np.float32(r['similarity'])})
+                 for r in builtin_suite.generate_examples(task, 8, seed, 0.5)]
+    assert collections.Counter(_key(*g) for g in generated) == collections.Counter(
+        _key(task, ex) for ex in stored[task])
+
+
+def test_vocabulary_is_built_once_and_deterministic(data_dir, tmp_path):
+  cfg = builtin_tfds.suite_config(**SIZES)
+  path = builtin_tfds.vocabulary(cfg, data_dir, 200)
+  other = builtin_tfds.vocabulary(cfg, str(tmp_path), 200)
+  assert open(path).read() == open(other).read()
+  assert open(path).read().split('\n')[:5] == ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+
+
+def _data_cfg(smoke_config):
+  smoke_config.data.update(SIZES)
+  return smoke_config.data
+
+
+def test_tables_hold_every_task_label_under_masks(smoke_config):
+  tasks = tuple(task_lib.get(n) for n in ('pos', 'sentiment', 'entailment', 'similarity'))
+  data = load_task_data(_data_cfg(smoke_config), tasks)
+  # Home datasets with a label of a run task: all 7 (every single-sentence set has pos labels).
+  assert data.train_names == builtin_suite.TASKS
+  assert data.train_sizes == (24,) * 7
+  seq = smoke_config.data.seq_len
+  assert data.train['input_ids'].shape == (24 * 7, seq)
+  masks = data.train['label_masks']
+  single, pair = slice(0, 24 * 5), slice(24 * 5, 24 * 7)
+  assert masks['sentiment'][single].all() and not masks['sentiment'][pair].any()
+  assert masks['entailment'][pair].all() and not masks['entailment'][single].any()
+  assert masks['pos'][single].any(axis=1).all() and not masks['pos'][pair].any()
+  assert set(data.eval) == {'pos', 'sentiment', 'entailment', 'similarity'}
+
+
+def test_single_task_sees_only_its_labelled_datasets(smoke_config):
+  data = load_task_data(_data_cfg(smoke_config), (task_lib.get('entailment'),))
+  assert data.train_names == ('entailment', 'similarity')
+  assert set(data.train['labels']) == {'entailment'}
+
+
+def test_batches_are_static_deterministic_and_resumable(smoke_config):
+  tasks = tuple(task_lib.get(n) for n in ('chunk', 'topic', 'similarity'))
+  data = load_task_data(_data_cfg(smoke_config), tasks)
+  sampling = smoke_config.sampling
+  full = list(train_batches(data, sampling, seed=5, batch_size=8, start_step=0, num_steps=6))
+  again = list(train_batches(data, sampling, seed=5, batch_size=8, start_step=0, num_steps=6))
+  resumed = list(train_batches(data, sampling, seed=5, batch_size=8, start_step=3, num_steps=6))
+  other_seed = next(train_batches(data, sampling, seed=6, batch_size=8, start_step=0,
+                                  num_steps=1))
+  assert len(full) == 6 and len(resumed) == 3
+  for a, b in zip(full, again):
+    np.testing.assert_array_equal(a['input_ids'], b['input_ids'])
+  for a, b in zip(full[3:], resumed):
+    for key in ('input_ids', 'segment_ids', 'attention_mask'):
+      np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_array_equal(a['labels']['chunk'], b['labels']['chunk'])
+  assert not np.array_equal(full[0]['input_ids'], other_seed['input_ids'])
+  for batch in full:
+    assert batch['input_ids'].shape == (8, smoke_config.data.seq_len)
+    assert batch['labels']['chunk'].shape == (8, smoke_config.data.seq_len)
+    assert batch['labels']['topic'].shape == batch['label_masks']['similarity'].shape == (8,)
+
+
+def test_eval_batches_cover_each_row_once():
+  table = {'input_ids': np.arange(10)[:, None], 'labels': {'t': np.arange(10)}}
+  seen = []
+  for batch, valid in eval_batches(table, 4):
+    assert batch['input_ids'].shape == (4, 1)
+    seen.extend(batch['labels']['t'][:valid])
+  assert seen == list(range(10))
