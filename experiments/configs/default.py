@@ -25,7 +25,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.data.train_size = 2000  # built-in suite: examples per task and split
   c.data.eval_size = 500
   c.data.relatedness = 0.5  # built-in suite: how much the `conflict` task shares with sentiment
-  c.data.vocab_size = 400  # WordPiece vocabulary learnt on the built-in suite
+  c.data.vocab_size = 800  # WordPiece vocabulary learnt on the built-in suite
   c.data.seq_len = 48
 
   c.sampling = ml_collections.ConfigDict()
@@ -48,7 +48,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = 'linear'  # warmup, then linear decay to 0; or 'cosine', 'constant'
-  c.optimizer.warmup_steps = 100
+  c.optimizer.warmup_steps = 60
   c.optimizer.weight_decay = 0.01
   c.optimizer.clip_norm = 1.0
   c.optimizer.b1 = 0.9
@@ -56,7 +56,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-6
 
   c.batch_size = 32
-  c.num_steps = 1200
+  c.num_steps = 600
   c.log_every = 50
   c.eval_batch_size = 256
 

@@ -14,7 +14,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)  # TFDS and JAX log routine notices as warnings
   train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
