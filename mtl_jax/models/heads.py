@@ -4,27 +4,18 @@ import flax.linen as nn
 import jax
 
 
-class SentenceHead(nn.Module):
-  """Classification (single sentence or pair) or regression from one vector per input."""
+class Head(nn.Module):
+  """Dropout, then a linear map of the last axis, as BERT's task heads.
+
+  One vector per input (B, D) gives class logits or a regression value (B, num_outputs);
+  a sequence (B, S, D) gives per-token tag logits (B, S, num_outputs).
+  """
   num_outputs: int
   dropout_rate: float
   initializer_range: float = 0.02
 
   @nn.compact
-  def __call__(self, pooled: jax.Array, deterministic: bool) -> jax.Array:
-    x = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
+  def __call__(self, features: jax.Array, deterministic: bool) -> jax.Array:
+    x = nn.Dropout(self.dropout_rate)(features, deterministic=deterministic)
     return nn.Dense(self.num_outputs, kernel_init=nn.initializers.normal(self.initializer_range),
-                    name='classifier')(x)
-
-
-class TaggingHead(nn.Module):
-  """One label per token (POS, chunks, NER, slots): (B, S, D) -> (B, S, num_tags)."""
-  num_tags: int
-  dropout_rate: float
-  initializer_range: float = 0.02
-
-  @nn.compact
-  def __call__(self, sequence: jax.Array, deterministic: bool) -> jax.Array:
-    x = nn.Dropout(self.dropout_rate)(sequence, deterministic=deterministic)
-    return nn.Dense(self.num_tags, kernel_init=nn.initializers.normal(self.initializer_range),
                     name='classifier')(x)

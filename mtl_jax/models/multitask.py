@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 
 from mtl_jax.models.encoder import Encoder, EncoderConfig, EncoderOutput
-from mtl_jax.models.heads import SentenceHead, TaggingHead
+from mtl_jax.models.heads import Head
 from mtl_jax.tasks import Task, TaskKind
 
 
@@ -39,10 +39,7 @@ class HardSharing(nn.Module):
     outputs = {}
     for task in self.tasks:
       x = head_input(task, features, self.encoder.num_layers)
-      if task.kind is TaskKind.TAGGING:
-        head = TaggingHead(task.num_labels, self.head_dropout_rate, name=f'head_{task.name}')
-      else:
-        head = SentenceHead(task.num_labels, self.head_dropout_rate, name=f'head_{task.name}')
-      out = head(x, deterministic)
+      out = Head(task.num_labels, self.head_dropout_rate, name=f'head_{task.name}')(
+          x, deterministic)
       outputs[task.name] = out[..., 0] if task.kind is TaskKind.REGRESSION else out
     return outputs
