@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from mtl_jax import config as config_lib
 from mtl_jax.tasks import TaskKind
+from mtl_jax.train.host_memory import keep_step_buffers_resident
 from mtl_jax.train.loop import build_model, create_state
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.step import make_train_step
@@ -68,6 +69,7 @@ def _seconds(fn, *args) -> tuple[float, object]:
 
 def main(argv):
   del argv
+  keep_step_buffers_resident()
   config = flags.FLAGS.config
   tasks = config_lib.validate(config)
   vocab_size = config.model.vocab_size or config.data.vocab_size
