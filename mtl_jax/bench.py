@@ -1,11 +1,14 @@
 """Times the train step of a named config; prints one JSON line.
 
   python -m mtl_jax.bench --config experiments/configs/bert_mini.py
+  python -m mtl_jax.bench --config experiments/configs/bert_mini.py --weighting=pcgrad \
+      --num_tasks=8 --mode=representation
 
 It reports the median step time, tokens/s, the model's training FLOP/s (analytic matmul
 FLOPs: 3x the forward pass), and that figure as a fraction of a float32 matmul's FLOP/s
-measured in the same process, interleaved with the step timings so both see the same
-machine load.
+measured in the same process. With --weighting it also times that method's step and
+reports its ratio to equal weighting's. All timings are interleaved round by round, so
+every figure sees the same machine load.
 """
 
 import json
@@ -18,7 +21,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mtl_jax import config as config_lib
-from mtl_jax.tasks import TaskKind
+from mtl_jax import weighting
+from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train.host_memory import keep_step_buffers_resident
 from mtl_jax.train.loop import build_model, create_state
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -27,6 +31,11 @@ from mtl_jax.train.step import make_train_step
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_integer('repeats', 5, 'Timed rounds (each: one matmul timing, one step timing).')
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square float32 matmul baseline.')
+flags.DEFINE_string('weighting', None, 'Also time this mtl_jax.weighting method (default '
+                    'arguments), as a ratio to equal weighting.')
+flags.DEFINE_enum('mode', 'params', weighting.MODES, 'Per-task gradients for --weighting.')
+flags.DEFINE_integer('num_tasks', 0, 'Replace the config\'s tasks by this many two-class '
+                     'sentence classification tasks (0: keep them).')
 flags.mark_flags_as_required(['config'])
 
 
@@ -61,6 +70,11 @@ def train_flops(model_cfg, tasks, batch_size: int, seq_len: int) -> float:
   return 3.0 * forward
 
 
+def classification_tasks(num_tasks: int) -> tuple[Task, ...]:
+  return tuple(Task(f'bench{i}', TaskKind.CLASSIFICATION, 2, ('words_a',), f'bench{i}',
+                    ('accuracy',), 'synthetic') for i in range(num_tasks))
+
+
 def _seconds(fn, *args) -> tuple[float, object]:
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
@@ -72,42 +86,65 @@ def main(argv):
   keep_step_buffers_resident()
   config = flags.FLAGS.config
   tasks = config_lib.validate(config)
+  if flags.FLAGS.num_tasks:
+    tasks = classification_tasks(flags.FLAGS.num_tasks)
   vocab_size = config.model.vocab_size or config.data.vocab_size
   model = build_model(config, tasks, vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
-  state = create_state(model, optimizer, config.seed, config.data.seq_len)
-  weights = jnp.ones((len(tasks),), jnp.float32)
-  step = jax.jit(make_train_step(model, optimizer, tasks, weights, schedule), donate_argnums=0)
   batch = jax.device_put(synthetic_batch(tasks, config.batch_size, config.data.seq_len,
                                          vocab_size, config.seed))
 
+  def compiled_step(method, mode):
+    state = create_state(model, optimizer, method, len(tasks), config.seed,
+                         config.data.seq_len)
+    step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule, mode),
+                   donate_argnums=0)
+    compile_s, step = _seconds(lambda: step.lower(state, batch).compile())
+    return {'step': step, 'state': state, 'compile_s': compile_s, 'times': []}
+
+  runs = {'equal': compiled_step(weighting.get('equal'), 'params')}
+  if flags.FLAGS.weighting:
+    runs[flags.FLAGS.weighting] = compiled_step(weighting.get(flags.FLAGS.weighting),
+                                                flags.FLAGS.mode)
   n = flags.FLAGS.matmul_size
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
-  compile_s, _ = _seconds(lambda: step.lower(state, batch).compile())
-  for _ in range(2):  # warm up both
-    state, _ = step(state, batch)
+
+  def time_step(run):
+    seconds, (run['state'], run['metrics']) = _seconds(run['step'], run['state'], batch)
+    return seconds
+
+  for _ in range(3):  # warm up; the host heap settles after a few steps
     _seconds(matmul, a)
-  step_times, matmul_times = [], []
+    for run in runs.values():
+      time_step(run)
+  matmul_times = []
   for _ in range(flags.FLAGS.repeats):
     matmul_times.append(_seconds(matmul, a)[0])
-    seconds, (state, metrics) = _seconds(step, state, batch)
-    step_times.append(seconds)
-  step_s, matmul_s = float(np.median(step_times)), float(np.median(matmul_times))
+    for run in runs.values():
+      run['times'].append(time_step(run))
+  step_s = {name: float(np.median(run['times'])) for name, run in runs.items()}
+  matmul_s = float(np.median(matmul_times))
   flops = train_flops(config.model, tasks, config.batch_size, config.data.seq_len)
-  achieved, peak = flops / step_s, 2.0 * n ** 3 / matmul_s
-  print(json.dumps({
-      'config': flags.FLAGS['config'].value if isinstance(flags.FLAGS['config'].value, str)
-      else None,
+  achieved, peak = flops / step_s['equal'], 2.0 * n ** 3 / matmul_s
+  record = {
+      'config': config_flags.get_config_filename(flags.FLAGS['config']),
       'backend': jax.default_backend(), 'devices': jax.device_count(),
-      'batch_size': config.batch_size, 'seq_len': config.data.seq_len,
-      'step_s': round(step_s, 4), 'tokens_per_s': round(config.batch_size * config.data.seq_len
-                                                        / step_s),
+      'num_tasks': len(tasks), 'batch_size': config.batch_size,
+      'seq_len': config.data.seq_len, 'step_s': round(step_s['equal'], 4),
+      'tokens_per_s': round(config.batch_size * config.data.seq_len / step_s['equal']),
       'train_gflop_per_step': round(flops / 1e9, 2), 'achieved_gflop_s': round(achieved / 1e9, 1),
       'matmul_f32_gflop_s': round(peak / 1e9, 1), 'fraction_of_matmul': round(achieved / peak, 3),
-      'compile_s': round(compile_s, 1), 'loss': float(metrics['loss']),
-  }))
+      'compile_s': round(runs['equal']['compile_s'], 1),
+      'loss': float(runs['equal']['metrics']['loss']),
+  }
+  if flags.FLAGS.weighting:
+    name = flags.FLAGS.weighting
+    record.update({'weighting': name, 'mode': flags.FLAGS.mode,
+                   'weighting_step_s': round(step_s[name], 4),
+                   'ratio_to_equal': round(step_s[name] / step_s['equal'], 3)})
+  print(json.dumps(record))
 
 
 if __name__ == '__main__':

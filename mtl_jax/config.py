@@ -7,6 +7,7 @@ second instead of after compilation.
 import ml_collections
 
 from mtl_jax import tasks as task_lib
+from mtl_jax import weighting
 from mtl_jax.data.mixture import STRATEGIES
 
 MODES = ('multi', 'single', 'both')
@@ -66,6 +67,14 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _require(config.data.seq_len <= config.model.max_len, 'data.seq_len',
            f'{config.data.seq_len} exceeds model.max_len {config.model.max_len}.')
 
+  _require(config.weighting.name in weighting.names(), 'weighting.name',
+           f'{config.weighting.name!r} is not one of {weighting.names()}.')
+  _require(config.weighting.mode in weighting.MODES, 'weighting.mode',
+           f'{config.weighting.mode!r} is not one of {weighting.MODES}.')
+  _require(not config.task_weights or config.weighting.name == 'static', 'task_weights',
+           f'static weights are given, but weighting.name is {config.weighting.name!r}; '
+           f'use weighting.name=static, or drop task_weights.')
+
   specs = []
   for i, name in enumerate(config.tasks):
     task = task_lib.get(name)
@@ -76,3 +85,16 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
       task = task_lib.Task(**{**task.__dict__, 'depth': depth})
     specs.append(task)
   return tuple(specs)
+
+
+def build_weighting(config: ml_collections.ConfigDict) -> weighting.Method:
+  """The run's weighting method; a bad argument is reported against its config field."""
+  name, args = config.weighting.name, dict(config.weighting.args)
+  if name == 'static':
+    args['weights'] = tuple(config.task_weights)
+  try:
+    method = weighting.get(name, **args)
+    method.init(len(config.tasks))
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.weighting.args: {name}: {e}') from e
+  return method

@@ -6,6 +6,12 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 import pytest
 
 from experiments.configs import default
+from mtl_jax import config as config_lib
+from mtl_jax import weighting
+from mtl_jax.data.pipeline import load_task_data
+from mtl_jax.train.loop import build_model, create_state
+from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from mtl_jax.train.step import make_train_step
 
 
 @pytest.fixture(scope='session')
@@ -19,3 +25,16 @@ def smoke_config(data_dir):
   config = default.get_config('smoke')
   config.data.data_dir = data_dir
   return config
+
+
+def build_step(config, method=None, mode='params', diagnostics=False):
+  """(tasks, data, state, model, un-jitted train step) for a config and weighting method."""
+  tasks = config_lib.validate(config)
+  data = load_task_data(config.data, tasks)
+  model = build_model(config, tasks, data.vocab_size)
+  schedule = learning_rate_schedule(config.optimizer, config.num_steps)
+  optimizer = make_optimizer(config.optimizer, schedule)
+  method = method or weighting.get('equal')
+  state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len)
+  step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics)
+  return tasks, data, state, model, step

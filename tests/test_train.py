@@ -13,11 +13,11 @@ import pytest
 
 from experiments.configs import default
 from mtl_jax import config as config_lib
+from mtl_jax import weighting
 from mtl_jax.data.pipeline import load_task_data, train_batches
 from mtl_jax.evaluation import summary
-from mtl_jax.train.loop import build_model, create_state, fit, train_and_evaluate
-from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from mtl_jax.train.step import make_train_step
+from mtl_jax.train.loop import fit, train_and_evaluate
+from conftest import build_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,25 +31,13 @@ def test_two_runs_with_one_seed_give_identical_losses(smoke_config, tmp_path):
   smoke_config.mode, smoke_config.num_steps, smoke_config.log_every = 'multi', 6, 1
   tasks = config_lib.validate(smoke_config)
   data = load_task_data(smoke_config.data, tasks)
-  first = fit(smoke_config, tasks, data, str(tmp_path / 'a'), [1.0] * 4, 'a')
-  second = fit(smoke_config, tasks, data, str(tmp_path / 'b'), [1.0] * 4, 'b')
+  first = fit(smoke_config, tasks, data, str(tmp_path / 'a'), weighting.get('equal'), 'a')
+  second = fit(smoke_config, tasks, data, str(tmp_path / 'b'), weighting.get('equal'), 'b')
   assert _losses(tmp_path / 'a') == _losses(tmp_path / 'b')
   assert first == second
   smoke_config.seed = 1
-  fit(smoke_config, tasks, data, str(tmp_path / 'c'), [1.0] * 4, 'c')
+  fit(smoke_config, tasks, data, str(tmp_path / 'c'), weighting.get('equal'), 'c')
   assert _losses(tmp_path / 'a') != _losses(tmp_path / 'c')
-
-
-def _step_setup(config, weights=None):
-  tasks = config_lib.validate(config)
-  data = load_task_data(config.data, tasks)
-  model = build_model(config, tasks, data.vocab_size)
-  schedule = learning_rate_schedule(config.optimizer, config.num_steps)
-  optimizer = make_optimizer(config.optimizer, schedule)
-  state = create_state(model, optimizer, config.seed, config.data.seq_len)
-  weights = jnp.ones(len(tasks)) if weights is None else jnp.asarray(weights)
-  step = make_train_step(model, optimizer, tasks, weights, schedule)
-  return tasks, data, state, step
 
 
 def test_step_compiles_once_and_learns_a_fixed_batch(smoke_config):
@@ -57,7 +45,7 @@ def test_step_compiles_once_and_learns_a_fixed_batch(smoke_config):
   smoke_config.optimizer.schedule = 'constant'
   smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
   smoke_config.model.head_dropout_rate = 0.0
-  tasks, data, state, step = _step_setup(smoke_config)
+  tasks, data, state, _, step = build_step(smoke_config)
   step = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
   batches = train_batches(data, smoke_config.sampling, 0, 16, 0, 3)
   first_batch = next(batches)
@@ -79,7 +67,8 @@ def test_static_weights_scale_the_gradient(smoke_config):
   smoke_config.optimizer.clip_norm = 0.0
   results = []
   for scale in (1.0, 2.0):
-    tasks, data, state, step = _step_setup(smoke_config, [scale, 0.5 * scale, scale, 0.0])
+    tasks, data, state, _, step = build_step(
+        smoke_config, weighting.get('static', weights=(scale, 0.5 * scale, scale, 0.0)))
     batch = next(train_batches(data, smoke_config.sampling, 0, 16, 0, 1))
     _, metrics = jax.jit(step)(state, batch)
     results.append(metrics)

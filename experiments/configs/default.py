@@ -16,8 +16,14 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
   c.mode = 'both'  # 'multi', 'single' (each task alone), or 'both' (STL then MTL, and Δm%)
   c.tasks = BUILTIN_TASKS
-  c.task_weights = ()  # static λ_i, one per task; empty = all 1
+  c.task_weights = ()  # static λ_i, one per task (weighting.name='static'); empty = all 1
   c.task_depths = ()  # encoder layer each task is supervised at, -1 = last; empty = spec's
+
+  c.weighting = ml_collections.ConfigDict()
+  c.weighting.name = 'static'  # a module of mtl_jax/weighting/ (docs/weighting.md)
+  c.weighting.mode = 'params'  # per-task gradients w.r.t. shared 'params' or 'representation'
+  c.weighting.diagnostics = False  # log per-task gradient norms and their cosine matrix
+  c.weighting.args = ml_collections.ConfigDict()  # the method's keyword arguments
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ''  # where TFDS data and vocabularies live; '' = ~/.cache/mtl_jax

@@ -27,19 +27,35 @@ def head_input(task: Task, features: EncoderOutput, num_layers: int) -> jax.Arra
 
 
 class HardSharing(nn.Module):
-  """inputs -> {task name: logits (B, C) | (B, S, C), or predictions (B,) for regression}."""
-  encoder: EncoderConfig
+  """inputs -> {task name: logits (B, C) | (B, S, C), or predictions (B,) for regression}.
+
+  `encode` (shared parameters) and `decode` (the task heads) can be applied separately:
+  gradient methods in representation mode differentiate through the two halves apart.
+  """
+  encoder_config: EncoderConfig
   tasks: tuple[Task, ...]
   head_dropout_rate: float = 0.1
 
-  @nn.compact
-  def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic=True):
-    features = Encoder(self.encoder, name='encoder')(
-        input_ids, segment_ids, attention_mask, deterministic=deterministic)
+  # Top-level parameter collections shared by all tasks; the rest are task-specific.
+  shared_params = ('encoder',)
+
+  def setup(self):
+    self.encoder = Encoder(self.encoder_config)
+    self.heads = {t.name: Head(t.num_labels, self.head_dropout_rate, name=f'head_{t.name}')
+                  for t in self.tasks}
+
+  def encode(self, input_ids, segment_ids, attention_mask, *, deterministic=True
+             ) -> EncoderOutput:
+    return self.encoder(input_ids, segment_ids, attention_mask, deterministic=deterministic)
+
+  def decode(self, features: EncoderOutput, *, deterministic=True) -> dict:
     outputs = {}
     for task in self.tasks:
-      x = head_input(task, features, self.encoder.num_layers)
-      out = Head(task.num_labels, self.head_dropout_rate, name=f'head_{task.name}')(
-          x, deterministic)
+      x = head_input(task, features, self.encoder_config.num_layers)
+      out = self.heads[task.name](x, deterministic)
       outputs[task.name] = out[..., 0] if task.kind is TaskKind.REGRESSION else out
     return outputs
+
+  def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic=True):
+    features = self.encode(input_ids, segment_ids, attention_mask, deterministic=deterministic)
+    return self.decode(features, deterministic=deterministic)

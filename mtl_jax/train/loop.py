@@ -16,6 +16,7 @@ import numpy as np
 import tqdm
 
 from mtl_jax import config as config_lib
+from mtl_jax import weighting
 from mtl_jax.data.pipeline import TaskData, load_task_data, train_batches
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
@@ -51,7 +52,8 @@ def build_model(config: ml_collections.ConfigDict, tasks: Sequence[Task],
                      config.model.head_dropout_rate)
 
 
-def create_state(model, optimizer, seed: int, seq_len: int) -> TrainState:
+def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int
+                 ) -> TrainState:
   init_key = jax.random.key(seed)
   # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
   # default model's layers. Still a pure function of (seed, step).
@@ -59,7 +61,8 @@ def create_state(model, optimizer, seed: int, seq_len: int) -> TrainState:
   dummy = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(init_key, dummy, dummy, dummy)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), rng=dropout_key)
+                    opt_state=optimizer.init(params), weighting=method.init(num_tasks),
+                    rng=dropout_key)
 
 
 def _check_workdir(workdir: str):
@@ -81,22 +84,30 @@ def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float)
   m = jax.device_get(metrics)
   record = {'step': step, 'loss': float(m['loss']), 'grad_norm': float(m['grad_norm']),
             'learning_rate': float(m['learning_rate']), 'seconds': round(seconds, 3)}
-  for key in ('task_losses', 'task_counts', 'task_weights'):
-    record[key] = {t.name: float(v) for t, v in zip(tasks, np.asarray(m[key]))}
+  names = [t.name for t in tasks]
+
+  def by_task(values):  # NaN (a weight a gradient aggregator does not define) -> null
+    return {n: None if np.isnan(v) else float(v) for n, v in zip(names, np.asarray(values))}
+
+  for key in ('task_losses', 'task_counts', 'task_weights', 'task_grad_norms'):
+    if key in m:
+      record[key] = by_task(m[key])
+  if 'task_grad_cosine' in m:
+    record['task_grad_cosine'] = {n: by_task(row) for n, row in zip(names, m['task_grad_cosine'])}
   return record
 
 
 def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
-        workdir: str, task_weights: Sequence[float], desc: str) -> dict[str, dict[str, float]]:
+        workdir: str, method: weighting.Method, desc: str) -> dict[str, dict[str, float]]:
   """Trains one model on `tasks`, logs to workdir/metrics.jsonl, returns eval metrics."""
   os.makedirs(workdir, exist_ok=True)
   model = build_model(config, tasks, data.vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
-  state = create_state(model, optimizer, config.seed, config.data.seq_len)
-  train_step = jax.jit(make_train_step(model, optimizer, tasks, jnp.asarray(task_weights,
-                                                                            jnp.float32),
-                                       schedule), donate_argnums=0)
+  state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len)
+  train_step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule,
+                                       config.weighting.mode, config.weighting.diagnostics),
+                       donate_argnums=0)
   predict_step = jax.jit(make_predict_step(model, tasks))
 
   batches = train_batches(data, config.sampling, config.seed, config.batch_size, 0,
@@ -123,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tasks = config_lib.validate(config)
   _check_workdir(workdir)
   _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
-  weights = list(config.task_weights) or [1.0] * len(tasks)
+  method = config_lib.build_weighting(config)
 
   single, multi = None, None
   if config.mode in ('single', 'both'):
@@ -132,12 +143,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       task_dir = os.path.join(workdir, 'single', task.name)
       _check_workdir(task_dir)
       data = load_task_data(config.data, (task,))
-      single[task.name] = fit(config, (task,), data, task_dir, [1.0],
+      single[task.name] = fit(config, (task,), data, task_dir, weighting.get('equal'),
                               desc=f'STL {task.name}')[task.name]
       _write_json(os.path.join(task_dir, 'eval.json'), {'tasks': {task.name: single[task.name]}})
   if config.mode in ('multi', 'both'):
     data = load_task_data(config.data, tasks)
-    multi = fit(config, tasks, data, workdir, weights, desc='MTL')
+    multi = fit(config, tasks, data, workdir, method, desc='MTL')
 
   primary = {t.name: t.primary_metric for t in tasks}
   higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}

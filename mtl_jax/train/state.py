@@ -11,4 +11,5 @@ class TrainState(flax.struct.PyTreeNode):
   step: jax.Array  # int32 scalar: steps taken
   params: Any
   opt_state: optax.OptState
-  rng: jax.Array  # base key; each step's dropout key is fold_in(rng, step)
+  weighting: Any  # the weighting method's state (mtl_jax.weighting)
+  rng: jax.Array  # base key; step k's randomness comes from fold_in(rng, k)

@@ -1,0 +1,26 @@
+"""Loss weighting and gradient aggregation methods, one module each.
+
+`get(name, **kwargs)` builds the method that module `mtl_jax.weighting.<name>` defines under
+the same name; adding a method is adding one module (docs/weighting.md).
+"""
+
+import importlib
+import pkgutil
+
+from mtl_jax.weighting.base import (EmptyState, Method, Needs, StepInfo, chain, combine,
+                                    gram_matrix)
+
+MODES = ('params', 'representation')
+_NOT_METHODS = ('base',)
+
+
+def names() -> tuple[str, ...]:
+  return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
+                      if m.name not in _NOT_METHODS))
+
+
+def get(name: str, **kwargs) -> Method:
+  if name not in names():
+    raise ValueError(f'Unknown weighting method {name!r}; known: {", ".join(names())}.')
+  factory = getattr(importlib.import_module(f'{__name__}.{name}'), name)
+  return factory(**kwargs)

@@ -1,0 +1,98 @@
+"""The contract every loss-weighting and gradient-aggregation method follows.
+
+Modelled on optax: a method is a small factory returning `Method(init, update, needs)`,
+
+  state = method.init(num_tasks)
+  out, state = method.update(info, state)
+
+where `info` is a `StepInfo` and `needs` tells the train step what to put in it. The step
+computes only that, inside the one compiled step:
+
+  LOSSES  info.losses -> out = λ (N,). The update is the gradient of Σ λ_i L_i, taken with
+          ONE backward pass (a VJP with λ as the cotangent); no per-task gradient exists.
+  GRAM    info.gram   -> out = c (N,). The update is Σ c_i g_i, formed from the per-task
+          gradients g_i the step already holds.
+  GRADS   info.grads  -> out = the update itself, a pytree like one g_i.
+
+g_i are the gradients of L_i with respect to the shared parameters, or with respect to the
+shared representation (config `weighting.mode`); the step maps a representation-space update
+back to the parameters with one more backward pass. Task heads always get their own plain
+gradients ∇L_i. Every method receives `info.present`: a task with no labelled unit in the
+batch has L_i = 0 and g_i = 0, and its weight or coefficient must come out 0.
+
+Methods are pure functions of their inputs; randomness comes from `info.key`.
+"""
+
+import enum
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Needs(enum.Enum):
+  LOSSES = 'losses'
+  GRAM = 'gram'
+  GRADS = 'grads'
+
+
+class StepInfo(NamedTuple):
+  losses: jax.Array  # (N,) per-task losses of this step (constants: no gradient flows)
+  present: jax.Array  # (N,) bool, the task has labelled units in this batch
+  key: jax.Array  # a fresh PRNG key for this step
+  step: jax.Array  # int32, steps taken before this one
+  gram: jax.Array | None = None  # (N, N) g_i·g_j, for GRAM and GRADS methods
+  grads: Any = None  # per-task gradients, every leaf with a leading N axis; GRADS only
+
+
+class Method(NamedTuple):
+  init: Callable[[int], Any]  # num_tasks -> state (a pytree of arrays; () if stateless)
+  update: Callable[[StepInfo, Any], tuple[Any, Any]]  # (info, state) -> (out, state)
+  needs: Needs
+
+
+class EmptyState(NamedTuple):
+  """The state of a stateless method."""
+
+
+def gram_matrix(grads) -> jax.Array:
+  """G_ij = g_i · g_j over every leaf of an N-leading pytree, in float32."""
+  leaves = jax.tree.leaves(grads)
+  n = leaves[0].shape[0]
+  return sum(jnp.dot(x.reshape(n, -1), x.reshape(n, -1).T,
+                     precision=jax.lax.Precision.HIGHEST).astype(jnp.float32)
+             for x in leaves)
+
+
+def combine(coefficients: jax.Array, grads):
+  """Σ_i c_i g_i for an N-leading pytree."""
+  return jax.tree.map(lambda g: jnp.tensordot(coefficients.astype(g.dtype), g, axes=1), grads)
+
+
+def chain(loss_weighting: Method, method: Method) -> Method:
+  """Scales each task by a loss weighter's λ_i, then hands the scaled task to `method`.
+
+  With g_i -> λ_i g_i and L_i -> λ_i L_i, a GRAM method sees Λ G Λ and its coefficients
+  are mapped back to the unscaled gradients as c_i λ_i.
+  """
+  if loss_weighting.needs is not Needs.LOSSES:
+    raise ValueError('chain: the first method must be a loss weighter (needs LOSSES).')
+
+  def init(num_tasks):
+    return loss_weighting.init(num_tasks), method.init(num_tasks)
+
+  def update(info: StepInfo, state):
+    weights, first = loss_weighting.update(info, state[0])
+    scaled = info._replace(
+        losses=weights * info.losses,
+        gram=None if info.gram is None else info.gram * jnp.outer(weights, weights),
+        grads=None if info.grads is None else jax.tree.map(
+            lambda g: g * weights.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype),
+            info.grads))
+    out, second = method.update(scaled, state[1])
+    if method.needs is not Needs.GRADS:
+      out = out * weights
+    return out, (first, second)
+
+  return Method(init, update, method.needs)
