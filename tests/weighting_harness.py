@@ -1,0 +1,32 @@
+"""Runs a weighting method on given per-task gradients, outside any model.
+
+Every method test states its case as a gradient matrix G (N, P) and losses (N,): the same
+StepInfo the train step builds, with gram = G Gᵀ and grads = {'g': G}.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mtl_jax.weighting import Needs, StepInfo, combine, gram_matrix
+
+
+def step_info(method, grads, losses, *, present=None, key=0, step=0) -> StepInfo:
+  g = jnp.asarray(grads, jnp.float32)
+  losses = jnp.asarray(losses, jnp.float32)
+  present = jnp.ones(g.shape[0], bool) if present is None else jnp.asarray(present, bool)
+  per_task = method.needs is not Needs.LOSSES
+  return StepInfo(losses, present, jax.random.key(key), jnp.asarray(step, jnp.int32),
+                  gram_matrix({'g': g}) if per_task else None, {'g': g} if per_task else None)
+
+
+def run(method, grads, losses, state=None, **info_kwargs):
+  """(update direction (P,), the method's raw output, its new state).
+
+  For LOSSES and GRAM methods the direction is Σ out_i g_i, as the train step forms it.
+  """
+  info = step_info(method, grads, losses, **info_kwargs)
+  state = method.init(len(info.losses)) if state is None else state
+  out, state = method.update(info, state)
+  g = {'g': jnp.asarray(grads, jnp.float32)}
+  direction = out['g'] if method.needs is Needs.GRADS else combine(out, g)['g']
+  return direction, out, state
