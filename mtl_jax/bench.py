@@ -97,7 +97,7 @@ def main(argv):
 
   def compiled_step(method, mode):
     state = create_state(model, optimizer, method, len(tasks), config.seed,
-                         config.data.seq_len)
+                         config.data.seq_len, mode, config.batch_size)
     step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule, mode),
                    donate_argnums=0)
     compile_s, step = _seconds(lambda: step.lower(state, batch).compile())

@@ -35,6 +35,7 @@ def build_step(config, method=None, mode='params', diagnostics=False):
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
   method = method or weighting.get('equal')
-  state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len)
+  state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
+                       mode, config.batch_size)
   step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics)
   return tasks, data, state, model, step

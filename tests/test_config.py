@@ -2,8 +2,10 @@
 
 import pytest
 
-from experiments.configs import bert_mini, default
-from mtl_jax.config import ConfigError, validate
+from mtl_jax import weighting
+from experiments.configs import (bert_mini, default, gradient_aggregation, loss_weighting,
+                                 representation_aggregation)
+from mtl_jax.config import ConfigError, build_weighting, validate
 
 
 def test_default_configs_are_valid():
@@ -28,6 +30,8 @@ def test_default_configs_are_valid():
     ('data.seq_len', 65, 'config.data.seq_len: 65 exceeds model.max_len 64'),
     ('model.num_heads', 3, 'config.model.num_heads: hidden_size 128 is not divisible by 3'),
     ('optimizer.schedule', 'step', "config.optimizer.schedule: 'step'"),
+    ('weighting.name', 'pcgard', "config.weighting.name: 'pcgard' is not one of"),
+    ('weighting.mode', 'features', "config.weighting.mode: 'features' is not one of"),
 ])
 def test_bad_config_names_the_field(field, value, message):
   config = default.get_config()
@@ -50,3 +54,31 @@ def test_depth_override_reaches_the_task_spec():
 def test_unknown_variant():
   with pytest.raises(ValueError, match="Unknown variant 'tiny'"):
     default.get_config('tiny')
+
+
+def test_static_weights_only_with_the_static_method():
+  config = default.method_config('gls', 'params')
+  config.task_weights = (1.0,) * 7
+  with pytest.raises(ConfigError, match="config.task_weights: static weights are given, but "
+                                        "weighting.name is 'gls'"):
+    validate(config)
+
+
+def test_bad_method_argument_names_the_field():
+  config = default.method_config('gls', 'params')
+  config.weighting.args.nonsense = 3
+  with pytest.raises(ConfigError, match='config.weighting.args: gls: .*nonsense'):
+    build_weighting(config)
+
+
+@pytest.mark.parametrize('module', [loss_weighting, gradient_aggregation,
+                                    representation_aggregation])
+def test_every_method_config_builds(module):
+  methods = getattr(module, 'METHODS', gradient_aggregation.METHODS)
+  available = [m for m in methods if m in weighting.names()]
+  for name in available:
+    config = module.get_config(name)
+    validate(config)
+    assert build_weighting(config).needs is not None
+  with pytest.raises(ValueError, match='Unknown variant'):
+    module.get_config('nope')

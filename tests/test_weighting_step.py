@@ -4,6 +4,7 @@ The truths: one backward of Σ λ_i L_i, and per-task gradients taken one task a
 separate jax.grad calls (the LibMTL way), both independent of the vmapped per-task VJP.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +37,7 @@ def _one_step(config, method, mode='params', diagnostics=False, edit_batch=None)
   if edit_batch:
     batch = edit_batch(batch)
   new_state, metrics = jax.jit(step)(state, batch)
+  chex.assert_trees_all_equal_shapes_and_dtypes(new_state.weighting, state.weighting)
   return new_state.params, metrics, (tasks, model, state.params, batch)
 
 
@@ -45,8 +47,12 @@ def _ones_from_gram():
 
 
 def _sum_of_grads():
-  return Method(lambda n: EmptyState(),
-                lambda info, s: (jax.tree.map(lambda g: g.sum(0), info.grads), s), Needs.GRADS)
+  """A GRADS method whose state holds the last per-task gradients (gradient-shaped state)."""
+  def init(num_tasks, grads_like):
+    return jax.tree.map(lambda x: jnp.zeros((num_tasks,) + x.shape, x.dtype), grads_like)
+
+  return Method(init, lambda info, s: (jax.tree.map(lambda g: g.sum(0), info.grads),
+                                       info.grads), Needs.GRADS)
 
 
 def _assert_same_params(a, b):

@@ -7,7 +7,7 @@ StepInfo the train step builds, with gram = G Gᵀ and grads = {'g': G}.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting import Needs, StepInfo, combine, gram_matrix
+from mtl_jax.weighting import Needs, StepInfo, combine, gram_matrix, init_state
 
 
 def step_info(method, grads, losses, *, present=None, key=0, step=0) -> StepInfo:
@@ -23,10 +23,13 @@ def run(method, grads, losses, state=None, **info_kwargs):
   """(update direction (P,), the method's raw output, its new state).
 
   For LOSSES and GRAM methods the direction is Σ out_i g_i, as the train step forms it.
+  GRADS methods are initialised with grads_like = the shape of one row of `grads`.
   """
   info = step_info(method, grads, losses, **info_kwargs)
-  state = method.init(len(info.losses)) if state is None else state
-  out, state = method.update(info, state)
   g = {'g': jnp.asarray(grads, jnp.float32)}
+  if state is None:
+    state = init_state(method, len(info.losses), {'g': jax.ShapeDtypeStruct(g['g'].shape[1:],
+                                                                            jnp.float32)})
+  out, state = method.update(info, state)
   direction = out['g'] if method.needs is Needs.GRADS else combine(out, g)['g']
   return direction, out, state

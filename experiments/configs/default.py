@@ -8,6 +8,8 @@ Any field can be overridden on the command line, e.g. `--config.num_steps=200`.
 
 import ml_collections
 
+from mtl_jax import weighting
+
 BUILTIN_TASKS = ('pos', 'chunk', 'sentiment', 'topic', 'conflict', 'entailment', 'similarity')
 
 
@@ -80,4 +82,15 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 5
   elif variant:
     raise ValueError(f'Unknown variant {variant!r} of default.py; known: smoke.')
+  return c
+
+
+def method_config(method: str, mode: str) -> ml_collections.ConfigDict:
+  """The default job, MTL only, with a weighting method and gradient diagnostics on."""
+  c = get_config()
+  c.mode = 'multi'
+  c.weighting.name = method
+  c.weighting.mode = mode
+  c.weighting.diagnostics = True
+  c.weighting.args = ml_collections.ConfigDict(weighting.default_args(method))
   return c

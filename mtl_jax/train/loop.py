@@ -26,7 +26,8 @@ from mtl_jax.models.multitask import HardSharing
 from mtl_jax.tasks import Task
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
-from mtl_jax.train.step import INPUT_KEYS, make_predict_step, make_train_step
+from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
+                                task_gradient_like)
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
 
@@ -52,16 +53,20 @@ def build_model(config: ml_collections.ConfigDict, tasks: Sequence[Task],
                      config.model.head_dropout_rate)
 
 
-def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int
-                 ) -> TrainState:
+def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
+                 mode: str = 'params', batch_size: int = 1) -> TrainState:
+  """`mode` and `batch_size` shape the state of methods that keep per-task gradients."""
   init_key = jax.random.key(seed)
   # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
   # default model's layers. Still a pure function of (seed, step).
   dropout_key = jax.random.key(seed, impl='unsafe_rbg')
   dummy = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(init_key, dummy, dummy, dummy)['params']
+  grads_like = (task_gradient_like(model, params, mode, batch_size, seq_len)
+                if method.needs is weighting.Needs.GRADS else None)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), weighting=method.init(num_tasks),
+                    opt_state=optimizer.init(params),
+                    weighting=weighting.init_state(method, num_tasks, grads_like),
                     rng=dropout_key)
 
 
@@ -104,7 +109,8 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   model = build_model(config, tasks, data.vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
-  state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len)
+  state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
+                       config.weighting.mode, config.batch_size)
   train_step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule,
                                        config.weighting.mode, config.weighting.diagnostics),
                        donate_argnums=0)

@@ -25,6 +25,16 @@ def apply_model(model: nn.Module, params, batch: dict, dropout_key=None, method=
                      rngs=rngs, method=method)
 
 
+def task_gradient_like(model: nn.Module, params, mode: str, batch_size: int, seq_len: int):
+  """Shapes of one task's gradient: the shared parameters, or the shared representation."""
+  shared = {k: v for k, v in params.items() if k in model.shared_params}
+  if mode == 'params':
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shared)
+  ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
+  return jax.eval_shape(lambda s, *inputs: apply_model(model, s, {}, method='encode',
+                                                       inputs=inputs), shared, ids, ids, ids)
+
+
 def _sum_tasks(task_grads):
   return jax.tree.map(lambda g: g.sum(0), task_grads)
 

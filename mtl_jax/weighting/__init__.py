@@ -5,10 +5,11 @@ the same name; adding a method is adding one module (docs/weighting.md).
 """
 
 import importlib
+import inspect
 import pkgutil
 
 from mtl_jax.weighting.base import (EmptyState, Method, Needs, StepInfo, chain, combine,
-                                    gram_matrix)
+                                    gram_matrix, init_state)
 
 MODES = ('params', 'representation')
 _NOT_METHODS = ('base',)
@@ -16,11 +17,19 @@ _NOT_METHODS = ('base',)
 
 def names() -> tuple[str, ...]:
   return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
-                      if m.name not in _NOT_METHODS))
+                      if m.name not in _NOT_METHODS and not m.name.startswith('_')))
+
+
+def _factory(name: str):
+  if name not in names():
+    raise ValueError(f'Unknown weighting method {name!r}; known: {", ".join(names())}.')
+  return getattr(importlib.import_module(f'{__name__}.{name}'), name)
 
 
 def get(name: str, **kwargs) -> Method:
-  if name not in names():
-    raise ValueError(f'Unknown weighting method {name!r}; known: {", ".join(names())}.')
-  factory = getattr(importlib.import_module(f'{__name__}.{name}'), name)
-  return factory(**kwargs)
+  return _factory(name)(**kwargs)
+
+
+def default_args(name: str) -> dict:
+  """The method's keyword arguments and their defaults (what a config may override)."""
+  return {k: p.default for k, p in inspect.signature(_factory(name)).parameters.items()}

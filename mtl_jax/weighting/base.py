@@ -2,7 +2,9 @@
 
 Modelled on optax: a method is a small factory returning `Method(init, update, needs)`,
 
-  state = method.init(num_tasks)
+  state = method.init(num_tasks)               # LOSSES and GRAM methods
+  state = method.init(num_tasks, grads_like)   # GRADS methods; grads_like has the shapes of
+                                               # one task's gradient, for gradient-sized state
   out, state = method.update(info, state)
 
 where `info` is a `StepInfo` and `needs` tells the train step what to put in it. The step
@@ -47,13 +49,20 @@ class StepInfo(NamedTuple):
 
 
 class Method(NamedTuple):
-  init: Callable[[int], Any]  # num_tasks -> state (a pytree of arrays; () if stateless)
+  init: Callable[..., Any]  # num_tasks[, grads_like] -> state (a pytree of arrays)
   update: Callable[[StepInfo, Any], tuple[Any, Any]]  # (info, state) -> (out, state)
   needs: Needs
 
 
 class EmptyState(NamedTuple):
   """The state of a stateless method."""
+
+
+def init_state(method: Method, num_tasks: int, grads_like=None):
+  """Calls `method.init` as the contract says: GRADS methods also get `grads_like`."""
+  if method.needs is Needs.GRADS:
+    return method.init(num_tasks, grads_like)
+  return method.init(num_tasks)
 
 
 def gram_matrix(grads) -> jax.Array:
@@ -79,8 +88,8 @@ def chain(loss_weighting: Method, method: Method) -> Method:
   if loss_weighting.needs is not Needs.LOSSES:
     raise ValueError('chain: the first method must be a loss weighter (needs LOSSES).')
 
-  def init(num_tasks):
-    return loss_weighting.init(num_tasks), method.init(num_tasks)
+  def init(num_tasks, grads_like=None):
+    return loss_weighting.init(num_tasks), init_state(method, num_tasks, grads_like)
 
   def update(info: StepInfo, state):
     weights, first = loss_weighting.update(info, state[0])

@@ -1,0 +1,17 @@
+"""MTL on the built-in suite with a dynamic loss weighter (one backward pass per step).
+
+  python -m mtl_jax.train --config experiments/configs/loss_weighting.py:uncertainty --workdir W
+
+The variant names the method (a module of mtl_jax/weighting/ whose needs are LOSSES):
+equal, uncertainty, dwa, rlw, famo, gls. Method arguments: --config.weighting.args.NAME=...
+"""
+
+from experiments.configs import default
+
+METHODS = ('equal', 'uncertainty', 'dwa', 'rlw', 'famo', 'gls')
+
+
+def get_config(variant: str = 'uncertainty'):
+  if variant not in METHODS:
+    raise ValueError(f'Unknown variant {variant!r} of loss_weighting.py; known: {METHODS}.')
+  return default.method_config(variant, 'params')
