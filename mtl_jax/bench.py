@@ -34,13 +34,17 @@ flags.DEFINE_integer('matmul_size', 2048, 'Side of the square float32 matmul bas
 flags.DEFINE_string('weighting', None, 'Also time this mtl_jax.weighting method (default '
                     'arguments), as a ratio to equal weighting.')
 flags.DEFINE_enum('mode', 'params', weighting.MODES, 'Per-task gradients for --weighting.')
+flags.DEFINE_bool('grouped', False, 'Grouped batches (sampling strategy \'grouped\'): each '
+                  'row labelled for one task, N equal groups; per-task gradients in one pass.')
 flags.DEFINE_integer('num_tasks', 0, 'Replace the config\'s tasks by this many two-class '
                      'sentence classification tasks (0: keep them).')
 flags.mark_flags_as_required(['config'])
 
 
-def synthetic_batch(tasks, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
-  """Random tokens, every example labelled for every task (as the PyTorch peer does)."""
+def synthetic_batch(tasks, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
+                    grouped: bool = False):
+  """Random tokens, every example labelled for every task (as the PyTorch peer does), or
+  `grouped`: N equal groups of rows, group i labelled for task i only."""
   rng = np.random.default_rng(seed)
   ones = np.ones((batch_size, seq_len), np.int32)
   labels, masks = {}, {}
@@ -52,6 +56,10 @@ def synthetic_batch(tasks, batch_size: int, seq_len: int, vocab_size: int, seed:
     else:
       labels[t.name] = rng.integers(0, t.num_labels, batch_size).astype(np.int32)
     masks[t.name] = np.ones(labels[t.name].shape, np.float32)
+  if grouped:
+    group = np.repeat(np.arange(len(tasks)), batch_size // len(tasks))
+    for i, t in enumerate(tasks):
+      masks[t.name] *= (group == i).reshape((-1,) + (1,) * (masks[t.name].ndim - 1))
   return {'input_ids': rng.integers(0, vocab_size, (batch_size, seq_len)).astype(np.int32),
           'segment_ids': 0 * ones, 'attention_mask': ones, 'labels': labels,
           'label_masks': masks}
@@ -93,13 +101,13 @@ def main(argv):
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
   batch = jax.device_put(synthetic_batch(tasks, config.batch_size, config.data.seq_len,
-                                         vocab_size, config.seed))
+                                         vocab_size, config.seed, flags.FLAGS.grouped))
 
   def compiled_step(method, mode):
     state = create_state(model, optimizer, method, len(tasks), config.seed,
                          config.data.seq_len, mode, config.batch_size)
-    step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule, mode),
-                   donate_argnums=0)
+    step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule, mode,
+                                   grouped=flags.FLAGS.grouped), donate_argnums=0)
     compile_s, step = _seconds(lambda: step.lower(state, batch).compile())
     return {'step': step, 'state': state, 'compile_s': compile_s, 'times': []}
 
@@ -141,7 +149,7 @@ def main(argv):
   }
   if flags.FLAGS.weighting:
     name = flags.FLAGS.weighting
-    record.update({'weighting': name, 'mode': flags.FLAGS.mode,
+    record.update({'weighting': name, 'mode': flags.FLAGS.mode, 'grouped': flags.FLAGS.grouped,
                    'weighting_step_s': round(step_s[name], 4),
                    'ratio_to_equal': round(step_s[name] / step_s['equal'], 3)})
   print(json.dumps(record))

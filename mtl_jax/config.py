@@ -60,6 +60,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _require(config.sampling.strategy in STRATEGIES, 'sampling.strategy',
            f'{config.sampling.strategy!r} is not one of {STRATEGIES}.')
   _positive(config, 'sampling.temperature')
+  _require(config.sampling.strategy != 'grouped' or config.batch_size % n == 0, 'batch_size',
+           f'grouped sampling needs a multiple of the {n} tasks, got {config.batch_size}.')
   _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
            f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
   _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',

@@ -37,5 +37,6 @@ def build_step(config, method=None, mode='params', diagnostics=False):
   method = method or weighting.get('equal')
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
                        mode, config.batch_size)
-  step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics)
+  step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics,
+                         grouped=config.sampling.strategy == 'grouped')
   return tasks, data, state, model, step

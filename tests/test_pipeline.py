@@ -97,3 +97,28 @@ def test_eval_batches_cover_each_row_once():
     assert batch['input_ids'].shape == (4, 1)
     seen.extend(batch['labels']['t'][:valid])
   assert seen == list(range(10))
+
+
+def test_grouped_batches_hold_each_task_from_its_own_dataset(smoke_config):
+  tasks = tuple(task_lib.get(n) for n in ('pos', 'sentiment', 'entailment', 'similarity'))
+  data = load_task_data(_data_cfg(smoke_config), tasks)
+  smoke_config.sampling.strategy = 'grouped'
+  batches = list(train_batches(data, smoke_config.sampling, seed=1, batch_size=8,
+                               start_step=0, num_steps=3))
+  # Every input row is recognised by the home dataset whose rows hold it.
+  offsets = np.concatenate([[0], np.cumsum(data.train_sizes)])
+  for batch in batches:
+    for i, task in enumerate(data.tasks):
+      group = slice(2 * i, 2 * i + 2)
+      home = data.train_names.index(task)
+      home_rows = data.train['input_ids'][offsets[home]:offsets[home + 1]]
+      for row in batch['input_ids'][group]:
+        assert (home_rows == row).all(axis=1).any()
+      for other in data.tasks:
+        labelled = batch['label_masks'][other].reshape(8, -1).any(axis=1)
+        assert labelled[group].all() == (other == task) and (other == task or
+                                                              not labelled[group].any())
+  again = next(train_batches(data, smoke_config.sampling, 1, 8, 0, 1))
+  np.testing.assert_array_equal(again['input_ids'], batches[0]['input_ids'])
+  with pytest.raises(ValueError, match='divisible by the number of tasks'):
+    next(train_batches(data, smoke_config.sampling, 1, 6, 0, 1))

@@ -88,8 +88,11 @@ def _separate_task_gradients(tasks, model, params, batch, mode):
                      ).astype(np.float64) for i in range(len(tasks))])
 
 
-@pytest.mark.parametrize('mode', ['params', 'representation'])
-def test_diagnostics_match_separately_computed_gradients(config, mode):
+@pytest.mark.parametrize('mode,strategy', [('params', 'proportional'),
+                                           ('representation', 'proportional'),
+                                           ('params', 'grouped')])
+def test_diagnostics_match_separately_computed_gradients(config, mode, strategy):
+  config.sampling.strategy = strategy
   _, metrics, (tasks, model, params, batch) = _one_step(config, weighting.get('equal'), mode,
                                                         diagnostics=True)
   g = _separate_task_gradients(tasks, model, params, batch, mode)
@@ -98,6 +101,16 @@ def test_diagnostics_match_separately_computed_gradients(config, mode):
   np.testing.assert_allclose(metrics['task_grad_cosine'], (g @ g.T) / np.outer(norms, norms),
                              atol=1e-4)
   assert np.allclose(np.diag(metrics['task_grad_cosine']), 1.0, atol=1e-5)
+
+
+def test_grouped_route_equals_one_backward(config):
+  """On grouped batches the one-backward per-task route gives the same step as Σ_i L_i."""
+  config.sampling.strategy = 'grouped'
+  reference, ref_metrics, _ = _one_step(config, weighting.get('equal'))
+  for method in (_ones_from_gram(), _sum_of_grads()):
+    params, metrics, _ = _one_step(config, method)
+    _assert_same_params(params, reference)
+    np.testing.assert_allclose(metrics['task_losses'], ref_metrics['task_losses'], rtol=1e-5)
 
 
 def test_absent_task_gets_weight_zero_and_no_nan(config):

@@ -1,6 +1,7 @@
 """Gradient methods on the gradients of the shared representation (the cheap variant).
 
-  python -m mtl_jax.train --config experiments/configs/representation_aggregation.py:mgda --workdir W
+  python -m mtl_jax.train \
+      --config experiments/configs/representation_aggregation.py:mgda --workdir W
 
 Per-task gradients are taken with respect to the encoder's outputs that the heads read, and
 the method's combined gradient goes back through the encoder in one backward pass. MGDA in

@@ -5,13 +5,16 @@ that task uniformly at random (with replacement). With n_i examples for task i:
   proportional:  p_i = n_i / sum_j n_j
   temperature:   p_i = n_i^(1/tau) / sum_j n_j^(1/tau)   (tau = 1 is proportional)
   uniform:       p_i = 1 / N                               (the limit tau -> inf)
+  grouped:       exactly B/N rows of every task, in N consecutive groups in task order, each
+                 row labelled for its group's task only; gradient methods then get every
+                 task's gradient from one backward pass (mtl_jax.train.step).
 """
 
 from collections.abc import Sequence
 
 import numpy as np
 
-STRATEGIES = ('proportional', 'temperature', 'uniform')
+STRATEGIES = ('proportional', 'temperature', 'uniform', 'grouped')
 
 
 def mixture_probabilities(sizes: Sequence[int], strategy: str, temperature: float = 1.0
@@ -40,3 +43,17 @@ def sample_rows(seed: int, step: int, batch_size: int, sizes: Sequence[int],
   offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
   sizes = np.asarray(sizes)
   return offsets[tasks] + (rng.random(batch_size) * sizes[tasks]).astype(np.int64)
+
+
+def sample_grouped_rows(seed: int, step: int, batch_size: int, sizes: Sequence[int],
+                        components: Sequence[int]) -> np.ndarray:
+  """Row indices for `grouped`: batch_size / len(components) rows of each listed component."""
+  if batch_size % len(components):
+    raise ValueError(f'Grouped batches need batch_size ({batch_size}) divisible by the number '
+                     f'of tasks ({len(components)}).')
+  rng = np.random.default_rng([seed, step])
+  per_group = batch_size // len(components)
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  sizes = np.asarray(sizes)
+  groups = np.repeat(np.asarray(components), per_group)
+  return offsets[groups] + (rng.random(batch_size) * sizes[groups]).astype(np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 
 from mtl_jax.data import builtin_tfds
 from mtl_jax.data.features import concat_tables, encode_examples, num_rows
-from mtl_jax.data.mixture import mixture_probabilities, sample_rows
+from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sample_rows
 from mtl_jax.data.tokenizer import load_wordpiece
 from mtl_jax.tasks import Task
 from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE
@@ -27,6 +27,7 @@ class TaskData(NamedTuple):
   train: dict  # all training rows, one table, grouped by home dataset
   train_sizes: tuple[int, ...]  # rows of each home dataset, in table order
   train_names: tuple[str, ...]  # the home datasets (the mixture's components)
+  tasks: tuple[str, ...]  # the run's tasks, in order
   eval: dict[str, dict]  # task -> its validation table
   vocab_size: int
 
@@ -66,7 +67,8 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
   eval_tables = {t.name: encode(validation[t.name], f'{t.source} validation split, {t.name}')
                  for t in tasks}
   return TaskData(concat_tables(train_tables), tuple(num_rows(t) for t in train_tables),
-                  tuple(names), eval_tables, tokenizer.get_vocab_size())
+                  tuple(names), tuple(t.name for t in tasks), eval_tables,
+                  tokenizer.get_vocab_size())
 
 
 class _BatchAt:
@@ -81,12 +83,38 @@ class _BatchAt:
     return jax.tree.map(lambda a: a[rows], self.table)
 
 
+class _GroupedBatchAt(_BatchAt):
+  """step -> N equal groups of rows, group i from task i's own dataset, labelled for it only."""
+
+  def __init__(self, table, sizes, components, tasks, seed, batch_size):
+    super().__init__(table, sizes, None, seed, batch_size)
+    self.components, self.tasks = components, tasks
+
+  def __call__(self, step: int) -> dict:
+    rows = sample_grouped_rows(self.seed, step, self.batch_size, self.sizes, self.components)
+    batch = jax.tree.map(lambda a: a[rows], self.table)
+    group = np.repeat(np.arange(len(self.tasks)), self.batch_size // len(self.tasks))
+    for i, task in enumerate(self.tasks):
+      mask = batch['label_masks'][task]
+      batch['label_masks'][task] = mask * (group == i).reshape((-1,) + (1,) * (mask.ndim - 1))
+    return batch
+
+
 def train_batches(data: TaskData, sampling: ml_collections.ConfigDict, seed: int,
                   batch_size: int, start_step: int, num_steps: int) -> Iterator[dict]:
   """Batches for steps [start_step, num_steps), prefetched in a background thread."""
-  probabilities = mixture_probabilities(data.train_sizes, sampling.strategy,
-                                        sampling.temperature)
-  batch_at = _BatchAt(data.train, data.train_sizes, probabilities, seed, batch_size)
+  if sampling.strategy == 'grouped':
+    missing = [t for t in data.tasks if t not in data.train_names]
+    if missing:
+      raise ValueError(f'Grouped sampling draws each task from its own dataset; tasks '
+                       f'{missing} have none among {data.train_names}.')
+    batch_at = _GroupedBatchAt(data.train, data.train_sizes,
+                               [data.train_names.index(t) for t in data.tasks], data.tasks,
+                               seed, batch_size)
+  else:
+    probabilities = mixture_probabilities(data.train_sizes, sampling.strategy,
+                                          sampling.temperature)
+    batch_at = _BatchAt(data.train, data.train_sizes, probabilities, seed, batch_size)
   steps = grain.MapDataset.range(start_step, num_steps).map(batch_at)
   return iter(steps.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 

@@ -112,7 +112,8 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
                        config.weighting.mode, config.batch_size)
   train_step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule,
-                                       config.weighting.mode, config.weighting.diagnostics),
+                                       config.weighting.mode, config.weighting.diagnostics,
+                                       grouped=config.sampling.strategy == 'grouped'),
                        donate_argnums=0)
   predict_step = jax.jit(make_predict_step(model, tasks))
 

@@ -46,14 +46,18 @@ def _task_gradients(vjp, num_tasks: int):
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                     tasks: Sequence[Task], method: Method, learning_rate: optax.Schedule,
-                    mode: str = 'params', diagnostics: bool = False) -> Callable:
+                    mode: str = 'params', diagnostics: bool = False,
+                    grouped: bool = False) -> Callable:
   """Builds the pure step for a weighting `method` (mtl_jax.weighting).
 
   The step computes what the method needs and nothing more. A loss weighter costs one
   forward and one backward pass. Per-task gradients (GRAM and GRADS methods, or
-  `diagnostics`) come from one forward pass and a VJP vmapped over the N tasks, taken
-  with respect to the shared parameters (mode 'params') or the shared representation
-  (mode 'representation', then one backward through the encoder). Heads get ∇L_i.
+  `diagnostics`) are taken with respect to the shared parameters (mode 'params') or the
+  shared representation (mode 'representation', then one backward through the encoder).
+  They come from one forward pass and a VJP vmapped over the N tasks (N backward passes
+  through the encoder), except in mode 'params' on `grouped` batches (each row labelled for
+  one task, N equal groups in task order), where one backward pass yields all of them.
+  Heads get ∇L_i.
   """
   tasks = tuple(tasks)
   num_tasks = len(tasks)
@@ -74,6 +78,25 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   def head_update(out, head_grads):
     return combine(out, head_grads) if method.needs is Needs.LOSSES else _sum_tasks(head_grads)
 
+  def grouped_task_gradients(params, batch, dropout_key):
+    """Per-task gradients from ONE backward pass, for a batch of N equal groups of rows where
+    group i holds task i's rows only (sampling strategy 'grouped').
+
+    Each group runs on its own copy of the parameters (vmapped; the matmuls keep their total
+    FLOPs), so the gradient with respect to copy i is ∇L_i.
+    """
+    groups = jax.tree.map(lambda x: x.reshape((num_tasks, -1) + x.shape[1:]), batch)
+    copies = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_tasks,) + p.shape), params)
+
+    def group_loss(p, group, i):
+      outputs = apply_model(model, p, group, jax.random.fold_in(dropout_key, i))
+      losses, counts = loss_vector(tasks, outputs, group['labels'], group['label_masks'])
+      return losses[i], counts[i]
+
+    losses, vjp, counts = jax.vjp(
+        lambda c: jax.vmap(group_loss)(c, groups, jnp.arange(num_tasks)), copies, has_aux=True)
+    return losses, counts, vjp(jnp.ones((num_tasks,), jnp.float32))[0]
+
   def gradients(params, batch, dropout_key, method_key, method_state, step):
     """(grads, losses, counts, method output, method state, gram or None)."""
     def losses_of(outputs):
@@ -89,8 +112,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       return vjp(weights)[0], losses, counts, weights, method_state, None
 
     if mode == 'params':
-      losses, vjp, counts = jax.vjp(task_losses, params, has_aux=True)
-      task_grads = _task_gradients(vjp, num_tasks)
+      if grouped:
+        losses, counts, task_grads = grouped_task_gradients(params, batch, dropout_key)
+      else:
+        losses, vjp, counts = jax.vjp(task_losses, params, has_aux=True)
+        task_grads = _task_gradients(vjp, num_tasks)
       shared_grads, head_grads = split(task_grads)
       gram = gram_matrix(shared_grads)
       out, method_state = method.update(
