@@ -8,29 +8,34 @@ from mtl_jax.models.heads import Head
 from mtl_jax.tasks import Task, TaskKind
 
 
-def head_input(task: Task, features: EncoderOutput, num_layers: int) -> jax.Array:
-  """The features a task's head reads: its layer's sequence, or one vector per input.
-
-  A sentence task supervised at the last layer reads the pooler (BERT's classifier input)
-  when there is one; at a lower depth it reads that layer's [CLS] state.
-  """
+def representation_key(task: Task, num_layers: int, pooler: bool) -> str:
+  """Which encoder feature a task's head reads: a layer's sequence, its [CLS] state, or
+  the pooler (BERT's classifier input, for a sentence task at the last layer)."""
   depth = num_layers if task.depth == -1 else task.depth
   if depth > num_layers:
     raise ValueError(f'Task {task.name!r} is supervised at depth {depth}, but the encoder has '
                      f'{num_layers} layers.')
-  sequence = features.hidden_states[depth]
   if task.kind is TaskKind.TAGGING:
-    return sequence
-  if depth == num_layers and features.pooled is not None:
+    return f'sequence_{depth}'
+  if depth == num_layers and pooler:
+    return 'pooled'
+  return f'cls_{depth}'
+
+
+def _feature(key: str, features: EncoderOutput) -> jax.Array:
+  if key == 'pooled':
     return features.pooled
-  return sequence[:, 0]
+  kind, depth = key.split('_')
+  sequence = features.hidden_states[int(depth)]
+  return sequence if kind == 'sequence' else sequence[:, 0]
 
 
 class HardSharing(nn.Module):
   """inputs -> {task name: logits (B, C) | (B, S, C), or predictions (B,) for regression}.
 
-  `encode` (shared parameters) and `decode` (the task heads) can be applied separately:
-  gradient methods in representation mode differentiate through the two halves apart.
+  `encode` (shared parameters) maps inputs to the shared representation: the features the
+  heads read, by `representation_key`. `decode` (the task heads) maps that to outputs.
+  Gradient methods in representation mode differentiate through the two halves apart.
   """
   encoder_config: EncoderConfig
   tasks: tuple[Task, ...]
@@ -44,18 +49,24 @@ class HardSharing(nn.Module):
     self.heads = {t.name: Head(t.num_labels, self.head_dropout_rate, name=f'head_{t.name}')
                   for t in self.tasks}
 
-  def encode(self, input_ids, segment_ids, attention_mask, *, deterministic=True
-             ) -> EncoderOutput:
-    return self.encoder(input_ids, segment_ids, attention_mask, deterministic=deterministic)
+  def _keys(self) -> dict[str, str]:
+    cfg = self.encoder_config
+    return {t.name: representation_key(t, cfg.num_layers, cfg.pooler) for t in self.tasks}
 
-  def decode(self, features: EncoderOutput, *, deterministic=True) -> dict:
+  def encode(self, input_ids, segment_ids, attention_mask, *, deterministic=True
+             ) -> dict[str, jax.Array]:
+    features = self.encoder(input_ids, segment_ids, attention_mask,
+                            deterministic=deterministic)
+    return {key: _feature(key, features) for key in sorted(set(self._keys().values()))}
+
+  def decode(self, representation: dict[str, jax.Array], *, deterministic=True) -> dict:
     outputs = {}
     for task in self.tasks:
-      x = head_input(task, features, self.encoder_config.num_layers)
-      out = self.heads[task.name](x, deterministic)
+      out = self.heads[task.name](representation[self._keys()[task.name]], deterministic)
       outputs[task.name] = out[..., 0] if task.kind is TaskKind.REGRESSION else out
     return outputs
 
   def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic=True):
-    features = self.encode(input_ids, segment_ids, attention_mask, deterministic=deterministic)
-    return self.decode(features, deterministic=deterministic)
+    representation = self.encode(input_ids, segment_ids, attention_mask,
+                                 deterministic=deterministic)
+    return self.decode(representation, deterministic=deterministic)
