@@ -1,0 +1,80 @@
+"""Dual-balancing multi-task learning (DB-MTL).
+
+Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Kwok 2023, "Dual-balancing for multi-task learning"
+(arXiv 2308.12029). Loss-scale balancing: each task's loss is replaced by log(L_i + ε), whose
+gradient is g_i / (L_i + ε) (exact, from the given g_i). Those are averaged over steps,
+
+  ĝ_i ← β_t ĝ_i + (1 - β_t) g_i / (L_i + ε),   β_t = β / t^σ,   ĝ_i(0) = 0,
+
+and gradient-magnitude balancing scales every task to the largest norm:
+
+  update = Σ_i (max_j ||ĝ_j|| / (||ĝ_i|| + 1e-8)) ĝ_i.
+
+Defaults β = 0.9, σ = 0 (`beta_sigma`), ε = 1e-8: LibMTL's `DB_MTL` defaults (its
+DB_beta, DB_beta_sigma), whose update this follows, including the EMA without bias
+correction (the first update is (1 - β) times the balanced gradient). β = 0 is the EMA-free
+variant. The EMA is over whole per-task gradients, so this is a GRADS method: `init` gets
+`grads_like` and the state holds an (N, ...) float32 copy of it.
+
+Absent tasks: left out of the sum and of the max, their ĝ_i unchanged; t counts each task's
+own present steps (LibMTL's global step when every task is always present).
+Differences from LibMTL: heads get their plain ∇L_i (the train step's rule for gradient
+methods) where LibMTL backpropagates log(L_i + ε) into them too; LibMTL refuses
+representation gradients, and in mode 'representation' here the EMA mixes gradients of
+different batches' features, which only makes sense with beta=0.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mtl_jax.weighting.base import Method, Needs, StepInfo
+
+
+class DBMTLState(NamedTuple):
+  ema: Any  # ĝ, a float32 pytree like grads_like with a leading N axis
+  count: jax.Array  # (N,) int32, each task's present steps so far
+
+
+def _per_task(vector, leaf):
+  return vector.reshape((-1,) + (1,) * (leaf.ndim - 1))
+
+
+def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Method:
+
+  if not 0 <= beta < 1 or beta_sigma < 0:
+    raise ValueError(f'db_mtl: needs 0 <= beta < 1 and beta_sigma >= 0, got {beta}, '
+                     f'{beta_sigma}.')
+
+  def init(num_tasks, grads_like=None):
+    # grads_like=None (mtl_jax.config.build_weighting's check of the arguments) gives a
+    # state that `update` refuses: the moving average needs the gradients' shapes.
+    ema = None if grads_like is None else jax.tree.map(
+        lambda x: jnp.zeros((num_tasks,) + tuple(x.shape), jnp.float32), grads_like)
+    return DBMTLState(ema, jnp.zeros((num_tasks,), jnp.int32))
+
+  def update(info: StepInfo, state: DBMTLState):
+    if state.ema is None:
+      raise ValueError('db_mtl: the state was made without grads_like; initialise it with '
+                       'weighting.init_state(method, num_tasks, grads_like).')
+    present = info.present
+    count = state.count + present.astype(jnp.int32)
+    rate = beta / jnp.maximum(count, 1).astype(jnp.float32) ** beta_sigma  # β_t
+    scale = 1.0 / (info.losses + eps)  # ∇log(L_i + ε) = g_i / (L_i + ε)
+
+    def step(ema, g):
+      log_grad = g.astype(jnp.float32) * _per_task(scale, g)
+      new = log_grad + _per_task(rate, g) * (ema - log_grad)
+      return jnp.where(_per_task(present, g), new, ema)
+
+    ema = jax.tree.map(step, state.ema, info.grads)
+    norms = jnp.sqrt(sum(jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), axis=1)
+                         for x in jax.tree.leaves(ema)))
+    largest = jnp.max(jnp.where(present, norms, 0.0))
+    coefficients = jnp.where(present, largest / (norms + 1e-8), 0.0)
+    out = jax.tree.map(lambda e, g: jnp.tensordot(coefficients, e, axes=1).astype(g.dtype),
+                       ema, info.grads)
+    return out, DBMTLState(ema, count)
+
+  return Method(init, update, Needs.GRADS)
