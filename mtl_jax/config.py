@@ -96,7 +96,7 @@ def build_weighting(config: ml_collections.ConfigDict) -> weighting.Method:
     args['weights'] = tuple(config.task_weights)
   try:
     method = weighting.get(name, **args)
-    method.init(len(config.tasks))
+    weighting.init_state(method, len(config.tasks), grads_like={})  # shapes come later
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.weighting.args: {name}: {e}') from e
   return method
