@@ -47,17 +47,12 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Met
     raise ValueError(f'db_mtl: needs 0 <= beta < 1 and beta_sigma >= 0, got {beta}, '
                      f'{beta_sigma}.')
 
-  def init(num_tasks, grads_like=None):
-    # grads_like=None (mtl_jax.config.build_weighting's check of the arguments) gives a
-    # state that `update` refuses: the moving average needs the gradients' shapes.
-    ema = None if grads_like is None else jax.tree.map(
-        lambda x: jnp.zeros((num_tasks,) + tuple(x.shape), jnp.float32), grads_like)
+  def init(num_tasks, grads_like):
+    ema = jax.tree.map(lambda x: jnp.zeros((num_tasks,) + tuple(x.shape), jnp.float32),
+                       grads_like)
     return DBMTLState(ema, jnp.zeros((num_tasks,), jnp.int32))
 
   def update(info: StepInfo, state: DBMTLState):
-    if state.ema is None:
-      raise ValueError('db_mtl: the state was made without grads_like; initialise it with '
-                       'weighting.init_state(method, num_tasks, grads_like).')
     present = info.present
     count = state.count + present.astype(jnp.int32)
     rate = beta / jnp.maximum(count, 1).astype(jnp.float32) ** beta_sigma  # β_t
