@@ -15,8 +15,8 @@ mtl_jax/weighting/<name>.py does not exist yet is skipped.
   LibMTL       hyperparameters (LibMTL default)                ours
   EW           -                                                equal()
   GLS          -                                                gls()
-  UW           - (loss_scale s init -0.5; λ = 1/(2e^s))         uncertainty()
-  DWA          T (2.0)                                          dwa(temperature=T)
+  UW           - (loss_scale s init -0.5; λ = 1/(2e^s))         uncertainty(init_log_variance=-0.5)
+  DWA          T (2.0)                                          dwa(temperature=T, window=1)
   GradNorm     alpha (1.5)                                      gradnorm(alpha=alpha)
   MGDA         mgda_gn ('none'|'l2'|'loss'|'loss+')             mgda(normalization=mgda_gn)
   CAGrad       calpha (0.5), rescale (1)                        cagrad(c=calpha, rescale=rescale)
@@ -26,7 +26,7 @@ mtl_jax/weighting/<name>.py does not exist yet is skipped.
                                                                 compare LibMTL's unclipped Σα_i g_i
   Aligned_MTL  -                                                aligned_mtl()
   DB_MTL       DB_beta (0.9), DB_beta_sigma (0.0)               db_mtl(beta=, beta_sigma=)
-  FAMO         FAMO_w_lr (0.025), FAMO_w_gamma (1e-3)           famo(w_lr=, w_gamma=)
+  FAMO         FAMO_w_lr (0.025), FAMO_w_gamma (1e-3)           famo(learning_rate=, weight_decay=)
   PCGrad       -                                                pcgrad()
   GradVac      GradVac_beta (0.5), GradVac_group_type (0)       gradvac(beta=)
   GradDrop     leak (0.0)                                       graddrop(leak=)
@@ -74,8 +74,10 @@ def _arg(accepted, ours, value, libmtl_default):
 OURS = {
     'EW': ('equal', lambda h, a: ({}, 'direction')),
     'GLS': ('gls', lambda h, a: ({}, 'direction')),
-    'UW': ('uncertainty', lambda h, a: ({}, 'direction')),
-    'DWA': ('dwa', lambda h, a: (_arg(a, 'temperature', h['T'], 2.0), 'direction')),
+    # LibMTL starts log σ² at -0.5 (ours at 0 by default); its epochs are our windows of 1.
+    'UW': ('uncertainty', lambda h, a: ({'init_log_variance': -0.5}, 'direction')),
+    'DWA': ('dwa', lambda h, a: ({**_arg(a, 'temperature', h['T'], 2.0), 'window': 1},
+                                 'direction')),
     'GradNorm': ('gradnorm', lambda h, a: (_arg(a, 'alpha', h['alpha'], 1.5), 'direction')),
     'MGDA': ('mgda', lambda h, a: (_arg(a, 'normalization', h['mgda_gn'], 'none'),
                                    'direction')),
@@ -87,8 +89,8 @@ OURS = {
     'DB_MTL': ('db_mtl', lambda h, a: ({**_arg(a, 'beta', h['DB_beta'], 0.9),
                                         **_arg(a, 'beta_sigma', h['DB_beta_sigma'], 0.0)},
                                        'direction')),
-    'FAMO': ('famo', lambda h, a: ({**_arg(a, 'w_lr', h['FAMO_w_lr'], 0.025),
-                                    **_arg(a, 'w_gamma', h['FAMO_w_gamma'], 1e-3)},
+    'FAMO': ('famo', lambda h, a: ({**_arg(a, 'learning_rate', h['FAMO_w_lr'], 0.025),
+                                    **_arg(a, 'weight_decay', h['FAMO_w_gamma'], 1e-3)},
                                    'direction')),
     'PCGrad': ('pcgrad', lambda h, a: ({}, 'direction')),
     'GradVac': ('gradvac', lambda h, a: ({**_arg(a, 'beta', h['GradVac_beta'], 0.5),
