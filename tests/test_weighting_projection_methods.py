@@ -291,7 +291,8 @@ def _drop_update(method, grads, key, present):
   present = jnp.ones(n, bool) if present is None else jnp.asarray(present)
   info = weighting.StepInfo(jnp.ones(n), present, jax.random.key(key), jnp.int32(0),
                             None, grads)
-  return method.update(info, method.init(n))[0]
+  like = jax.tree.map(lambda g: jax.ShapeDtypeStruct(g.shape[1:], g.dtype), grads)
+  return method.update(info, weighting.init_state(method, n, like))[0]
 
 
 @functools.cache

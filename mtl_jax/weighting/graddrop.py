@@ -48,8 +48,8 @@ def graddrop(leak: float = 0.0) -> Method:
   Absent tasks have g_i = 0 and contribute nothing; nothing divides by zero.
   """
 
-  def init(num_tasks):
-    del num_tasks
+  def init(num_tasks, grads_like):
+    del num_tasks, grads_like
     return EmptyState()
 
   def update(info: StepInfo, state):
