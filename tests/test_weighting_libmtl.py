@@ -101,6 +101,10 @@ OURS = {
 }
 
 
+# Our CAGrad keeps the official code's scale (N·d/(1+c²), "to match the sum loss"); LibMTL's
+# is 1/N of that. Compared after this factor.
+DIRECTION_SCALE = {'CAGrad': lambda num_tasks: 1.0 / num_tasks}
+
 # Where our state deliberately follows the paper rather than LibMTL, only the steps before
 # the two states part are compared. GradVac: LibMTL moves the target φ̂ only when its
 # correction fires; Wang et al. 2021 (Algorithm 1) and ours move it after every visited pair.
@@ -160,6 +164,7 @@ def test_direction_matches_libmtl(record):
   steps = record['steps'][:STEPS_COMPARED.get(record['libmtl'], len(record['steps']))]
   for t, step in enumerate(steps):
     direction, out, state = run(method, step['G'], step['losses'], state, key=t, step=t)
+    direction = direction * DIRECTION_SCALE.get(record['libmtl'], lambda n: 1.0)(len(out))
     ref = step.get(field)
     if not step['check'] or ref is None:
       continue

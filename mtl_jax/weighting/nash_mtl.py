@@ -16,8 +16,8 @@ class NashState(NamedTuple):
   alpha: jax.Array  # (N,) the last solved weights (before max_norm), for update_weights_every
 
 
-def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
-             gram_normalization: bool = True, max_iter: int = 50) -> Method:
+def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1, max_iter: int = 50
+             ) -> Method:
   """Nash-MTL, Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya (2022),
   "Multi-task learning as a bargaining game" (ICML).
 
@@ -35,10 +35,12 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
   (ECOS) problem, warm-started from the previous step's α and stopped at ‖Kα - 1/α‖ < 1e-3;
   we have no such option, we solve to float32 convergence from a cold start.
 
+  We solve on K/‖K‖_F (Frobenius) for conditioning and scale back (scaling K by s scales
+  the solution by 1/√s), so α is the bargaining solution of K itself. The official code
+  and LibMTL also solve on K/‖K‖_F, but their cvxpy constraint multiplies α back by the
+  normalisation factor, so they too return the solution of K (LibMTL's numbers agree).
+
   Options of the official code (defaults theirs, kept here):
-    gram_normalization=True: solve on K/‖K‖_F (Frobenius) and use that α directly, as the
-      official code and LibMTL do; that α is √‖K‖_F times the bargaining solution of K
-      itself (scaling K by s scales the solution by 1/√s). False: the exact solution of K.
     max_norm=1.0: the official code clips the shared parameters' gradient norm to max_norm
       after the backward pass; here the coefficients are scaled by min(1, max_norm/‖d‖),
       ‖d‖² = αᵀKα, which is the same thing in parameter mode (in representation mode it
@@ -71,9 +73,7 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
     gram = jnp.where(present[:, None] & present[None, :], info.gram, 0.0)
     frobenius = jnp.sqrt(jnp.sum(gram ** 2))
     frobenius = jnp.where(frobenius > 1e-30, frobenius, 1.0)
-    alpha = solve(gram / frobenius, present, max_iter)
-    if not gram_normalization:
-      alpha = alpha / jnp.sqrt(frobenius)
+    alpha = solve(gram / frobenius, present, max_iter) / jnp.sqrt(frobenius)
     if update_weights_every > 1:
       fresh = info.step % update_weights_every == 0
       alpha = jnp.where(fresh, alpha, state.alpha)
