@@ -1,13 +1,13 @@
 """Times the train step of a named config; prints one JSON line.
 
   python -m mtl_jax.bench --config experiments/configs/bert_mini.py
-  python -m mtl_jax.bench --config experiments/configs/bert_mini.py --weighting=pcgrad \
-      --num_tasks=8 --mode=representation
+  python -m mtl_jax.bench --config experiments/configs/bert_mini.py \
+      --weighting=pcgrad,mgda --num_tasks=8 --mode=representation
 
 It reports the median step time, tokens/s, the model's training FLOP/s (analytic matmul
 FLOPs: 3x the forward pass), and that figure as a fraction of a float32 matmul's FLOP/s
-measured in the same process. With --weighting it also times that method's step and
-reports its ratio to equal weighting's. All timings are interleaved round by round, so
+measured in the same process. With --weighting it also times those methods' steps and
+reports each one's ratio to equal weighting's. All timings are interleaved round by round, so
 every figure sees the same machine load.
 """
 
@@ -31,8 +31,8 @@ from mtl_jax.train.step import make_train_step
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_integer('repeats', 5, 'Timed rounds (each: one matmul timing, one step timing).')
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square float32 matmul baseline.')
-flags.DEFINE_string('weighting', None, 'Also time this mtl_jax.weighting method (default '
-                    'arguments), as a ratio to equal weighting.')
+flags.DEFINE_list('weighting', [], 'Also time these mtl_jax.weighting methods (default '
+                  'arguments), each as a ratio to equal weighting.')
 flags.DEFINE_enum('mode', 'params', weighting.MODES, 'Per-task gradients for --weighting.')
 flags.DEFINE_bool('grouped', False, 'Grouped batches (sampling strategy \'grouped\'): each '
                   'row labelled for one task, N equal groups; per-task gradients in one pass.')
@@ -112,9 +112,8 @@ def main(argv):
     return {'step': step, 'state': state, 'compile_s': compile_s, 'times': []}
 
   runs = {'equal': compiled_step(weighting.get('equal'), 'params')}
-  if flags.FLAGS.weighting:
-    runs[flags.FLAGS.weighting] = compiled_step(weighting.get(flags.FLAGS.weighting),
-                                                flags.FLAGS.mode)
+  for name in flags.FLAGS.weighting:
+    runs[name] = compiled_step(weighting.get(name), flags.FLAGS.mode)
   n = flags.FLAGS.matmul_size
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
@@ -140,7 +139,7 @@ def main(argv):
       'config': config_flags.get_config_filename(flags.FLAGS['config']),
       'backend': jax.default_backend(), 'devices': jax.device_count(),
       'num_tasks': len(tasks), 'batch_size': config.batch_size,
-      'seq_len': config.data.seq_len, 'step_s': round(step_s['equal'], 4),
+      'seq_len': config.data.seq_len, 'step_s': round(step_s['equal'], 6),
       'tokens_per_s': round(config.batch_size * config.data.seq_len / step_s['equal']),
       'train_gflop_per_step': round(flops / 1e9, 2), 'achieved_gflop_s': round(achieved / 1e9, 1),
       'matmul_f32_gflop_s': round(peak / 1e9, 1), 'fraction_of_matmul': round(achieved / peak, 3),
@@ -148,10 +147,11 @@ def main(argv):
       'loss': float(runs['equal']['metrics']['loss']),
   }
   if flags.FLAGS.weighting:
-    name = flags.FLAGS.weighting
-    record.update({'weighting': name, 'mode': flags.FLAGS.mode, 'grouped': flags.FLAGS.grouped,
-                   'weighting_step_s': round(step_s[name], 4),
-                   'ratio_to_equal': round(step_s[name] / step_s['equal'], 3)})
+    record.update({
+        'mode': flags.FLAGS.mode, 'grouped': flags.FLAGS.grouped,
+        'weighting_step_s': {n: round(step_s[n], 6) for n in flags.FLAGS.weighting},
+        'ratio_to_equal': {n: round(step_s[n] / step_s['equal'], 3)
+                           for n in flags.FLAGS.weighting}})
   print(json.dumps(record))
 
 
