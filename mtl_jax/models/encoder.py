@@ -66,7 +66,12 @@ def gelu(x):
 
 
 def _dense(features, cfg, name):
-  return nn.Dense(features, kernel_init=nn.initializers.normal(cfg.initializer_range), name=name)
+  """A Dense layer applied to the tokens as one (N, D) matrix. With a 3-D input, the kernel
+  gradient would contract two axes, and XLA then transposes the whole activation gradient
+  into a copy before the matmul; a single contracting axis needs no copy."""
+  dense = nn.Dense(features, kernel_init=nn.initializers.normal(cfg.initializer_range),
+                   name=name)
+  return lambda x: dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], features)
 
 
 class SelfAttention(nn.Module):
