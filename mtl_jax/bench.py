@@ -17,7 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mtl_jax import config as config_lib
@@ -91,6 +91,7 @@ def _seconds(fn, *args) -> tuple[float, object]:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.ERROR)  # JAX logs routine backend notices
   keep_step_buffers_resident()
   config = flags.FLAGS.config
   tasks = config_lib.validate(config)

@@ -143,3 +143,24 @@ def test_chain_scales_tasks_before_the_aggregator(config):
 def test_unknown_method_is_a_clear_error():
   with pytest.raises(ValueError, match="Unknown weighting method 'nope'.*equal"):
     weighting.get('nope')
+
+
+@pytest.mark.parametrize('name,strategy', [('mgda', 'proportional'), ('pcgrad', 'grouped')])
+def test_methods_see_global_gradients_in_the_data_sharded_step(config, name, strategy):
+  """The batch split over 4 devices (jit + NamedSharding): the same step as on one device,
+  because the per-task losses, gradients and Gram are global before the method sees them."""
+  config.sampling.strategy = strategy
+  _, data, state, _, step = build_step(config, weighting.get(name), diagnostics=True)
+  batch = _first_batch(config, data)
+  single, single_metrics = jax.jit(step)(state, batch)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ('data',))
+  sharded_batch = jax.device_put(batch, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('data')))
+  replicated = jax.device_put(state, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))
+  sharded, metrics = jax.jit(step)(replicated, sharded_batch)
+  _assert_same_params(sharded.params, single.params)
+  np.testing.assert_allclose(metrics['task_grad_cosine'], single_metrics['task_grad_cosine'],
+                             atol=1e-5)
+  np.testing.assert_allclose(metrics['task_weights'], single_metrics['task_weights'],
+                             rtol=1e-4)

@@ -85,12 +85,13 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   return c
 
 
-def method_config(method: str, mode: str) -> ml_collections.ConfigDict:
-  """The default job, MTL only, with a weighting method and gradient diagnostics on."""
+def method_config(method: str, mode: str, diagnostics: bool) -> ml_collections.ConfigDict:
+  """The default job, MTL only, with a weighting method. Diagnostics are free for gradient
+  methods (they hold the Gram matrix) and cost N backward passes for a loss weighter."""
   c = get_config()
   c.mode = 'multi'
   c.weighting.name = method
   c.weighting.mode = mode
-  c.weighting.diagnostics = True
+  c.weighting.diagnostics = diagnostics
   c.weighting.args = ml_collections.ConfigDict(weighting.default_args(method))
   return c

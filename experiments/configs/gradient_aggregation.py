@@ -16,4 +16,4 @@ METHODS = ('mgda', 'cagrad', 'imtl', 'nash_mtl', 'pcgrad', 'gradvac', 'graddrop'
 def get_config(variant: str = 'pcgrad'):
   if variant not in METHODS:
     raise ValueError(f'Unknown variant {variant!r} of gradient_aggregation.py; known: {METHODS}.')
-  return default.method_config(variant, 'params')
+  return default.method_config(variant, 'params', diagnostics=True)

@@ -14,4 +14,4 @@ METHODS = ('equal', 'uncertainty', 'dwa', 'rlw', 'famo', 'gls')
 def get_config(variant: str = 'uncertainty'):
   if variant not in METHODS:
     raise ValueError(f'Unknown variant {variant!r} of loss_weighting.py; known: {METHODS}.')
-  return default.method_config(variant, 'params')
+  return default.method_config(variant, 'params', diagnostics=False)

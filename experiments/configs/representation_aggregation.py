@@ -15,4 +15,4 @@ def get_config(variant: str = 'mgda'):
   if variant not in gradient_aggregation.METHODS:
     raise ValueError(f'Unknown variant {variant!r} of representation_aggregation.py; known: '
                      f'{gradient_aggregation.METHODS}.')
-  return default.method_config(variant, 'representation')
+  return default.method_config(variant, 'representation', diagnostics=True)
