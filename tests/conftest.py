@@ -3,6 +3,7 @@ import os
 # Several CPU devices for the multi-device tests; must be set before JAX starts.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 
+import optax
 import pytest
 
 from experiments.configs import default
@@ -27,13 +28,18 @@ def smoke_config(data_dir):
   return config
 
 
-def build_step(config, method=None, mode='params', diagnostics=False):
-  """(tasks, data, state, model, un-jitted train step) for a config and weighting method."""
+def build_step(config, method=None, mode='params', diagnostics=False, sgd_learning_rate=None):
+  """(tasks, data, state, model, un-jitted train step) for a config and weighting method.
+
+  With `sgd_learning_rate` the optimizer is plain SGD, so a step moves the parameters by
+  exactly -lr × the gradient the step formed (AdamW's first step would only show its sign).
+  """
   tasks = config_lib.validate(config)
   data = load_task_data(config.data, tasks)
   model = build_model(config, tasks, data.vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
-  optimizer = make_optimizer(config.optimizer, schedule)
+  optimizer = (make_optimizer(config.optimizer, schedule) if sgd_learning_rate is None
+               else optax.sgd(sgd_learning_rate))
   method = method or weighting.get('equal')
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
                        mode, config.batch_size)

@@ -18,9 +18,12 @@ from mtl_jax.train.step import apply_model
 from mtl_jax.weighting import EmptyState, Method, Needs
 
 
+LEARNING_RATE = 1.0  # SGD: the parameter change is minus the gradient itself
+
+
 @pytest.fixture
 def config(smoke_config):
-  """No dropout and no clipping, so gradients are exact functions of the batch."""
+  """No dropout, so gradients are exact functions of the batch."""
   smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
   smoke_config.model.head_dropout_rate = 0.0
   smoke_config.optimizer.clip_norm = 0.0
@@ -32,7 +35,9 @@ def _first_batch(config, data):
 
 
 def _one_step(config, method, mode='params', diagnostics=False, edit_batch=None):
-  tasks, data, state, model, step = build_step(config, method, mode, diagnostics)
+  """(params after one SGD step, metrics, (tasks, model, initial params, batch))."""
+  tasks, data, state, model, step = build_step(config, method, mode, diagnostics,
+                                               sgd_learning_rate=LEARNING_RATE)
   batch = _first_batch(config, data)
   if edit_batch:
     batch = edit_batch(batch)
@@ -55,17 +60,22 @@ def _sum_of_grads():
                                        info.grads), Needs.GRADS)
 
 
-def _assert_same_params(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6), a, b)
+def _assert_same_params(a, b, initial):
+  """Same SGD step: the parameter changes (minus the gradients) agree, and are not zero."""
+  moved = [float(np.abs(np.asarray(x) - np.asarray(p)).max())
+           for x, p in zip(jax.tree.leaves(a), jax.tree.leaves(initial))]
+  assert max(moved) > 1e-3, 'the step did not move the parameters: the comparison is vacuous'
+  jax.tree.map(lambda x, y, p: np.testing.assert_allclose(x - p, y - p, rtol=1e-3, atol=2e-6),
+               a, b, initial)
 
 
 @pytest.mark.parametrize('mode', ['params', 'representation'])
 def test_per_task_routes_equal_one_backward_for_linear_methods(config, mode):
   """Σ_i g_i formed from per-task gradients == the gradient of Σ_i L_i (one backward)."""
-  reference, ref_metrics, _ = _one_step(config, weighting.get('equal'))
+  reference, ref_metrics, (*_, initial, _) = _one_step(config, weighting.get('equal'))
   for method in (weighting.get('equal'), _ones_from_gram(), _sum_of_grads()):
     params, metrics, _ = _one_step(config, method, mode, diagnostics=True)
-    _assert_same_params(params, reference)
+    _assert_same_params(params, reference, initial)
     np.testing.assert_allclose(metrics['task_losses'], ref_metrics['task_losses'], rtol=1e-6)
 
 
@@ -106,10 +116,10 @@ def test_diagnostics_match_separately_computed_gradients(config, mode, strategy)
 def test_grouped_route_equals_one_backward(config):
   """On grouped batches the one-backward per-task route gives the same step as Σ_i L_i."""
   config.sampling.strategy = 'grouped'
-  reference, ref_metrics, _ = _one_step(config, weighting.get('equal'))
+  reference, ref_metrics, (*_, initial, _) = _one_step(config, weighting.get('equal'))
   for method in (_ones_from_gram(), _sum_of_grads()):
     params, metrics, _ = _one_step(config, method)
-    _assert_same_params(params, reference)
+    _assert_same_params(params, reference, initial)
     np.testing.assert_allclose(metrics['task_losses'], ref_metrics['task_losses'], rtol=1e-5)
 
 
@@ -132,11 +142,11 @@ def test_absent_task_gets_weight_zero_and_no_nan(config):
 def test_chain_scales_tasks_before_the_aggregator(config):
   """chain(static λ, sum of gradients) == static λ alone: Σ λ_i g_i either way."""
   lam = (2.0, 0.5, 1.0, 0.0)
-  reference, _, _ = _one_step(config, weighting.get('static', weights=lam))
+  reference, _, (*_, initial, _) = _one_step(config, weighting.get('static', weights=lam))
   for method in (_sum_of_grads(), _ones_from_gram()):
     chained = weighting.chain(weighting.get('static', weights=lam), method)
     params, metrics, _ = _one_step(config, chained)
-    _assert_same_params(params, reference)
+    _assert_same_params(params, reference, initial)
   np.testing.assert_allclose(metrics['task_weights'], lam)
 
 
@@ -150,7 +160,8 @@ def test_methods_see_global_gradients_in_the_data_sharded_step(config, name, str
   """The batch split over 4 devices (jit + NamedSharding): the same step as on one device,
   because the per-task losses, gradients and Gram are global before the method sees them."""
   config.sampling.strategy = strategy
-  _, data, state, _, step = build_step(config, weighting.get(name), diagnostics=True)
+  _, data, state, _, step = build_step(config, weighting.get(name), diagnostics=True,
+                                       sgd_learning_rate=LEARNING_RATE)
   batch = _first_batch(config, data)
   single, single_metrics = jax.jit(step)(state, batch)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ('data',))
@@ -159,7 +170,7 @@ def test_methods_see_global_gradients_in_the_data_sharded_step(config, name, str
   replicated = jax.device_put(state, jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec()))
   sharded, metrics = jax.jit(step)(replicated, sharded_batch)
-  _assert_same_params(sharded.params, single.params)
+  _assert_same_params(sharded.params, single.params, state.params)
   np.testing.assert_allclose(metrics['task_grad_cosine'], single_metrics['task_grad_cosine'],
                              atol=1e-5)
   np.testing.assert_allclose(metrics['task_weights'], single_metrics['task_weights'],

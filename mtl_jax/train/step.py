@@ -11,7 +11,7 @@ from mtl_jax.objectives.joint import joint_loss
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train.state import TrainState
-from mtl_jax.weighting import Method, Needs, StepInfo, combine, gram_matrix
+from mtl_jax.weighting import Method, Needs, StepInfo, combine, gram_matrix, head_weights
 
 INPUT_KEYS = ('input_ids', 'segment_ids', 'attention_mask')
 
@@ -33,10 +33,6 @@ def task_gradient_like(model: nn.Module, params, mode: str, batch_size: int, seq
   ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
   return jax.eval_shape(lambda s, *inputs: apply_model(model, s, {}, method='encode',
                                                        inputs=inputs), shared, ids, ids, ids)
-
-
-def _sum_tasks(task_grads):
-  return jax.tree.map(lambda g: g.sum(0), task_grads)
 
 
 def _task_gradients(vjp, num_tasks: int):
@@ -75,8 +71,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     """The method's output as one gradient over the tasks' gradients."""
     return out if method.needs is Needs.GRADS else combine(out, task_grads)
 
-  def head_update(out, head_grads):
-    return combine(out, head_grads) if method.needs is Needs.LOSSES else _sum_tasks(head_grads)
+  def head_update(out, head_grads, info, method_state):
+    """Heads get λ_i ∇L_i from a loss weighter, else the method's head weights (default 1)."""
+    if method.needs is Needs.LOSSES:
+      return combine(out, head_grads)
+    return combine(head_weights(method, info, method_state), head_grads)
 
   def grouped_task_gradients(params, batch, dropout_key):
     """Per-task gradients from ONE backward pass, for a batch of N equal groups of rows where
@@ -119,10 +118,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         task_grads = _task_gradients(vjp, num_tasks)
       shared_grads, head_grads = split(task_grads)
       gram = gram_matrix(shared_grads)
-      out, method_state = method.update(
-          info_for(losses, counts, method_key, step, gram, shared_grads), method_state)
-      grads = {**shared_update(out, shared_grads), **head_update(out, head_grads)}
-      return grads, losses, counts, out, method_state, gram
+      info = info_for(losses, counts, method_key, step, gram, shared_grads)
+      out, new_state = method.update(info, method_state)
+      grads = {**shared_update(out, shared_grads),
+               **head_update(out, head_grads, info, method_state)}
+      return grads, losses, counts, out, new_state, gram
 
     shared, heads = split(params)
     features, encoder_vjp = jax.vjp(
@@ -133,11 +133,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         features, heads, has_aux=True)
     feature_grads, head_grads = jax.vmap(vjp)(jnp.eye(num_tasks, dtype=jnp.float32))
     gram = gram_matrix(feature_grads)
-    out, method_state = method.update(
-        info_for(losses, counts, method_key, step, gram, feature_grads), method_state)
+    info = info_for(losses, counts, method_key, step, gram, feature_grads)
+    out, new_state = method.update(info, method_state)
     grads = {**encoder_vjp(shared_update(out, feature_grads))[0],
-             **head_update(out, head_grads)}
-    return grads, losses, counts, out, method_state, gram
+             **head_update(out, head_grads, info, method_state)}
+    return grads, losses, counts, out, new_state, gram
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(state.rng, state.step)

@@ -9,7 +9,7 @@ import inspect
 import pkgutil
 
 from mtl_jax.weighting.base import (EmptyState, Method, Needs, StepInfo, chain, combine,
-                                    gram_matrix, init_state)
+                                    gram_matrix, head_weights, init_state)
 
 MODES = ('params', 'representation')
 _NOT_METHODS = ('base',)

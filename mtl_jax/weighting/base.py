@@ -19,7 +19,8 @@ computes only that, inside the one compiled step:
 g_i are the gradients of L_i with respect to the shared parameters, or with respect to the
 shared representation (config `weighting.mode`); the step maps a representation-space update
 back to the parameters with one more backward pass. Task heads always get their own plain
-gradients ∇L_i. Every method receives `info.present`: a task with no labelled unit in the
+gradients ∇L_i, unless a GRAM or GRADS method says otherwise with `head_weights` (GradNorm's
+weighted loss trains its heads with w_i ∇L_i). Every method receives `info.present`: a task with no labelled unit in the
 batch has L_i = 0 and g_i = 0, and its weight or coefficient must come out 0.
 
 Methods are pure functions of their inputs; randomness comes from `info.key`.
@@ -52,6 +53,16 @@ class Method(NamedTuple):
   init: Callable[..., Any]  # num_tasks[, grads_like] -> state (a pytree of arrays)
   update: Callable[[StepInfo, Any], tuple[Any, Any]]  # (info, state) -> (out, state)
   needs: Needs
+  # GRAM/GRADS only: (info, state before update) -> (N,) weights of the heads' gradients
+  # ∇L_i; None means 1 for every present task. (A loss weighter's heads always get λ.)
+  head_weights: Callable[[StepInfo, Any], jax.Array] | None = None
+
+
+def head_weights(method: Method, info: StepInfo, state) -> jax.Array:
+  """The weights of the task heads' own gradients for a GRAM or GRADS method."""
+  if method.head_weights is None:
+    return info.present.astype(jnp.float32)
+  return method.head_weights(info, state)
 
 
 class EmptyState(NamedTuple):
@@ -104,4 +115,10 @@ def chain(loss_weighting: Method, method: Method) -> Method:
       out = out * weights
     return out, (first, second)
 
-  return Method(init, update, method.needs)
+  def heads(info: StepInfo, state):
+    # Recomputed from the same info and state, so the same λ (randomness comes from the key).
+    weights = loss_weighting.update(info, state[0])[0]
+    scaled = info._replace(losses=weights * info.losses)
+    return weights * head_weights(method, scaled, state[1])
+
+  return Method(init, update, method.needs, heads)

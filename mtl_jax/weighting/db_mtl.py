@@ -72,4 +72,8 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Met
                        ema, info.grads)
     return out, DBMTLState(ema, count)
 
-  return Method(init, update, Needs.GRADS)
+  def head_weights(info: StepInfo, state):
+    del state
+    return jnp.where(info.present, 1.0 / (info.losses + eps), 0.0)  # heads train on log L_i
+
+  return Method(init, update, Needs.GRADS, head_weights)

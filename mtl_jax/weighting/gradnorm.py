@@ -94,4 +94,7 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-3, layer: str = '') -
     return (jnp.where(present, w, 0.0),
             GradNormState(new_w, opt_state, initial, state.has_initial | present))
 
-  return Method(init, update, Needs.GRAM)
+  def head_weights(info: StepInfo, state):
+    return jnp.where(info.present, state.weights, 0.0)  # the heads train on Σ w_i L_i too
+
+  return Method(init, update, Needs.GRAM, head_weights)
