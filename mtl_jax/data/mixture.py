@@ -40,9 +40,16 @@ def sample_rows(seed: int, step: int, batch_size: int, sizes: Sequence[int],
   """Row indices into the concatenation of all tasks' tables for the batch of `step`."""
   rng = np.random.default_rng([seed, step])
   tasks = rng.choice(len(sizes), size=batch_size, p=probabilities)
+  return _uniform_rows(rng, tasks, sizes)
+
+
+def _uniform_rows(rng: np.random.Generator, components: np.ndarray, sizes: Sequence[int]
+                  ) -> np.ndarray:
+  """For each entry of `components`, one row of that component, uniformly (with replacement)."""
   offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
   sizes = np.asarray(sizes)
-  return offsets[tasks] + (rng.random(batch_size) * sizes[tasks]).astype(np.int64)
+  return offsets[components] + (rng.random(len(components)) * sizes[components]).astype(
+      np.int64)
 
 
 def sample_grouped_rows(seed: int, step: int, batch_size: int, sizes: Sequence[int],
@@ -52,8 +59,5 @@ def sample_grouped_rows(seed: int, step: int, batch_size: int, sizes: Sequence[i
     raise ValueError(f'Grouped batches need batch_size ({batch_size}) divisible by the number '
                      f'of tasks ({len(components)}).')
   rng = np.random.default_rng([seed, step])
-  per_group = batch_size // len(components)
-  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-  sizes = np.asarray(sizes)
-  groups = np.repeat(np.asarray(components), per_group)
-  return offsets[groups] + (rng.random(batch_size) * sizes[groups]).astype(np.int64)
+  groups = np.repeat(np.asarray(components), batch_size // len(components))
+  return _uniform_rows(rng, groups, sizes)

@@ -1,7 +1,7 @@
 """The joint objective: sum_i lambda_i L_i - lambda_adv L_adv.
 
-Weights come in as data: static weights from the config today; a dynamic weighting method
-(mtl_jax.weighting) produces them per step without this module knowing which one.
+Weights come in as data, formed each step by the run's weighting method (mtl_jax.weighting);
+this module does not know which one.
 """
 
 import jax

@@ -36,8 +36,9 @@ def task_gradient_like(model: nn.Module, params, mode: str, batch_size: int, seq
 
 
 def _task_gradients(vjp, num_tasks: int):
-  """Per-task gradients from one forward pass: the VJP vmapped over one-hot cotangents."""
-  return jax.vmap(vjp)(jnp.eye(num_tasks, dtype=jnp.float32))[0]
+  """Per-task gradients of every VJP input, from one forward pass: the VJP vmapped over
+  one-hot cotangents of the loss vector."""
+  return jax.vmap(vjp)(jnp.eye(num_tasks, dtype=jnp.float32))
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
@@ -115,7 +116,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         losses, counts, task_grads = grouped_task_gradients(params, batch, dropout_key)
       else:
         losses, vjp, counts = jax.vjp(task_losses, params, has_aux=True)
-        task_grads = _task_gradients(vjp, num_tasks)
+        (task_grads,) = _task_gradients(vjp, num_tasks)
       shared_grads, head_grads = split(task_grads)
       gram = gram_matrix(shared_grads)
       info = info_for(losses, counts, method_key, step, gram, shared_grads)
@@ -131,7 +132,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         lambda f, h: losses_of(apply_model(model, h, batch, dropout_key, method='decode',
                                            inputs=(f,))),
         features, heads, has_aux=True)
-    feature_grads, head_grads = jax.vmap(vjp)(jnp.eye(num_tasks, dtype=jnp.float32))
+    feature_grads, head_grads = _task_gradients(vjp, num_tasks)
     gram = gram_matrix(feature_grads)
     info = info_for(losses, counts, method_key, step, gram, feature_grads)
     out, new_state = method.update(info, method_state)

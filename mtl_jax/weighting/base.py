@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 class Needs(enum.Enum):
@@ -74,6 +75,28 @@ def init_state(method: Method, num_tasks: int, grads_like=None):
   if method.needs is Needs.GRADS:
     return method.init(num_tasks, grads_like)
   return method.init(num_tasks)
+
+
+def masked_optimizer_step(optimizer: optax.GradientTransformation, grads, opt_state, params,
+                          mask):
+  """One optimizer step on per-task parameters (N,) that leaves masked-out tasks unchanged.
+
+  Per-task leaves of the optimizer state (shape (N,), e.g. Adam's moments) keep their old
+  values where `mask` is False; other leaves (Adam's count) advance iff any task is in `mask`.
+  """
+  updates, new_state = optimizer.update(grads, opt_state, params)
+  new_params = jnp.where(mask, optax.apply_updates(params, updates), params)
+
+  def keep(new, old):
+    return jnp.where(mask if new.shape == mask.shape else mask.any(), new, old)
+
+  return new_params, jax.tree.map(keep, new_state, opt_state)
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """softmax over the tasks in `mask`; the others get exactly 0 (all masked: all 0)."""
+  z = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf))
+  return jnp.where(mask, z, 0.0)
 
 
 def gram_matrix(grads) -> jax.Array:

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl_jax.weighting.base import Method, Needs, StepInfo
-from mtl_jax.weighting.uncertainty import masked_optimizer_step
+from mtl_jax.weighting.base import (Method, Needs, StepInfo, masked_optimizer_step,
+                                    masked_softmax)
 
 
 class FamoState(NamedTuple):
@@ -40,11 +40,6 @@ class FamoState(NamedTuple):
   opt_state: Any  # ξ's Adam state
   prev_losses: jax.Array  # (N,) the previous step's losses
   prev_present: jax.Array  # (N,) bool, the task was present at the previous step
-
-
-def _softmax_over(logits, mask):
-  z = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf))
-  return jnp.where(mask, z, 0.0)  # all-absent: NaNs replaced by 0
 
 
 def famo(learning_rate: float = 0.025, weight_decay: float = 1e-3, eps: float = 1e-8
@@ -59,12 +54,12 @@ def famo(learning_rate: float = 0.025, weight_decay: float = 1e-3, eps: float = 
   def update(info: StepInfo, state: FamoState):
     both = info.present & state.prev_present
     delta = jnp.where(both, jnp.log(state.prev_losses + eps) - jnp.log(info.losses + eps), 0.0)
-    z = _softmax_over(state.logits, both)
+    z = masked_softmax(state.logits, both)
     grad = jnp.where(both, z * (delta - jnp.dot(z, delta)), 0.0)
     logits, opt_state = masked_optimizer_step(optimizer, grad, state.opt_state, state.logits,
                                               both)
 
-    inverse = _softmax_over(logits, info.present) / (info.losses + eps)
+    inverse = masked_softmax(logits, info.present) / (info.losses + eps)
     weights = jnp.where(info.present, inverse / jnp.maximum(inverse.sum(), 1e-30), 0.0)
     return weights, FamoState(logits, opt_state, info.losses, info.present)
 

@@ -33,8 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl_jax.weighting.base import Method, Needs, StepInfo
-from mtl_jax.weighting.uncertainty import masked_optimizer_step
+from mtl_jax.weighting.base import Method, Needs, StepInfo, masked_optimizer_step
 
 
 class GradNormState(NamedTuple):

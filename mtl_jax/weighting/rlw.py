@@ -16,7 +16,7 @@ E[λ_i] = 1/n over the n present tasks, by symmetry.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo
+from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo, masked_softmax
 
 
 def rlw() -> Method:
@@ -27,9 +27,6 @@ def rlw() -> Method:
 
   def update(info: StepInfo, state):
     z = jax.random.normal(info.key, info.losses.shape, jnp.float32)
-    # Absent tasks are dropped from the softmax (-inf logit -> weight exactly 0).
-    z = jnp.where(info.present, z, -jnp.inf)
-    weights = jax.nn.softmax(z)
-    return jnp.where(info.present, weights, 0.0), state
+    return masked_softmax(z, info.present), state  # absent tasks are left out
 
   return Method(init, update, Needs.LOSSES)

@@ -24,28 +24,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl_jax.weighting.base import Method, Needs, StepInfo
+from mtl_jax.weighting.base import Method, Needs, StepInfo, masked_optimizer_step
 
 
 class UncertaintyState(NamedTuple):
   log_variance: jax.Array  # s (N,)
   opt_state: Any  # s's Adam state
-
-
-def masked_optimizer_step(optimizer: optax.GradientTransformation, grads, opt_state, params,
-                          mask):
-  """One optimizer step on per-task parameters (N,) that leaves masked-out tasks unchanged.
-
-  Per-task leaves of the optimizer state (shape (N,), e.g. Adam's moments) keep their old
-  values where `mask` is False; other leaves (Adam's count) advance iff any task is in `mask`.
-  """
-  updates, new_state = optimizer.update(grads, opt_state, params)
-  new_params = jnp.where(mask, optax.apply_updates(params, updates), params)
-
-  def keep(new, old):
-    return jnp.where(mask if new.shape == mask.shape else mask.any(), new, old)
-
-  return new_params, jax.tree.map(keep, new_state, opt_state)
 
 
 def uncertainty(learning_rate: float = 1e-3, init_log_variance: float = 0.0) -> Method:
