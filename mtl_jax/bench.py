@@ -24,7 +24,7 @@ from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train.host_memory import keep_step_buffers_resident
-from mtl_jax.train.loop import build_model, create_state
+from mtl_jax.train.loop import create_state
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.step import make_train_step
 
@@ -98,7 +98,7 @@ def main(argv):
   if flags.FLAGS.num_tasks:
     tasks = classification_tasks(flags.FLAGS.num_tasks)
   vocab_size = config.model.vocab_size or config.data.vocab_size
-  model = build_model(config, tasks, vocab_size)
+  model = config_lib.build_model(config, tasks, vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
   batch = jax.device_put(synthetic_batch(tasks, config.batch_size, config.data.seq_len,

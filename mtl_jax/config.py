@@ -5,10 +5,15 @@ second instead of after compilation.
 """
 
 import ml_collections
+import optax
 
 from mtl_jax import tasks as task_lib
 from mtl_jax import weighting
 from mtl_jax.data.mixture import STRATEGIES
+from mtl_jax.models import architectures
+from mtl_jax.models.base import MultiTaskModel
+from mtl_jax.models.encoder import EncoderConfig
+from mtl_jax.objectives import adversarial
 
 MODES = ('multi', 'single', 'both')
 SCHEDULES = ('linear', 'cosine', 'constant')
@@ -77,6 +82,18 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
            f'static weights are given, but weighting.name is {config.weighting.name!r}; '
            f'use weighting.name=static, or drop task_weights.')
 
+  _require(config.model.architecture in architectures.ARCHITECTURES, 'model.architecture',
+           f'{config.model.architecture!r} is not one of {sorted(architectures.ARCHITECTURES)}.')
+  adv = config.adversary
+  _require(adv.loss in adversarial.LOSSES, 'adversary.loss',
+           f'{adv.loss!r} is not one of {adversarial.LOSSES}.')
+  _require(adv.optimization in adversarial.OPTIMIZATIONS, 'adversary.optimization',
+           f'{adv.optimization!r} is not one of {adversarial.OPTIMIZATIONS}.')
+  _require(adv.schedule in adversarial.SCHEDULES, 'adversary.schedule',
+           f'{adv.schedule!r} is not one of {adversarial.SCHEDULES}.')
+  _positive(config, 'adversary.weight adversary.hidden', allow_zero=True)
+  _positive(config, 'adversary.gamma adversary.learning_rate')
+
   specs = []
   for i, name in enumerate(config.tasks):
     task = task_lib.get(name)
@@ -87,6 +104,51 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
       task = task_lib.Task(**{**task.__dict__, 'depth': depth})
     specs.append(task)
   return tuple(specs)
+
+
+def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> EncoderConfig:
+  return EncoderConfig(
+      vocab_size=vocab_size, hidden_size=model_cfg.hidden_size,
+      num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
+      intermediate_size=model_cfg.intermediate_size, max_len=model_cfg.max_len,
+      dropout_rate=model_cfg.dropout_rate,
+      attention_dropout_rate=model_cfg.attention_dropout_rate,
+      layer_norm_eps=model_cfg.layer_norm_eps, pooler=model_cfg.pooler)
+
+
+def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, ...],
+                tokenizer_vocab_size: int, num_domains: int = 0) -> MultiTaskModel:
+  """The run's architecture. `num_domains` > 0 adds the adversary's task discriminator."""
+  vocab_size = config.model.vocab_size or tokenizer_vocab_size
+  _require(vocab_size >= tokenizer_vocab_size, 'model.vocab_size',
+           f'{vocab_size} is smaller than the tokenizer\'s vocabulary '
+           f'({tokenizer_vocab_size}).')
+  name = config.model.architecture
+  try:
+    model = architectures.build(name, encoder_config(config.model, vocab_size), tasks,
+                                dict(config.model.args), config.model.head_dropout_rate,
+                                num_domains, config.adversary.hidden)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.model.args: {name}: {e}') from e
+  per_task = (build_weighting(config).needs is not weighting.Needs.LOSSES
+              or config.weighting.diagnostics)
+  _require(model.shared_params or not per_task, 'weighting.name',
+           f'{config.weighting.name!r} (or diagnostics) needs per-task gradients of shared '
+           f'parameters, but architecture {name!r} shares none; use a loss weighter.')
+  _require(model.shared_params or not config.adversary.enabled, 'adversary.enabled',
+           f'architecture {name!r} has no shared features for a discriminator to read.')
+  return model
+
+
+def build_adversary(config: ml_collections.ConfigDict) -> adversarial.Adversary | None:
+  """The run's adversary, or None when config.adversary.enabled is off."""
+  adv = config.adversary
+  if not adv.enabled:
+    return None
+  weight = lambda step: adversarial.adversary_weight(step, config.num_steps, adv.weight,
+                                                      adv.schedule, adv.gamma)
+  return adversarial.Adversary(adv.loss, adv.optimization, weight,
+                               optax.adam(adv.learning_rate))
 
 
 def build_weighting(config: ml_collections.ConfigDict) -> weighting.Method:

@@ -10,7 +10,7 @@ from experiments.configs import default
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import load_task_data
-from mtl_jax.train.loop import build_model, create_state
+from mtl_jax.train.loop import create_state
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.step import make_train_step
 
@@ -36,7 +36,7 @@ def build_step(config, method=None, mode='params', diagnostics=False, sgd_learni
   """
   tasks = config_lib.validate(config)
   data = load_task_data(config.data, tasks)
-  model = build_model(config, tasks, data.vocab_size)
+  model = config_lib.build_model(config, tasks, data.vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = (make_optimizer(config.optimizer, schedule) if sgd_learning_rate is None
                else optax.sgd(sgd_learning_rate))

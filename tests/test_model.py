@@ -48,13 +48,13 @@ def test_padding_tokens_do_not_change_outputs():
   ids, seg, mask = _inputs()
   model = HardSharing(CFG, TASKS)
   params = model.init(jax.random.key(0), ids, seg, mask)['params']
-  out = model.apply({'params': params}, ids, seg, mask)
+  out = model.apply({'params': params}, ids, seg, mask).tasks
   # Different token ids at padded positions, and a longer padded tail.
   garbage = jnp.where(mask > 0, ids, 7)
-  out_garbage = model.apply({'params': params}, garbage, seg, mask)
+  out_garbage = model.apply({'params': params}, garbage, seg, mask).tasks
   longer = [jnp.pad(x, ((0, 0), (0, 8)), constant_values=3 if i == 0 else 0)
             for i, x in enumerate((ids, seg, mask))]
-  out_longer = model.apply({'params': params}, *longer)
+  out_longer = model.apply({'params': params}, *longer).tasks
   for other in (out_garbage, out_longer):
     np.testing.assert_allclose(other['cls'], out['cls'], atol=1e-5)
     np.testing.assert_allclose(other['reg'], out['reg'], atol=1e-5)
@@ -65,7 +65,7 @@ def test_head_shapes_and_depths():
   ids, seg, mask = _inputs()
   model = HardSharing(CFG, TASKS)
   variables = model.init(jax.random.key(0), ids, seg, mask)
-  out = model.apply(variables, ids, seg, mask)
+  out = model.apply(variables, ids, seg, mask).tasks
   chex.assert_shape(out['cls'], (2, 3))
   chex.assert_shape(out['reg'], (2,))
   chex.assert_shape(out['tag'], (2, 16, 5))
@@ -73,7 +73,7 @@ def test_head_shapes_and_depths():
   params = variables['params']
   bumped = jax.tree.map(lambda x: x, params)
   bumped['encoder']['layer_2'] = jax.tree.map(lambda x: x + 1.0, params['encoder']['layer_2'])
-  out2 = model.apply({'params': bumped}, ids, seg, mask)
+  out2 = model.apply({'params': bumped}, ids, seg, mask).tasks
   np.testing.assert_array_equal(out2['tag'], out['tag'])
   np.testing.assert_array_equal(out2['reg'], out['reg'])  # depth 2 reads layer_1's output
   assert not np.allclose(out2['cls'], out['cls'])
@@ -84,7 +84,7 @@ def test_dropout_is_deterministic_given_the_key():
   model = HardSharing(CFG, TASKS)
   variables = model.init(jax.random.key(0), ids, seg, mask)
   run = lambda k: model.apply(variables, ids, seg, mask, deterministic=False,
-                              rngs={'dropout': jax.random.key(k)})
+                              rngs={'dropout': jax.random.key(k)}).tasks
   chex.assert_trees_all_equal(run(1), run(1))
   assert not np.allclose(run(1)['cls'], run(2)['cls'])
 

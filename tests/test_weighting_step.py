@@ -90,7 +90,7 @@ def _separate_task_gradients(tasks, model, params, batch, mode):
     else:
       heads = {k: v for k, v in params.items() if k != 'encoder'}
       outputs = apply_model(model, heads, batch, method='decode', inputs=(x,))
-    return loss_vector(tasks, outputs, batch['labels'], batch['label_masks'])[0][i]
+    return loss_vector(tasks, outputs.tasks, batch['labels'], batch['label_masks'])[0][i]
 
   x = params['encoder'] if mode == 'params' else features_of(params)
   return np.stack([

@@ -52,6 +52,19 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.model.head_dropout_rate = 0.1
   c.model.layer_norm_eps = 1e-12
   c.model.pooler = True
+  c.model.architecture = 'hard'  # a key of mtl_jax.models.architectures.ARCHITECTURES
+  c.model.args = ml_collections.ConfigDict()  # the architecture's own fields (docs/sharing.md)
+
+  # The task discriminator of adversarial MTL: the objective gets -λ_adv L_adv.
+  c.adversary = ml_collections.ConfigDict()
+  c.adversary.enabled = False
+  c.adversary.weight = 0.05  # λ_adv (its final value under the 'ganin' schedule)
+  c.adversary.loss = 'reverse'  # or 'entropy': push the discriminator toward uniform
+  c.adversary.optimization = 'reversal'  # gradient reversal (one pass), or 'alternating'
+  c.adversary.schedule = 'constant'  # or 'ganin': 2 / (1 + exp(-gamma p)) - 1 ramp
+  c.adversary.gamma = 10.0
+  c.adversary.hidden = 0  # discriminator hidden width; 0 = linear
+  c.adversary.learning_rate = 1e-3  # the discriminator's own Adam
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-3

@@ -24,7 +24,7 @@ from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE
 
 
 class TaskData(NamedTuple):
-  train: dict  # all training rows, one table, grouped by home dataset
+  train: dict  # all training rows, one table, grouped by home dataset ('domain': its index)
   train_sizes: tuple[int, ...]  # rows of each home dataset, in table order
   train_names: tuple[str, ...]  # the home datasets (the mixture's components)
   tasks: tuple[str, ...]  # the run's tasks, in order
@@ -61,6 +61,7 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
   for home, examples in builtin_tfds.load_split(split_sources['train']).items():
     table = encode(examples, f'{BUILTIN_SOURCE} train split, {home} examples')
     if any(m.any() for m in table['label_masks'].values()):
+      table['domain'] = np.full(num_rows(table), len(names), np.int32)
       train_tables.append(table)
       names.append(home)
   validation = builtin_tfds.load_split(split_sources['validation'])

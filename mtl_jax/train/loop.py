@@ -21,40 +21,20 @@ from mtl_jax.data.pipeline import TaskData, load_task_data, train_batches
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
-from mtl_jax.models.encoder import EncoderConfig
-from mtl_jax.models.multitask import HardSharing
+from mtl_jax.objectives.adversarial import Adversary
 from mtl_jax.tasks import Task
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
 from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
-                                task_gradient_like)
+                                split_discriminator, task_gradient_like)
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
-
-
-def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> EncoderConfig:
-  return EncoderConfig(
-      vocab_size=vocab_size, hidden_size=model_cfg.hidden_size,
-      num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
-      intermediate_size=model_cfg.intermediate_size, max_len=model_cfg.max_len,
-      dropout_rate=model_cfg.dropout_rate,
-      attention_dropout_rate=model_cfg.attention_dropout_rate,
-      layer_norm_eps=model_cfg.layer_norm_eps, pooler=model_cfg.pooler)
-
-
-def build_model(config: ml_collections.ConfigDict, tasks: Sequence[Task],
-                tokenizer_vocab_size: int) -> HardSharing:
-  vocab_size = config.model.vocab_size or tokenizer_vocab_size
-  if vocab_size < tokenizer_vocab_size:
-    raise config_lib.ConfigError(
-        f'config.model.vocab_size: {vocab_size} is smaller than the tokenizer\'s vocabulary '
-        f'({tokenizer_vocab_size}).')
-  return HardSharing(encoder_config(config.model, vocab_size), tuple(tasks),
-                     config.model.head_dropout_rate)
+TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
 
 
 def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
-                 mode: str = 'params', batch_size: int = 1) -> TrainState:
+                 mode: str = 'params', batch_size: int = 1,
+                 adversary: Adversary | None = None) -> TrainState:
   """`mode` and `batch_size` shape the state of methods that keep per-task gradients."""
   init_key = jax.random.key(seed)
   # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
@@ -62,12 +42,20 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
   dropout_key = jax.random.key(seed, impl='unsafe_rbg')
   dummy = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(init_key, dummy, dummy, dummy)['params']
+  if adversary is not None:  # the discriminator is only called by the train step
+    shared = jax.eval_shape(lambda: model.apply({'params': params}, dummy, dummy, dummy).shared)
+    params = {**params, **model.init(jax.random.fold_in(init_key, 1),
+                                     jnp.zeros(shared.shape, shared.dtype),
+                                     method='discriminate')['params']}
+  model_params, disc_params = split_discriminator(params)
   grads_like = (task_gradient_like(model, params, mode, batch_size, seq_len)
                 if method.needs is weighting.Needs.GRADS else None)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params),
+                    opt_state=optimizer.init(model_params),
                     weighting=weighting.init_state(method, num_tasks, grads_like),
-                    rng=dropout_key)
+                    rng=dropout_key,
+                    adversary_opt_state=(None if adversary is None
+                                         else adversary.optimizer.init(disc_params)))
 
 
 def _check_workdir(workdir: str):
@@ -106,14 +94,17 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
         workdir: str, method: weighting.Method, desc: str) -> dict[str, dict[str, float]]:
   """Trains one model on `tasks`, logs to workdir/metrics.jsonl, returns eval metrics."""
   os.makedirs(workdir, exist_ok=True)
-  model = build_model(config, tasks, data.vocab_size)
+  adversary = config_lib.build_adversary(config)
+  num_domains = len(data.train_names) if adversary is not None else 0
+  model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
-                       config.weighting.mode, config.batch_size)
+                       config.weighting.mode, config.batch_size, adversary)
   train_step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule,
                                        config.weighting.mode, config.weighting.diagnostics,
-                                       grouped=config.sampling.strategy == 'grouped'),
+                                       grouped=config.sampling.strategy == 'grouped',
+                                       adversary=adversary),
                        donate_argnums=0)
   predict_step = jax.jit(make_predict_step(model, tasks))
 
@@ -124,8 +115,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
       tqdm.tqdm(total=config.num_steps, desc=desc, unit='step', mininterval=1.0) as bar:
     for step in range(config.num_steps):
       batch = next(batches)
-      state, metrics = train_step(state, {k: batch[k] for k in (*INPUT_KEYS, 'labels',
-                                                                   'label_masks')})
+      state, metrics = train_step(state, {k: batch[k] for k in TRAIN_KEYS})
       if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
         record = _log_record(step + 1, metrics, tasks, time.perf_counter() - start)
         log.write(json.dumps(record) + '\n')

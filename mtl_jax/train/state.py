@@ -13,3 +13,4 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: optax.OptState
   weighting: Any  # the weighting method's state (mtl_jax.weighting)
   rng: jax.Array  # base key; step k's randomness comes from fold_in(rng, k)
+  adversary_opt_state: optax.OptState = None  # the task discriminator's optimizer, if any

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl_jax.models.base import ModelOutput
+from mtl_jax.objectives.adversarial import Adversary, adversarial_terms, domain_loss
 from mtl_jax.objectives.joint import joint_loss
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import Task, TaskKind
@@ -14,6 +16,7 @@ from mtl_jax.train.state import TrainState
 from mtl_jax.weighting import Method, Needs, StepInfo, combine, gram_matrix, head_weights
 
 INPUT_KEYS = ('input_ids', 'segment_ids', 'attention_mask')
+DISCRIMINATOR = 'discriminator'  # its parameters have their own optimizer (adversarial MTL)
 
 
 def apply_model(model: nn.Module, params, batch: dict, dropout_key=None, method=None,
@@ -35,17 +38,26 @@ def task_gradient_like(model: nn.Module, params, mode: str, batch_size: int, seq
                                                        inputs=inputs), shared, ids, ids, ids)
 
 
-def _task_gradients(vjp, num_tasks: int):
-  """Per-task gradients of every VJP input, from one forward pass: the VJP vmapped over
-  one-hot cotangents of the loss vector."""
-  return jax.vmap(vjp)(jnp.eye(num_tasks, dtype=jnp.float32))
+def _second(terms):
+  """((losses, extra), aux) -> (extra, aux)."""
+  (_, extra), aux = terms
+  return extra, aux
+
+
+def split_discriminator(params) -> tuple[dict, dict | None]:
+  """(the parameters the main optimizer updates, the discriminator's or None)."""
+  return ({k: v for k, v in params.items() if k != DISCRIMINATOR},
+          params.get(DISCRIMINATOR))
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                     tasks: Sequence[Task], method: Method, learning_rate: optax.Schedule,
                     mode: str = 'params', diagnostics: bool = False,
-                    grouped: bool = False) -> Callable:
+                    grouped: bool = False, adversary: Adversary | None = None) -> Callable:
   """Builds the pure step for a weighting `method` (mtl_jax.weighting).
+
+  The objective is Σ λ_i L_i + the architecture's penalty − λ_adv L_adv (an `adversary`
+  plays against a task discriminator; mtl_jax.objectives.adversarial).
 
   The step computes what the method needs and nothing more. A loss weighter costs one
   forward and one backward pass. Per-task gradients (GRAM and GRADS methods, or
@@ -54,12 +66,14 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   They come from one forward pass and a VJP vmapped over the N tasks (N backward passes
   through the encoder), except in mode 'params' on `grouped` batches (each row labelled for
   one task, N equal groups in task order), where one backward pass yields all of them.
-  Heads get ∇L_i.
+  Heads get ∇L_i. The penalty and the adversary are not tasks: their gradient is added to
+  the method's update (one more backward pass when a per-task method has them).
   """
   tasks = tuple(tasks)
   num_tasks = len(tasks)
   shared_keys = model.shared_params
   per_task = method.needs is not Needs.LOSSES or diagnostics
+  has_extra = adversary is not None or model.regularized
 
   def split(params):
     return ({k: v for k, v in params.items() if k in shared_keys},
@@ -78,6 +92,36 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       return combine(out, head_grads)
     return combine(head_weights(method, info, method_state), head_grads)
 
+  def discriminate(disc_params, shared):
+    return apply_model(model, {DISCRIMINATOR: disc_params}, {}, method='discriminate',
+                       inputs=(shared,))
+
+  def terms(output: ModelOutput, params, batch, adversary_weight):
+    """(losses (N,), extra), (counts, objective's extra, metrics) of one model output. The
+    extra is the scalar whose gradient the non-task terms contribute."""
+    losses, counts = loss_vector(tasks, output.tasks, batch['labels'], batch['label_masks'])
+    extra = objective = output.penalty
+    metrics = {'penalty': jax.lax.stop_gradient(output.penalty)} if model.regularized else {}
+    if adversary is not None:
+      term, adv_objective, adv_metrics = adversarial_terms(
+          adversary, discriminate, params[DISCRIMINATOR], output.shared, batch['domain'],
+          adversary_weight)
+      extra, objective = extra + term, objective + adv_objective
+      metrics.update(adv_metrics)
+    return (losses, extra), (counts, jax.lax.stop_gradient(objective), metrics)
+
+  def with_extra(vjp):
+    """The VJP's per-task gradients (vmapped over one-hot cotangents of the losses), and
+    the extra term's gradient (None when the model has no extra term)."""
+    zero = jnp.zeros((), jnp.float32)
+    task_grads = jax.vmap(lambda c: vjp((c, zero)))(jnp.eye(num_tasks, dtype=jnp.float32))
+    extra_grads = (vjp((jnp.zeros((num_tasks,), jnp.float32), jnp.ones((), jnp.float32)))
+                   if has_extra else None)
+    return task_grads, extra_grads
+
+  def add(grads, extra_grads):
+    return grads if extra_grads is None else jax.tree.map(jnp.add, grads, extra_grads)
+
   def grouped_task_gradients(params, batch, dropout_key):
     """Per-task gradients from ONE backward pass, for a batch of N equal groups of rows where
     group i holds task i's rows only (sampling strategy 'grouped').
@@ -89,7 +133,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     copies = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_tasks,) + p.shape), params)
 
     def group_loss(p, group, i):
-      outputs = apply_model(model, p, group, jax.random.fold_in(dropout_key, i))
+      outputs = apply_model(model, p, group, jax.random.fold_in(dropout_key, i)).tasks
       losses, counts = loss_vector(tasks, outputs, group['labels'], group['label_masks'])
       return losses[i], counts[i]
 
@@ -97,65 +141,99 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         lambda c: jax.vmap(group_loss)(c, groups, jnp.arange(num_tasks)), copies, has_aux=True)
     return losses, counts, vjp(jnp.ones((num_tasks,), jnp.float32))[0]
 
-  def gradients(params, batch, dropout_key, method_key, method_state, step):
-    """(grads, losses, counts, method output, method state, gram or None)."""
-    def losses_of(outputs):
-      return loss_vector(tasks, outputs, batch['labels'], batch['label_masks'])
-
-    def task_losses(p):
-      return losses_of(apply_model(model, p, batch, dropout_key))
+  def gradients(params, batch, dropout_key, method_key, method_state, step, adversary_weight):
+    """(grads, losses, counts, method output, method state, gram or None, aux of terms)."""
+    def forward(p):
+      return terms(apply_model(model, p, batch, dropout_key), p, batch, adversary_weight)
 
     if not per_task:
-      losses, vjp, counts = jax.vjp(task_losses, params, has_aux=True)
+      (losses, _), vjp, (counts, *aux) = jax.vjp(forward, params, has_aux=True)
       weights, method_state = method.update(info_for(losses, counts, method_key, step),
                                             method_state)
-      return vjp(weights)[0], losses, counts, weights, method_state, None
+      grads = vjp((weights, jnp.ones((), jnp.float32)))[0]
+      return grads, losses, counts, weights, method_state, None, aux
 
     if mode == 'params':
       if grouped:
         losses, counts, task_grads = grouped_task_gradients(params, batch, dropout_key)
+        extra_grads, aux = None, (jnp.zeros(()), {})
+        if has_extra:  # one more forward and backward pass, over the whole batch
+          extra_grads, (_, *aux) = jax.grad(lambda p: _second(forward(p)), has_aux=True)(
+              params)
       else:
-        losses, vjp, counts = jax.vjp(task_losses, params, has_aux=True)
-        (task_grads,) = _task_gradients(vjp, num_tasks)
+        (losses, _), vjp, (counts, *aux) = jax.vjp(forward, params, has_aux=True)
+        (task_grads,), extra_grads = with_extra(vjp)
+        extra_grads = None if extra_grads is None else extra_grads[0]
       shared_grads, head_grads = split(task_grads)
       gram = gram_matrix(shared_grads)
       info = info_for(losses, counts, method_key, step, gram, shared_grads)
       out, new_state = method.update(info, method_state)
       grads = {**shared_update(out, shared_grads),
                **head_update(out, head_grads, info, method_state)}
-      return grads, losses, counts, out, new_state, gram
+      return add(grads, extra_grads), losses, counts, out, new_state, gram, aux
 
     shared, heads = split(params)
     features, encoder_vjp = jax.vjp(
         lambda s: apply_model(model, s, batch, dropout_key, method='encode'), shared)
-    losses, vjp, counts = jax.vjp(
-        lambda f, h: losses_of(apply_model(model, h, batch, dropout_key, method='decode',
-                                           inputs=(f,))),
-        features, heads, has_aux=True)
-    feature_grads, head_grads = _task_gradients(vjp, num_tasks)
+
+    def decode(f, h):
+      output = apply_model(model, h, batch, dropout_key, method='decode', inputs=(f,))
+      return terms(output, h, batch, adversary_weight)
+
+    (losses, _), vjp, (counts, *aux) = jax.vjp(decode, features, heads, has_aux=True)
+    (feature_grads, head_grads), extra_grads = with_extra(vjp)
     gram = gram_matrix(feature_grads)
     info = info_for(losses, counts, method_key, step, gram, feature_grads)
     out, new_state = method.update(info, method_state)
-    grads = {**encoder_vjp(shared_update(out, feature_grads))[0],
-             **head_update(out, head_grads, info, method_state)}
-    return grads, losses, counts, out, new_state, gram
+    feature_update = shared_update(out, feature_grads)
+    heads_update = head_update(out, head_grads, info, method_state)
+    if extra_grads is not None:
+      feature_update = add(feature_update, extra_grads[0])
+      heads_update = add(heads_update, extra_grads[1])
+    grads = {**encoder_vjp(feature_update)[0], **heads_update}
+    return grads, losses, counts, out, new_state, gram, aux
+
+  def discriminator_step(params, batch, dropout_key, disc_opt_state):
+    """Alternating optimisation, first half: one update of the discriminator on the
+    current shared features (the model is fixed)."""
+    shared = jax.lax.stop_gradient(apply_model(model, params, batch, dropout_key).shared)
+    disc_params = params[DISCRIMINATOR]
+    mask = jnp.ones(batch['domain'].shape, jnp.float32)
+    grads = jax.grad(lambda d: domain_loss(discriminate(d, shared), batch['domain'], mask))(
+        disc_params)
+    updates, disc_opt_state = adversary.optimizer.update(grads, disc_opt_state, disc_params)
+    return {**params, DISCRIMINATOR: optax.apply_updates(disc_params, updates)}, disc_opt_state
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(state.rng, state.step)
     method_key = jax.random.fold_in(dropout_key, 1 << 30)
-    grads, losses, counts, out, method_state, gram = gradients(
-        state.params, batch, dropout_key, method_key, state.weighting, state.step)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    adversary_weight = (jnp.zeros((), jnp.float32) if adversary is None
+                        else adversary.weight(state.step))
+    params, disc_opt_state = state.params, state.adversary_opt_state
+    if adversary is not None and adversary.optimization == 'alternating':
+      params, disc_opt_state = discriminator_step(params, batch, dropout_key, disc_opt_state)
+    grads, losses, counts, out, method_state, gram, (objective, term_metrics) = gradients(
+        params, batch, dropout_key, method_key, state.weighting, state.step, adversary_weight)
+    model_params, disc_params = split_discriminator(params)
+    model_grads, disc_grads = split_discriminator(grads)
+    updates, opt_state = optimizer.update(model_grads, state.opt_state, model_params)
+    params = optax.apply_updates(model_params, updates)
+    if adversary is not None:
+      if adversary.optimization == 'reversal':
+        disc_updates, disc_opt_state = adversary.optimizer.update(disc_grads, disc_opt_state,
+                                                                  disc_params)
+        disc_params = optax.apply_updates(disc_params, disc_updates)
+      params = {**params, DISCRIMINATOR: disc_params}
     weights = (jnp.full((num_tasks,), jnp.nan) if method.needs is Needs.GRADS
                else jnp.asarray(out, jnp.float32))
-    metrics = {'loss': joint_loss(losses, jnp.nan_to_num(weights, nan=1.0)),
+    metrics = {'loss': joint_loss(losses, jnp.nan_to_num(weights, nan=1.0)) + objective,
                'task_losses': losses, 'task_counts': counts, 'task_weights': weights,
-               'grad_norm': optax.global_norm(grads), 'learning_rate': learning_rate(state.step)}
+               'grad_norm': optax.global_norm(model_grads),
+               'learning_rate': learning_rate(state.step), **term_metrics}
     if diagnostics:
       metrics.update(gradient_diagnostics(gram))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              weighting=method_state)
+                              weighting=method_state, adversary_opt_state=disc_opt_state)
     return new_state, metrics
 
   return train_step
@@ -173,7 +251,7 @@ def make_predict_step(model: nn.Module, tasks: Sequence[Task]) -> Callable:
   tasks = tuple(tasks)
 
   def predict_step(params, batch: dict) -> dict:
-    outputs = apply_model(model, params, batch)
+    outputs = apply_model(model, params, batch).tasks
     return {t.name: outputs[t.name] if t.kind is TaskKind.REGRESSION
             else jnp.argmax(outputs[t.name], axis=-1) for t in tasks}
 

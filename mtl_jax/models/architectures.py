@@ -1,0 +1,33 @@
+"""Sharing architectures by name: config.model.architecture picks one, config.model.args
+holds its own fields (docs/sharing.md)."""
+
+from collections.abc import Sequence
+
+from mtl_jax.models.base import MultiTaskModel
+from mtl_jax.models.encoder import EncoderConfig
+from mtl_jax.models.multitask import HardSharing
+from mtl_jax.tasks import Task
+
+ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
+    'hard': HardSharing,
+}
+
+
+def build(name: str, encoder_config: EncoderConfig, tasks: Sequence[Task], args: dict,
+          head_dropout_rate: float = 0.1, num_domains: int = 0,
+          discriminator_hidden: int = 0) -> MultiTaskModel:
+  """The architecture `name` with its own fields from `args`; TypeError or ValueError on a
+  field it does not have or a bad value."""
+  if name not in ARCHITECTURES:
+    raise ValueError(f'unknown architecture {name!r}; choose from {sorted(ARCHITECTURES)}.')
+  cls = ARCHITECTURES[name]
+  common = {'encoder_config', 'tasks', 'head_dropout_rate', 'num_domains',
+            'discriminator_hidden', 'parent', 'name'}
+  own = set(cls.__dataclass_fields__) - common
+  unknown = sorted(set(args) - own)
+  if unknown:
+    raise TypeError(f'{name} has no field(s) {unknown}; its fields are {sorted(own)}.')
+  model = cls(encoder_config, tuple(tasks), head_dropout_rate, num_domains,
+              discriminator_hidden, **args)
+  model.validate()
+  return model

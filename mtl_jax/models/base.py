@@ -1,0 +1,120 @@
+"""The contract every sharing architecture keeps, and what they have in common.
+
+A model maps token inputs to a ModelOutput in two halves:
+  encode(input_ids, segment_ids, attention_mask) -> representation   (shared parameters only)
+  decode(representation)                         -> ModelOutput       (the rest)
+`shared_params` names the top-level parameter collections that every task shares; gradient
+methods take per-task gradients with respect to them (or to the representation). An
+architecture that shares no parameters says so with `shared_params = ()`.
+"""
+
+from typing import ClassVar
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtl_jax.models.encoder import EncoderConfig, EncoderOutput
+from mtl_jax.models.heads import Head
+from mtl_jax.tasks import Task, TaskKind
+
+
+class ModelOutput(flax.struct.PyTreeNode):
+  tasks: dict  # task name -> logits (B, C) | tag logits (B, S, C) | regression values (B,)
+  penalty: jax.Array  # scalar regulariser the architecture adds to the objective (0: none)
+  shared: jax.Array | None  # (B, D) shared sentence features; the adversary reads these
+
+
+def representation_key(task: Task, num_layers: int, pooler: bool) -> str:
+  """Which encoder feature a task's head reads: a layer's sequence, its [CLS] state, or
+  the pooler (BERT's classifier input, for a sentence task at the last layer)."""
+  depth = num_layers if task.depth == -1 else task.depth
+  if depth > num_layers:
+    raise ValueError(f'Task {task.name!r} is supervised at depth {depth}, but the encoder has '
+                     f'{num_layers} layers.')
+  if task.kind is TaskKind.TAGGING:
+    return f'sequence_{depth}'
+  if depth == num_layers and pooler:
+    return 'pooled'
+  return f'cls_{depth}'
+
+
+def feature(key: str, features: EncoderOutput) -> jax.Array:
+  """The array `representation_key` names."""
+  if key == 'pooled':
+    return features.pooled
+  kind, depth = key.split('_')
+  sequence = features.hidden_states[int(depth)]
+  return sequence if kind == 'sequence' else sequence[:, 0]
+
+
+def sentence_key(cfg: EncoderConfig) -> str:
+  """The last layer's sentence feature: what a sentence head at full depth reads."""
+  return 'pooled' if cfg.pooler else f'cls_{cfg.num_layers}'
+
+
+class MultiTaskModel(nn.Module):
+  """Fields and parts common to all architectures: the encoder's config, the tasks, their
+  heads, and the optional task discriminator of adversarial MTL.
+
+  Subclasses call `self.setup_heads()` in their setup and implement encode and decode.
+  """
+  encoder_config: EncoderConfig
+  tasks: tuple[Task, ...]
+  head_dropout_rate: float = 0.1
+  num_domains: int = 0  # classes of the task discriminator; 0 = no discriminator
+  discriminator_hidden: int = 0  # its hidden layer width; 0 = a linear discriminator
+
+  shared_params: ClassVar[tuple[str, ...]] = ('encoder',)
+
+  def setup_heads(self):
+    self.heads = {t.name: Head(t.num_labels, self.head_dropout_rate, name=f'head_{t.name}')
+                  for t in self.tasks}
+    if self.num_domains:
+      self.discriminator = Discriminator(self.num_domains, self.discriminator_hidden)
+
+  def validate(self):
+    """Raises ValueError on fields that do not fit together (architectures override)."""
+
+  @property
+  def regularized(self) -> bool:
+    """Whether ModelOutput.penalty can be nonzero (the step then differentiates it)."""
+    return False
+
+  def keys(self) -> dict[str, str]:
+    """task name -> the representation_key its head reads."""
+    cfg = self.encoder_config
+    return {t.name: representation_key(t, cfg.num_layers, cfg.pooler) for t in self.tasks}
+
+  def head_outputs(self, features: dict[str, jax.Array], deterministic: bool) -> dict:
+    """Each task's head on its own features (task name -> array)."""
+    outputs = {}
+    for task in self.tasks:
+      out = self.heads[task.name](features[task.name], deterministic)
+      outputs[task.name] = out[..., 0] if task.kind is TaskKind.REGRESSION else out
+    return outputs
+
+  def discriminate(self, shared: jax.Array, *, deterministic=True) -> jax.Array:
+    """(B, D) shared features -> (B, num_domains) logits of which dataset a row came from."""
+    del deterministic  # the discriminator has no dropout
+    return self.discriminator(shared)
+
+  def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic=True
+               ) -> ModelOutput:
+    representation = self.encode(input_ids, segment_ids, attention_mask,
+                                 deterministic=deterministic)
+    return self.decode(representation, deterministic=deterministic)
+
+
+class Discriminator(nn.Module):
+  """The adversary of ASP-MTL (Liu, Qiu & Huang 2017): which task's dataset a row is from."""
+  num_domains: int
+  hidden: int = 0
+
+  @nn.compact
+  def __call__(self, shared: jax.Array) -> jax.Array:
+    x = shared
+    if self.hidden:
+      x = jnp.tanh(nn.Dense(self.hidden, name='hidden')(x))
+    return nn.Dense(self.num_domains, name='logits')(x)

@@ -1,0 +1,116 @@
+"""The adversarial term of the joint objective: a task discriminator on the shared features.
+
+The discriminator D learns which task's dataset a row came from, minimising L_adv, its
+cross-entropy. The shared encoder plays against it (Liu, Qiu & Huang 2017, ASP-MTL):
+  'reverse'  maximise L_adv: the objective's −λ_adv L_adv term (Ganin & Lempitsky 2015);
+  'entropy'  minimise λ_adv CE(uniform, D): push D's prediction toward uniform, which keeps
+             the encoder's gradient from vanishing once D is confident.
+Two ways to optimise the min-max (mtl_jax.train.step): a gradient reversal layer (one pass)
+or alternating updates of D and of the model.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LOSSES = ('reverse', 'entropy')
+OPTIMIZATIONS = ('reversal', 'alternating')
+SCHEDULES = ('constant', 'ganin')
+
+
+class Adversary(NamedTuple):
+  """How the train step plays the min-max: `loss` in LOSSES, `optimization` in
+  OPTIMIZATIONS, `weight(step)` the λ_adv schedule, and the discriminator's own optimizer."""
+  loss: str
+  optimization: str
+  weight: Callable[[jax.Array], jax.Array]
+  optimizer: optax.GradientTransformation
+
+
+@jax.custom_vjp
+def reverse_gradient(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """Identity forward; the backward pass returns −scale times the incoming gradient."""
+  return x
+
+
+def _reverse_fwd(x, scale):
+  return x, scale
+
+
+def _reverse_bwd(scale, g):
+  return -scale * g, jnp.zeros_like(scale)
+
+
+reverse_gradient.defvjp(_reverse_fwd, _reverse_bwd)
+
+
+def adversary_weight(step: jax.Array, num_steps: int, weight: float, schedule: str,
+                     gamma: float = 10.0) -> jax.Array:
+  """λ_adv at `step`. 'ganin' ramps it from 0 to `weight` as 2 / (1 + exp(−γ p)) − 1 with
+  p = step / num_steps (Ganin & Lempitsky 2015), so the early, random features are not
+  attacked at full strength."""
+  if schedule == 'constant':
+    return jnp.asarray(weight, jnp.float32)
+  if schedule == 'ganin':
+    progress = jnp.asarray(step, jnp.float32) / num_steps
+    return weight * (2.0 / (1.0 + jnp.exp(-gamma * progress)) - 1.0)
+  raise ValueError(f'Unknown adversary schedule {schedule!r}; choose from {SCHEDULES}.')
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  mask = mask.astype(jnp.float32)
+  return jnp.where(mask > 0, values, 0.0).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def domain_loss(logits: jax.Array, domains: jax.Array, mask: jax.Array) -> jax.Array:
+  """L_adv: the discriminator's mean cross-entropy over the rows in `mask`."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), domains)
+  return _masked_mean(ce, mask)
+
+
+def uniform_loss(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean cross-entropy between the uniform distribution and the discriminator's."""
+  ce = -jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).mean(-1)
+  return _masked_mean(ce, mask)
+
+
+def domain_accuracy(logits: jax.Array, domains: jax.Array, mask: jax.Array) -> jax.Array:
+  return _masked_mean((jnp.argmax(logits, -1) == domains).astype(jnp.float32), mask)
+
+
+def adversarial_terms(adversary: Adversary, discriminate: Callable, disc_params,
+                      shared: jax.Array, domains: jax.Array, weight: jax.Array
+                      ) -> tuple[jax.Array, jax.Array, dict]:
+  """The adversary's part of one forward pass.
+
+  Returns (gradient term, objective term, metrics). The gradient term is the scalar whose
+  gradient every parameter should get from the adversary: the discriminator its own descent
+  direction (in 'reversal'; in 'alternating' it was updated before this pass and is fixed
+  here), the encoder the adversarial one. The objective term is the adversary's part of
+  the reported joint objective: −λ_adv L_adv, or λ_adv CE(uniform, D) for 'entropy'.
+  `discriminate(disc_params, shared)` gives the discriminator's logits.
+  """
+  sg = jax.lax.stop_gradient
+  mask = jnp.ones(domains.shape, jnp.float32)
+  if adversary.optimization == 'reversal' and adversary.loss == 'reverse':
+    logits = discriminate(disc_params, reverse_gradient(shared, weight))
+    loss = domain_loss(logits, domains, mask)
+    term, objective = loss, -weight * loss
+  elif adversary.optimization == 'reversal':  # entropy: D descends L_adv on fixed features
+    logits = discriminate(disc_params, sg(shared))
+    loss = domain_loss(logits, domains, mask)
+    confusion = weight * uniform_loss(discriminate(sg(disc_params), shared), mask)
+    term, objective = loss + confusion, confusion
+  else:
+    logits = discriminate(sg(disc_params), shared)
+    loss = domain_loss(logits, domains, mask)
+    objective = (-weight * loss if adversary.loss == 'reverse'
+                 else weight * uniform_loss(logits, mask))
+    term = objective
+  metrics = {'adversary_loss': sg(loss),
+             'adversary_accuracy': domain_accuracy(sg(logits), domains, mask),
+             'adversary_weight': jnp.asarray(weight, jnp.float32)}
+  return term, objective, metrics
