@@ -31,18 +31,23 @@ def smoke_config(data_dir):
 def build_step(config, method=None, mode='params', diagnostics=False, sgd_learning_rate=None):
   """(tasks, data, state, model, un-jitted train step) for a config and weighting method.
 
-  With `sgd_learning_rate` the optimizer is plain SGD, so a step moves the parameters by
-  exactly -lr × the gradient the step formed (AdamW's first step would only show its sign).
+  With `sgd_learning_rate` the optimizers (the model's and the adversary's) are plain SGD,
+  so a step moves the parameters by exactly -lr × the gradient the step formed (AdamW's
+  first step would only show its sign).
   """
   tasks = config_lib.validate(config)
   data = load_task_data(config.data, tasks)
-  model = config_lib.build_model(config, tasks, data.vocab_size)
+  adversary = config_lib.build_adversary(config)
+  if adversary is not None and sgd_learning_rate is not None:
+    adversary = adversary._replace(optimizer=optax.sgd(sgd_learning_rate))
+  num_domains = len(data.train_names) if adversary is not None else 0
+  model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = (make_optimizer(config.optimizer, schedule) if sgd_learning_rate is None
                else optax.sgd(sgd_learning_rate))
   method = method or weighting.get('equal')
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
-                       mode, config.batch_size)
+                       mode, config.batch_size, adversary)
   step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics,
-                         grouped=config.sampling.strategy == 'grouped')
+                         grouped=config.sampling.strategy == 'grouped', adversary=adversary)
   return tasks, data, state, model, step

@@ -4,8 +4,9 @@ import pytest
 
 from mtl_jax import weighting
 from experiments.configs import (bert_mini, default, gradient_aggregation, loss_weighting,
-                                 representation_aggregation)
-from mtl_jax.config import ConfigError, build_weighting, validate
+                                 representation_aggregation, sharing)
+from mtl_jax.config import ConfigError, build_model, build_weighting, validate
+from mtl_jax.models import architectures
 
 
 def test_default_configs_are_valid():
@@ -32,6 +33,12 @@ def test_default_configs_are_valid():
     ('optimizer.schedule', 'step', "config.optimizer.schedule: 'step'"),
     ('weighting.name', 'pcgard', "config.weighting.name: 'pcgard' is not one of"),
     ('weighting.mode', 'features', "config.weighting.mode: 'features' is not one of"),
+    ('model.architecture', 'tree', "config.model.architecture: 'tree' is not one of"),
+    ('adversary.loss', 'wasserstein', "config.adversary.loss: 'wasserstein' is not one of"),
+    ('adversary.optimization', 'joint', "config.adversary.optimization: 'joint' is not one"),
+    ('adversary.schedule', 'step', "config.adversary.schedule: 'step' is not one of"),
+    ('adversary.weight', -0.1, 'config.adversary.weight: must be >= 0'),
+    ('adversary.learning_rate', 0.0, 'config.adversary.learning_rate: must be > 0'),
 ])
 def test_bad_config_names_the_field(field, value, message):
   config = default.get_config()
@@ -82,3 +89,31 @@ def test_every_method_config_builds(module):
     assert config.weighting.diagnostics == (method.needs is not weighting.Needs.LOSSES)
   with pytest.raises(ValueError, match='Unknown variant'):
     module.get_config('nope')
+
+
+@pytest.mark.parametrize('variant', [*architectures.ARCHITECTURES, 'asp_mtl'])
+def test_sharing_configs_build_their_architecture(variant):
+  config = sharing.get_config(variant)
+  model = build_model(config, validate(config), 100)
+  assert isinstance(model, architectures.ARCHITECTURES[config.model.architecture])
+  assert config.adversary.enabled == (variant == 'asp_mtl')
+
+
+@pytest.mark.parametrize('args,message', [
+    ({'private_size': 32}, r"config.model.args: shared_private has no field\(s\) \['private_size'\]"),
+    ({'private_heads': 3}, 'config.model.args: shared_private: private_hidden_size 64 is not '
+                           'divisible by private_heads 3'),
+    ({'orthogonality': -1.0}, 'orthogonality must be >= 0'),
+])
+def test_bad_architecture_args_name_the_field(args, message):
+  config = sharing.get_config('shared_private')
+  config.model.args.update(args)
+  with pytest.raises(ConfigError, match=message):
+    build_model(config, validate(config), 100)
+
+
+def test_vocabulary_smaller_than_the_tokenizer_s():
+  config = default.get_config()
+  config.model.vocab_size = 50
+  with pytest.raises(ConfigError, match="config.model.vocab_size: 50 is smaller"):
+    build_model(config, validate(config), 100)

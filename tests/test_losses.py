@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from mtl_jax.objectives.joint import effective_weights, joint_loss
+from mtl_jax.objectives.joint import joint_loss
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import Task, TaskKind
 
@@ -54,20 +54,17 @@ def test_absent_task_contributes_zero_and_no_nan():
   losses, counts = loss_vector(TASKS, *args)
   assert losses[1] == 0.0 and counts[1] == 0.0
   assert np.isfinite(losses).all()
-  weights = effective_weights(jnp.array([1.0, 5.0, 2.0]), counts)
-  np.testing.assert_array_equal(weights, [1.0, 0.0, 2.0])
 
   def total(outs):
-    l, c = loss_vector(TASKS, outs, args[1], args[2])
-    return joint_loss(l, effective_weights(jnp.array([1.0, 5.0, 2.0]), c))
+    return joint_loss(loss_vector(TASKS, outs, args[1], args[2])[0], jnp.array([1.0, 5.0, 2.0]))
   grads = jax.grad(total)(args[0])
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   np.testing.assert_array_equal(grads['reg'], 0.0)
 
 
-def test_joint_loss_is_weighted_sum_minus_adversarial():
+def test_joint_loss_is_weighted_sum_plus_extra_terms():
   losses = jnp.array([0.5, 2.0, 1.0])
   weights = jnp.array([1.0, 0.25, 3.0])
   np.testing.assert_allclose(joint_loss(losses, weights), 0.5 + 0.5 + 3.0)
-  np.testing.assert_allclose(joint_loss(losses, weights, adversarial_loss=2.0,
-                                        adversarial_weight=0.1), 4.0 - 0.2, rtol=1e-6)
+  # penalty 0.3, adversary λ_adv L_adv = 0.1 * 2.0
+  np.testing.assert_allclose(joint_loss(losses, weights, 0.3 - 0.1 * 2.0), 4.0 + 0.1, rtol=1e-6)

@@ -30,6 +30,8 @@ from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
 TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
+# Logged when the run has them: the architecture's penalty and the adversary's state.
+SCALAR_TERMS = ('penalty', 'adversary_loss', 'adversary_accuracy', 'adversary_weight')
 
 
 def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
@@ -75,8 +77,10 @@ def _write_json(path: str, obj):
 
 def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float) -> dict:
   m = jax.device_get(metrics)
-  record = {'step': step, 'loss': float(m['loss']), 'grad_norm': float(m['grad_norm']),
-            'learning_rate': float(m['learning_rate']), 'seconds': round(seconds, 3)}
+  record = {'step': step, 'seconds': round(seconds, 3)}
+  for key in ('loss', 'grad_norm', 'learning_rate', *SCALAR_TERMS):
+    if key in m:
+      record[key] = float(m[key])
   names = [t.name for t in tasks]
 
   def by_task(values):  # NaN (a weight a gradient aggregator does not define) -> null

@@ -1,10 +1,12 @@
 """The compiled steps: train_step(state, batch) -> (state, metrics), and predictions."""
 
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mtl_jax.models.base import ModelOutput
@@ -34,8 +36,35 @@ def task_gradient_like(model: nn.Module, params, mode: str, batch_size: int, seq
   if mode == 'params':
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shared)
   ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
-  return jax.eval_shape(lambda s, *inputs: apply_model(model, s, {}, method='encode',
-                                                       inputs=inputs), shared, ids, ids, ids)
+  representation = jax.eval_shape(
+      lambda s, *inputs: apply_model(model, s, {}, method='encode', inputs=inputs),
+      shared, ids, ids, ids)
+  return Representation.split(representation).floats
+
+
+class Representation(NamedTuple):
+  """A representation split into the float arrays that gradients are taken with respect to,
+  and the rest (an architecture may pass e.g. the attention mask on to decode)."""
+  floats: list
+  others: list
+  is_float: tuple[bool, ...]
+  treedef: Any
+
+  @classmethod
+  def split(cls, representation) -> 'Representation':
+    leaves, treedef = jax.tree.flatten(representation)
+    is_float = tuple(jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves)
+    return cls([x for x, f in zip(leaves, is_float) if f],
+               [x for x, f in zip(leaves, is_float) if not f], is_float, treedef)
+
+  def merge(self, floats: list, others: list | None = None):
+    """The representation with `floats` in place (`others` defaults to the split's own)."""
+    floats, others = iter(floats), iter(self.others if others is None else others)
+    return self.treedef.unflatten([next(floats) if f else next(others) for f in self.is_float])
+
+  def cotangent(self, float_grads: list):
+    """A cotangent of the whole representation: zero (float0) for the non-float arrays."""
+    return self.merge(float_grads, [np.zeros(x.shape, jax.dtypes.float0) for x in self.others])
 
 
 def _second(terms):
@@ -173,14 +202,17 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       return add(grads, extra_grads), losses, counts, out, new_state, gram, aux
 
     shared, heads = split(params)
-    features, encoder_vjp = jax.vjp(
+    representation, encoder_vjp = jax.vjp(
         lambda s: apply_model(model, s, batch, dropout_key, method='encode'), shared)
+    representation = Representation.split(representation)
 
     def decode(f, h):
-      output = apply_model(model, h, batch, dropout_key, method='decode', inputs=(f,))
+      output = apply_model(model, h, batch, dropout_key, method='decode',
+                           inputs=(representation.merge(f),))
       return terms(output, h, batch, adversary_weight)
 
-    (losses, _), vjp, (counts, *aux) = jax.vjp(decode, features, heads, has_aux=True)
+    (losses, _), vjp, (counts, *aux) = jax.vjp(decode, representation.floats, heads,
+                                               has_aux=True)
     (feature_grads, head_grads), extra_grads = with_extra(vjp)
     gram = gram_matrix(feature_grads)
     info = info_for(losses, counts, method_key, step, gram, feature_grads)
@@ -190,7 +222,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     if extra_grads is not None:
       feature_update = add(feature_update, extra_grads[0])
       heads_update = add(heads_update, extra_grads[1])
-    grads = {**encoder_vjp(feature_update)[0], **heads_update}
+    grads = {**encoder_vjp(representation.cotangent(feature_update))[0], **heads_update}
     return grads, losses, counts, out, new_state, gram, aux
 
   def discriminator_step(params, batch, dropout_key, disc_opt_state):
@@ -226,7 +258,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       params = {**params, DISCRIMINATOR: disc_params}
     weights = (jnp.full((num_tasks,), jnp.nan) if method.needs is Needs.GRADS
                else jnp.asarray(out, jnp.float32))
-    metrics = {'loss': joint_loss(losses, jnp.nan_to_num(weights, nan=1.0)) + objective,
+    metrics = {'loss': joint_loss(losses, jnp.nan_to_num(weights, nan=1.0), objective),
                'task_losses': losses, 'task_counts': counts, 'task_weights': weights,
                'grad_norm': optax.global_norm(model_grads),
                'learning_rate': learning_rate(state.step), **term_metrics}

@@ -1,0 +1,94 @@
+"""Shared-private sharing (Liu, Qiu & Huang 2017, "Adversarial Multi-task Learning for Text
+Classification", ASP-MTL): a shared encoder for all tasks plus a small private encoder per
+task. Task k's head reads [shared features; private_k features]. An orthogonality penalty
+keeps the two feature spaces apart, and a task discriminator on the shared features (the
+adversary, mtl_jax.objectives.adversarial) keeps task-specific information out of them.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtl_jax.models.base import ModelOutput, MultiTaskModel, feature, sentence_key
+from mtl_jax.models.encoder import Encoder, EncoderConfig
+from mtl_jax.tasks import TaskKind
+
+
+class _PrivateEncoders(nn.Module):
+  """N private encoders with stacked parameters, all run on the whole batch (one vmap)."""
+  cfg: EncoderConfig
+  num_tasks: int
+
+  @nn.compact
+  def __call__(self, input_ids, segment_ids, attention_mask, deterministic):
+    stacked = nn.vmap(
+        lambda module, *inputs: module(*inputs, deterministic=deterministic).hidden_states[-1],
+        variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+        in_axes=None, out_axes=0, axis_size=self.num_tasks)
+    return stacked(Encoder(self.cfg, name='encoder'), input_ids, segment_ids, attention_mask)
+
+
+def orthogonality_penalty(shared: jax.Array, private: jax.Array) -> jax.Array:
+  """Σ_k ‖Sᵀ P_k‖²_F / B² for shared features S (B, D) and private ones P (N, B, d).
+
+  ASP-MTL's L_diff, divided by the squared batch size so the strength does not depend on B.
+  Every private encoder sees every row here, so the sum runs over the whole batch for each
+  task (ASP-MTL sums over task k's own examples).
+  """
+  batch = shared.shape[0]
+  cross = jnp.einsum('bd,nbp->ndp', shared.astype(jnp.float32), private.astype(jnp.float32))
+  return jnp.square(cross).sum() / batch ** 2
+
+
+class SharedPrivate(MultiTaskModel):
+  """The shared encoder (`encoder_config`) plus one private encoder per task, of the same
+  architecture but `private_hidden_size` wide and `private_layers` deep."""
+  private_hidden_size: int = 64
+  private_layers: int = 1
+  private_heads: int = 2
+  orthogonality: float = 0.01  # strength γ of the orthogonality penalty
+
+  def validate(self):
+    for field in ('private_hidden_size', 'private_layers', 'private_heads'):
+      if getattr(self, field) < 1:
+        raise ValueError(f'{field} must be >= 1, got {getattr(self, field)}.')
+    if self.private_hidden_size % self.private_heads:
+      raise ValueError(f'private_hidden_size {self.private_hidden_size} is not divisible by '
+                       f'private_heads {self.private_heads}.')
+    if self.orthogonality < 0:
+      raise ValueError(f'orthogonality must be >= 0, got {self.orthogonality}.')
+
+  @property
+  def regularized(self) -> bool:
+    return self.orthogonality > 0
+
+  def setup(self):
+    self.encoder = Encoder(self.encoder_config)
+    private_cfg = dataclasses.replace(
+        self.encoder_config, hidden_size=self.private_hidden_size,
+        num_layers=self.private_layers, num_heads=self.private_heads,
+        intermediate_size=4 * self.private_hidden_size, pooler=False)
+    self.private = _PrivateEncoders(private_cfg, len(self.tasks))
+    self.setup_heads()
+
+  def encode(self, input_ids, segment_ids, attention_mask, *, deterministic=True) -> dict:
+    """The shared features the heads read, and the inputs the private encoders need."""
+    features = self.encoder(input_ids, segment_ids, attention_mask,
+                            deterministic=deterministic)
+    keys = set(self.keys().values()) | {sentence_key(self.encoder_config)}
+    return {'shared': {key: feature(key, features) for key in sorted(keys)},
+            'inputs': (input_ids, segment_ids, attention_mask)}
+
+  def decode(self, representation: dict, *, deterministic=True) -> ModelOutput:
+    shared = representation['shared']
+    private = self.private(*representation['inputs'], deterministic)  # (N, B, S, d)
+    features = {}
+    for i, task in enumerate(self.tasks):
+      own = private[i] if task.kind is TaskKind.TAGGING else private[i][:, 0]
+      features[task.name] = jnp.concatenate([shared[self.keys()[task.name]], own], axis=-1)
+    sentence = shared[sentence_key(self.encoder_config)]
+    penalty = self.orthogonality * orthogonality_penalty(sentence, private[:, :, 0])
+    return ModelOutput(self.head_outputs(features, deterministic), penalty,
+                       sentence if self.num_domains else None)

@@ -1,0 +1,235 @@
+"""The adversarial term and the architecture penalty in the train step.
+
+Truths: the gradient reversal layer's definition; the Ganin & Lempitsky ramp; the step's
+update against one written here with separate jax.grad calls (a second implementation of
+Σ L_i + penalty − λ_adv L_adv, for both optimisations and both adversary losses); λ_adv = 0
+against plain MTL; and a toy where the task is linearly decodable from the features.
+"""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import build_step
+from mtl_jax import weighting
+from mtl_jax.data.pipeline import train_batches
+from mtl_jax.models.encoder import EncoderConfig
+from mtl_jax.models.multitask import HardSharing
+from mtl_jax.objectives import adversarial
+from mtl_jax.objectives.losses import loss_vector
+from mtl_jax.tasks import Task, TaskKind
+from mtl_jax.train.loop import create_state
+from mtl_jax.train.step import apply_model, make_train_step
+
+LEARNING_RATE = 0.5  # SGD everywhere: a parameter's change is -lr × its gradient
+ADVERSARY_WEIGHT = 0.7
+
+
+def test_reverse_gradient_is_identity_forward_and_negated_scaled_backward():
+  x = jnp.array([0.3, -1.2, 2.0])
+  f = lambda y: jnp.sum(jnp.sin(y) * y)
+  np.testing.assert_array_equal(adversarial.reverse_gradient(x, 0.4), x)
+  reversed_grad = jax.grad(lambda y: f(adversarial.reverse_gradient(y, 0.4)))(x)
+  np.testing.assert_allclose(reversed_grad, -0.4 * jax.grad(f)(x), rtol=1e-6)
+
+
+def test_ganin_ramp():
+  weight = lambda step: float(adversarial.adversary_weight(step, 100, 0.5, 'ganin', 10.0))
+  assert weight(0) == 0.0
+  for step in (10, 50, 100):
+    p = step / 100
+    np.testing.assert_allclose(weight(step), 0.5 * (2 / (1 + np.exp(-10 * p)) - 1), rtol=1e-6)
+  assert float(adversarial.adversary_weight(37, 100, 0.5, 'constant')) == 0.5
+
+
+def test_domain_and_uniform_losses():
+  logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  mask = jnp.array([1.0, 1.0])
+  domains = jnp.array([2, 0])
+  np.testing.assert_allclose(adversarial.domain_loss(logits, domains, mask),
+                             -(log_p[0, 2] + log_p[1, 0]) / 2, rtol=1e-6)
+  np.testing.assert_allclose(adversarial.uniform_loss(logits, mask), -log_p.mean(), rtol=1e-6)
+  # Uniform logits are the entropy variant's optimum: CE(uniform, uniform) = log K.
+  np.testing.assert_allclose(adversarial.uniform_loss(jnp.zeros((4, 3)), jnp.ones(4)),
+                             np.log(3), rtol=1e-6)
+
+
+@pytest.fixture
+def config(smoke_config):
+  """No dropout or clipping, so a step's update is an exact function of the batch."""
+  smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
+  smoke_config.model.head_dropout_rate = 0.0
+  smoke_config.optimizer.clip_norm = 0.0
+  smoke_config.adversary.enabled = True
+  smoke_config.adversary.weight = ADVERSARY_WEIGHT
+  smoke_config.adversary.hidden = 8
+  return smoke_config
+
+
+def _expected_step(model, tasks, params, batch, adversary: adversarial.Adversary):
+  """One SGD step of Σ L_i + penalty − λ_adv L_adv (or + λ_adv CE(uniform, D)), each part
+  from its own jax.grad call; alternating updates the discriminator first."""
+  lam = ADVERSARY_WEIGHT
+  theta = {k: v for k, v in params.items() if k != 'discriminator'}
+
+  def outputs(t, phi):
+    return apply_model(model, {**t, 'discriminator': phi}, batch)
+
+  def logits(t, phi):
+    return apply_model(model, {'discriminator': phi}, {}, method='discriminate',
+                       inputs=(outputs(t, phi).shared,))
+
+  def task_objective(t):
+    out = outputs(t, params['discriminator'])
+    return loss_vector(tasks, out.tasks, batch['labels'], batch['label_masks'])[0].sum() + (
+        out.penalty)
+
+  def domain_ce(t, phi):
+    log_p = jax.nn.log_softmax(logits(t, phi))
+    return -jnp.take_along_axis(log_p, batch['domain'][:, None], -1).mean()
+
+  def confusion(t, phi):
+    return -jax.nn.log_softmax(logits(t, phi)).mean()
+
+  sgd = lambda p, g: jax.tree.map(lambda x, d: x - LEARNING_RATE * d, p, g)
+  phi = params['discriminator']
+  if adversary.optimization == 'alternating':
+    phi = sgd(phi, jax.grad(domain_ce, 1)(theta, phi))
+  adv = domain_ce if adversary.loss == 'reverse' else confusion
+  sign = -1.0 if adversary.loss == 'reverse' else 1.0
+  theta_grad = jax.tree.map(lambda a, b: a + sign * lam * b, jax.grad(task_objective)(theta),
+                            jax.grad(adv)(theta, phi))
+  if adversary.optimization == 'reversal':
+    phi = sgd(phi, jax.grad(domain_ce, 1)(theta, phi))
+  return {**sgd(theta, theta_grad), 'discriminator': phi}
+
+
+def _run_step(config, method=None, mode='params', diagnostics=False):
+  tasks, data, state, model, step = build_step(config, method, mode, diagnostics,
+                                               sgd_learning_rate=LEARNING_RATE)
+  batch = next(train_batches(data, config.sampling, 0, config.batch_size, 0, 1))
+  new_state, metrics = jax.jit(step)(state, batch)
+  return new_state, metrics, (tasks, model, state, batch)
+
+
+def _assert_moved_by(actual, expected, initial):
+  moved = max(float(np.abs(np.asarray(x) - np.asarray(p)).max())
+              for x, p in zip(jax.tree.leaves(actual), jax.tree.leaves(initial)))
+  assert moved > 1e-3, 'the step did not move the parameters: the comparison is vacuous'
+  jax.tree.map(lambda x, y, p: np.testing.assert_allclose(x - p, y - p, rtol=2e-3, atol=3e-6),
+               actual, expected, initial)
+
+
+@pytest.mark.parametrize('architecture', ['hard', 'shared_private'])
+@pytest.mark.parametrize('optimization', adversarial.OPTIMIZATIONS)
+@pytest.mark.parametrize('loss', adversarial.LOSSES)
+def test_step_matches_separately_computed_adversarial_update(config, architecture,
+                                                             optimization, loss):
+  config.model.architecture = architecture
+  config.adversary.optimization, config.adversary.loss = optimization, loss
+  new_state, metrics, (tasks, model, state, batch) = _run_step(config)
+  expected = _expected_step(model, tasks, state.params, batch,
+                            adversarial.Adversary(loss, optimization, None, None))
+  _assert_moved_by(new_state.params, expected, state.params)
+  assert 0.0 <= float(metrics['adversary_accuracy']) <= 1.0
+  if architecture == 'shared_private':
+    assert float(metrics['penalty']) > 0
+
+
+@pytest.mark.parametrize('mode,strategy', [('params', 'proportional'),
+                                           ('representation', 'proportional'),
+                                           ('params', 'grouped')])
+def test_per_task_routes_add_the_penalty_and_adversary_gradients(config, mode, strategy):
+  """Per-task gradients (diagnostics on) summed + the extra terms' gradient == the one
+  backward pass of a loss weighter, for shared-private with the adversary."""
+  config.model.architecture = 'shared_private'
+  config.sampling.strategy = strategy
+  reference, ref_metrics, (*_, state, _) = _run_step(config)
+  new_state, metrics, _ = _run_step(config, weighting.get('equal'), mode, diagnostics=True)
+  _assert_moved_by(new_state.params, reference.params, state.params)
+  for key in ('loss', 'penalty', 'adversary_loss'):
+    np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5)
+
+
+def test_zero_adversary_weight_is_plain_mtl(smoke_config):
+  smoke_config.num_steps = 3
+
+  def run(enabled):
+    smoke_config.adversary.enabled = enabled
+    smoke_config.adversary.weight = 0.0
+    _, data, state, _, step = build_step(smoke_config)
+    step = jax.jit(step)
+    for batch in train_batches(data, smoke_config.sampling, 0, smoke_config.batch_size, 0, 3):
+      state, metrics = step(state, batch)
+    return state, metrics
+
+  plain, plain_metrics = run(False)
+  adv, adv_metrics = run(True)
+  assert set(adv.params) == set(plain.params) | {'discriminator'}
+  chex.assert_trees_all_close({k: adv.params[k] for k in plain.params}, plain.params,
+                              rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(adv_metrics['task_losses'], plain_metrics['task_losses'],
+                             rtol=1e-5)
+
+
+# A toy where the task (the dataset a row comes from) is linearly decodable: dataset 0 draws
+# its tokens from ids 4..19, dataset 1 from 20..35, and each row's segment id is its dataset
+# (a constant shift of every token's embedding). Each dataset's task asks whether its own
+# marker token occurs.
+TOY_LEN, TOY_BATCH = 12, 32
+
+
+def _toy_batch(rng):
+  domain = rng.integers(0, 2, TOY_BATCH)
+  ids = np.where(domain[:, None] == 0, rng.integers(4, 20, (TOY_BATCH, TOY_LEN)),
+                 rng.integers(20, 36, (TOY_BATCH, TOY_LEN)))
+  ids[:, 0] = 1  # [CLS]
+  label = (ids == np.where(domain == 0, 7, 30)[:, None]).any(1).astype(np.int32)
+  labels = {'a': label, 'b': label}
+  masks = {'a': (domain == 0).astype(np.float32), 'b': (domain == 1).astype(np.float32)}
+  segments = np.broadcast_to(domain[:, None], ids.shape).astype(np.int32)
+  return {'input_ids': ids.astype(np.int32), 'segment_ids': segments,
+          'attention_mask': np.ones_like(ids, np.int32), 'labels': labels,
+          'label_masks': masks, 'domain': domain.astype(np.int32)}
+
+
+def _train_toy(weight: float, loss: str, optimization: str, num_steps: int = 300):
+  tasks = tuple(Task(n, TaskKind.CLASSIFICATION, 2, ('x',), n, ('accuracy',), 'toy')
+                for n in ('a', 'b'))
+  model = HardSharing(EncoderConfig(vocab_size=40, hidden_size=32, num_layers=1, num_heads=2,
+                                    intermediate_size=64, max_len=TOY_LEN, dropout_rate=0.0,
+                                    attention_dropout_rate=0.0, pooler=False),
+                      tasks, head_dropout_rate=0.0, num_domains=2, discriminator_hidden=32)
+  adversary = adversarial.Adversary(loss, optimization,
+                                    lambda step: jnp.asarray(weight, jnp.float32),
+                                    optax.adam(1e-2))
+  optimizer = optax.adam(3e-3)
+  method = weighting.get('equal')
+  state = create_state(model, optimizer, method, 2, 0, TOY_LEN, adversary=adversary)
+  step = jax.jit(make_train_step(model, optimizer, tasks, method, lambda s: 3e-3,
+                                 adversary=adversary))
+  rng = np.random.default_rng(0)
+  history = []
+  for _ in range(num_steps):
+    state, metrics = step(state, _toy_batch(rng))
+    history.append(jax.device_get(metrics))
+  tail = history[-50:]
+  return (np.mean([m['adversary_accuracy'] for m in tail]),
+          np.mean([m['task_losses'] for m in history[:10]]),
+          np.mean([m['task_losses'] for m in tail]))
+
+
+@pytest.mark.parametrize('loss,optimization', [('reverse', 'alternating'),
+                                               ('entropy', 'reversal')])
+def test_adversary_drives_the_discriminator_to_chance_while_tasks_learn(loss, optimization):
+  plain_accuracy, _, _ = _train_toy(0.0, loss, optimization)
+  accuracy, first_loss, last_loss = _train_toy(0.3, loss, optimization)
+  assert plain_accuracy > 0.95  # the dataset is decodable from unattacked features
+  assert accuracy < 0.6  # two datasets: chance is 0.5
+  assert last_loss < 0.1 * first_loss
