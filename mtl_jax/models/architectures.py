@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from mtl_jax.models.base import MultiTaskModel
 from mtl_jax.models.encoder import EncoderConfig
+from mtl_jax.models.moe import MMoESharing, PLESharing
 from mtl_jax.models.multitask import HardSharing
 from mtl_jax.models.shared_private import SharedPrivate
 from mtl_jax.tasks import Task
@@ -12,6 +13,8 @@ from mtl_jax.tasks import Task
 ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
     'hard': HardSharing,
     'shared_private': SharedPrivate,
+    'mmoe': MMoESharing,
+    'ple': PLESharing,
 }
 
 
