@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.mmoe_synthetic import dataset, task_weights
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
@@ -272,3 +273,15 @@ def test_tasks_below_the_last_layer_are_config_errors(smoke_config):
   tasks = config_lib.validate(smoke_config)
   with pytest.raises(config_lib.ConfigError, match=r"last encoder layer; tasks \['pos'\]"):
     config_lib.build_model(smoke_config, tasks, 100)
+
+
+def test_synthetic_task_weights_and_labels_follow_ma_et_al():
+  """|w_k| = c, w1ᵀw2 = c²p; at p = 1 the two labels differ only by their noise."""
+  for p in (1.0, 0.5, 0.0):
+    w = np.asarray(task_weights(jax.random.key(0), 20, p, 2.0))
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), [2.0, 2.0], rtol=1e-5)
+    np.testing.assert_allclose(w[0] @ w[1], 4.0 * p, atol=1e-5)
+  _, y = dataset(jax.random.key(1), 1.0, 4000, 20, 10, 1.0, noise_std=0.1)
+  np.testing.assert_allclose(np.std(np.asarray(y[0] - y[1])), 0.1 * np.sqrt(2), rtol=0.05)
+  _, y = dataset(jax.random.key(1), 0.0, 4000, 20, 10, 1.0, noise_std=0.1)
+  assert abs(np.corrcoef(np.asarray(y))[0, 1]) < 0.1
