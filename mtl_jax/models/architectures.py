@@ -8,6 +8,7 @@ from mtl_jax.models.encoder import EncoderConfig
 from mtl_jax.models.moe import MMoESharing, PLESharing
 from mtl_jax.models.multitask import HardSharing
 from mtl_jax.models.shared_private import SharedPrivate
+from mtl_jax.models.soft import SoftSharing
 from mtl_jax.tasks import Task
 
 ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
@@ -15,6 +16,7 @@ ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
     'shared_private': SharedPrivate,
     'mmoe': MMoESharing,
     'ple': PLESharing,
+    'soft': SoftSharing,
 }
 
 
