@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.configs import soft_sharing
 from mtl_jax import config as config_lib
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.models.encoder import Encoder, EncoderConfig
@@ -222,3 +223,14 @@ def test_config_errors(smoke_config, args, weighting, message):
   tasks = config_lib.validate(config)
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.build_model(config, tasks, 100)
+
+
+@pytest.mark.parametrize('variant, penalty, num_tasks', [
+    ('', 'l2', 7), ('trace', 'trace', 7), ('smoke', 'l2', 4), ('trace_smoke', 'trace', 4)])
+def test_experiment_config_variants_build(variant, penalty, num_tasks):
+  config = soft_sharing.get_config(variant)
+  model = config_lib.build_model(config, config_lib.validate(config), 100)
+  assert isinstance(model, SoftSharing)
+  assert (model.penalty, model.num_copies) == (penalty, num_tasks)
+  with pytest.raises(ValueError, match='Unknown variant'):
+    soft_sharing.get_config('nuclear')

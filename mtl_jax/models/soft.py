@@ -7,6 +7,7 @@ copies run as one batched computation (no Python loop over copies) and a penalty
 parameter as one stacked array.
 """
 
+import functools
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -42,15 +43,25 @@ def trace_penalty(stacked, epsilon: float = TRACE_EPSILON) -> jax.Array:
   ||·||_* the nuclear norm, the sum of the singular values σ_k. Low rank = copies that are
   combinations of a few shared ones.
 
+  σ_k = ||u_kᵀ W|| for u_k the eigenvectors of the G×G Gram matrix W Wᵀ: G²·numel work and
+  a G×G eigh, far cheaper than an SVD of the wide W and its gradient. U is held
+  constant: Σ_k h(||u_kᵀ W||²) with h concave is smallest, over orthonormal bases, at the
+  eigenvectors (Schur-Horn), so U's own derivative would contribute nothing, and eigh's
+  eigenvector derivative is infinite where eigenvalues repeat (identical copies).
+
   Each σ_k enters as √(σ_k² + ε) − √ε, within √ε = 1e-3 of σ_k, so that its gradient
   σ_k/√(σ_k² + ε) u_k v_kᵀ vanishes at σ_k = 0. The nuclear norm has no gradient there (any
   unit direction is a subgradient), and zero singular values are common: identical copies
-  (LayerNorm scales start as ones) and zero-initialised biases. A float32 SVD reports the
-  zeros of identical copies as about 1e-6 σ_max with arbitrary u_k, v_k; ε damps these.
+  (LayerNorm scales start as ones) and zero-initialised biases; float32 turns them into
+  tiny nonzero σ_k with arbitrary u_k, which ε damps.
   """
+  dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
+
   def nuclear(x):
-    sigma = jnp.linalg.svd(x.reshape(x.shape[0], -1), compute_uv=False)
-    return jnp.sum(jnp.sqrt(jnp.square(sigma) + epsilon) - jnp.sqrt(epsilon))
+    w = x.reshape(x.shape[0], -1)
+    _, u = jnp.linalg.eigh(dot(w, w.T))
+    squared = jnp.sum(jnp.square(dot(jax.lax.stop_gradient(u).T, w)), axis=1)  # σ_k²
+    return jnp.sum(jnp.sqrt(squared + epsilon) - jnp.sqrt(epsilon))
 
   return sum(nuclear(x) for x in jax.tree.leaves(stacked))
 
