@@ -213,6 +213,7 @@ def test_a_strong_l2_coupling_pulls_the_copies_together(smoke_config):
 @pytest.mark.parametrize('args, weighting, message', [
     ({'groups': (0, 1)}, 'equal', 'groups has 2 entries for the 4 tasks'),
     ({'groups': (0, 2, 0, 2)}, 'equal', r'encoder ids must be the integers 0..G-1'),
+    ({'groups': (0, 'a', 0, 1)}, 'equal', r'encoder ids must be the integers 0..G-1'),
     ({'penalty': 'l1'}, 'equal', "penalty 'l1' is not one of"),
     ({'strength': -1.0}, 'equal', 'strength must be >= 0'),
     ({}, 'pcgrad', 'config.weighting.name: .*shares none'),

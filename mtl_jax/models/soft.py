@@ -118,8 +118,8 @@ class SoftSharing(MultiTaskModel):
     if len(self.groups) != len(self.tasks):
       raise ValueError(f'groups has {len(self.groups)} entries for the {len(names)} tasks '
                        f'{names}; give one encoder id per task, or none for one each.')
-    ids = sorted(set(self.groups))
-    if not all(isinstance(g, int) for g in ids) or ids != list(range(len(ids))):
+    ids = set(self.groups)
+    if not all(isinstance(g, int) for g in ids) or ids != set(range(len(ids))):
       raise ValueError(f'groups {tuple(self.groups)}: encoder ids must be the integers '
                        f'0..G-1, each used by some task.')
 
