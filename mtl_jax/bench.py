@@ -3,11 +3,13 @@
   python -m mtl_jax.bench --config experiments/configs/bert_mini.py
   python -m mtl_jax.bench --config experiments/configs/bert_mini.py \
       --weighting=pcgrad,mgda --num_tasks=8 --mode=representation
+  python -m mtl_jax.bench --config experiments/configs/default.py --architectures=soft,mmoe
 
 It reports the median step time, tokens/s, the model's training FLOP/s (analytic matmul
 FLOPs: 3x the forward pass), and that figure as a fraction of a float32 matmul's FLOP/s
 measured in the same process. With --weighting it also times those methods' steps and
-reports each one's ratio to equal weighting's. All timings are interleaved round by round, so
+reports each one's ratio to equal weighting's; with --architectures, each sharing
+architecture's (default fields, equal weighting) ratio to the config's own. All timings are interleaved round by round, so
 every figure sees the same machine load.
 """
 
@@ -33,6 +35,8 @@ flags.DEFINE_integer('repeats', 5, 'Timed rounds (each: one matmul timing, one s
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square float32 matmul baseline.')
 flags.DEFINE_list('weighting', [], 'Also time these mtl_jax.weighting methods (default '
                   'arguments), each as a ratio to equal weighting.')
+flags.DEFINE_list('architectures', [], 'Also time these sharing architectures (their default '
+                  'fields, equal weighting), each as a ratio to the config\'s architecture.')
 flags.DEFINE_enum('mode', 'params', weighting.MODES, 'Per-task gradients for --weighting.')
 flags.DEFINE_bool('grouped', False, 'Grouped batches (sampling strategy \'grouped\'): each '
                   'row labelled for one task, N equal groups; per-task gradients in one pass.')
@@ -104,7 +108,7 @@ def main(argv):
   batch = jax.device_put(synthetic_batch(tasks, config.batch_size, config.data.seq_len,
                                          vocab_size, config.seed, flags.FLAGS.grouped))
 
-  def compiled_step(method, mode):
+  def compiled_step(method, mode, model=model):
     state = create_state(model, optimizer, method, len(tasks), config.seed,
                          config.data.seq_len, mode, config.batch_size)
     step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule, mode,
@@ -115,6 +119,11 @@ def main(argv):
   runs = {'equal': compiled_step(weighting.get('equal'), 'params')}
   for name in flags.FLAGS.weighting:
     runs[name] = compiled_step(weighting.get(name), flags.FLAGS.mode)
+  for name in flags.FLAGS.architectures:
+    arch_config = config.copy_and_resolve_references()
+    arch_config.model.architecture, arch_config.model.args = name, {}
+    runs[f'architecture:{name}'] = compiled_step(
+        weighting.get('equal'), 'params', config_lib.build_model(arch_config, tasks, vocab_size))
   n = flags.FLAGS.matmul_size
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
@@ -153,6 +162,10 @@ def main(argv):
         'weighting_step_s': {n: round(step_s[n], 6) for n in flags.FLAGS.weighting},
         'ratio_to_equal': {n: round(step_s[n] / step_s['equal'], 3)
                            for n in flags.FLAGS.weighting}})
+  if flags.FLAGS.architectures:
+    record['architecture_ratio'] = {
+        n: round(step_s[f'architecture:{n}'] / step_s['equal'], 3)
+        for n in flags.FLAGS.architectures}
   print(json.dumps(record))
 
 

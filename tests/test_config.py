@@ -100,7 +100,7 @@ def test_sharing_configs_build_their_architecture(variant):
 
 
 @pytest.mark.parametrize('args,message', [
-    ({'private_size': 32}, r"config.model.args: shared_private has no field\(s\) \['private_size'\]"),
+    ({'private_size': 32}, r"config.model.args: shared_private: no field\(s\) \['private_size'\]"),
     ({'private_heads': 3}, 'config.model.args: shared_private: private_hidden_size 64 is not '
                            'divisible by private_heads 3'),
     ({'orthogonality': -1.0}, 'orthogonality must be >= 0'),

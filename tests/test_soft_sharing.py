@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import soft_sharing
+from experiments.configs import sharing
 from mtl_jax import config as config_lib
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.models.encoder import Encoder, EncoderConfig
@@ -227,11 +227,12 @@ def test_config_errors(smoke_config, args, weighting, message):
 
 
 @pytest.mark.parametrize('variant, penalty, num_tasks', [
-    ('', 'l2', 7), ('trace', 'trace', 7), ('smoke', 'l2', 4), ('trace_smoke', 'trace', 4)])
-def test_experiment_config_variants_build(variant, penalty, num_tasks):
-  config = soft_sharing.get_config(variant)
+    ('soft', 'l2', 7), ('soft', 'trace', 7), ('soft,smoke', 'l2', 4)])
+def test_sharing_config_builds_soft_sharing(variant, penalty, num_tasks):
+  config = sharing.get_config(variant)
+  config.model.args.penalty = penalty  # each field is listed, so the command line can set it
   model = config_lib.build_model(config, config_lib.validate(config), 100)
   assert isinstance(model, SoftSharing)
   assert (model.penalty, model.num_copies) == (penalty, num_tasks)
   with pytest.raises(ValueError, match='Unknown variant'):
-    soft_sharing.get_config('nuclear')
+    sharing.get_config('soft,large')

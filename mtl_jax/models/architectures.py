@@ -1,6 +1,7 @@
 """Sharing architectures by name: config.model.architecture picks one, config.model.args
 holds its own fields (docs/sharing.md)."""
 
+import dataclasses
 from collections.abc import Sequence
 
 from mtl_jax.models.base import MultiTaskModel
@@ -20,6 +21,16 @@ ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
 }
 
 
+COMMON_FIELDS = ('encoder_config', 'tasks', 'head_dropout_rate', 'num_domains',
+                 'discriminator_hidden', 'parent', 'name')
+
+
+def default_args(name: str) -> dict:
+  """The architecture's own fields at their defaults (what config.model.args may set)."""
+  return {f.name: f.default for f in dataclasses.fields(ARCHITECTURES[name])
+          if f.name not in COMMON_FIELDS}
+
+
 def build(name: str, encoder_config: EncoderConfig, tasks: Sequence[Task], args: dict,
           head_dropout_rate: float = 0.1, num_domains: int = 0,
           discriminator_hidden: int = 0) -> MultiTaskModel:
@@ -28,12 +39,10 @@ def build(name: str, encoder_config: EncoderConfig, tasks: Sequence[Task], args:
   if name not in ARCHITECTURES:
     raise ValueError(f'unknown architecture {name!r}; choose from {sorted(ARCHITECTURES)}.')
   cls = ARCHITECTURES[name]
-  common = {'encoder_config', 'tasks', 'head_dropout_rate', 'num_domains',
-            'discriminator_hidden', 'parent', 'name'}
-  own = set(cls.__dataclass_fields__) - common
+  own = set(default_args(name))
   unknown = sorted(set(args) - own)
   if unknown:
-    raise TypeError(f'{name} has no field(s) {unknown}; its fields are {sorted(own)}.')
+    raise TypeError(f'no field(s) {unknown}; its fields are {sorted(own)}.')
   model = cls(encoder_config, tuple(tasks), head_dropout_rate, num_domains,
               discriminator_hidden, **args)
   model.validate()
