@@ -26,13 +26,19 @@ class ModelOutput(flax.struct.PyTreeNode):
   shared: jax.Array | None  # (B, D) shared sentence features; the adversary reads these
 
 
-def representation_key(task: Task, num_layers: int, pooler: bool) -> str:
-  """Which encoder feature a task's head reads: a layer's sequence, its [CLS] state, or
-  the pooler (BERT's classifier input, for a sentence task at the last layer)."""
+def task_depth(task: Task, num_layers: int) -> int:
+  """The encoder layer a task is supervised at (its spec's depth; -1 = the last)."""
   depth = num_layers if task.depth == -1 else task.depth
   if depth > num_layers:
     raise ValueError(f'Task {task.name!r} is supervised at depth {depth}, but the encoder has '
                      f'{num_layers} layers.')
+  return depth
+
+
+def representation_key(task: Task, num_layers: int, pooler: bool) -> str:
+  """Which encoder feature a task's head reads: a layer's sequence, its [CLS] state, or
+  the pooler (BERT's classifier input, for a sentence task at the last layer)."""
+  depth = task_depth(task, num_layers)
   if task.kind is TaskKind.TAGGING:
     return f'sequence_{depth}'
   if depth == num_layers and pooler:

@@ -74,6 +74,12 @@ def _dense(features, cfg, name):
   return lambda x: dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], features)
 
 
+def attention_bias(attention_mask: jax.Array, dtype) -> jax.Array:
+  """(B, S) mask -> (B, 1, 1, S) additive bias over keys: padding gets a large negative
+  logit. The mask is only compared, so its gradient (float masks) is exactly zero."""
+  return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, -1e9).astype(dtype)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with BERT's separate query/key/value projections."""
   cfg: EncoderConfig
@@ -140,8 +146,7 @@ class Encoder(nn.Module):
     if input_ids.shape[-1] > cfg.max_len:
       raise ValueError(f'Sequence length {input_ids.shape[-1]} exceeds max_len {cfg.max_len}.')
     x = Embeddings(cfg, name='embeddings')(input_ids, segment_ids, deterministic)
-    # Additive mask over keys: padding positions get a large negative logit.
-    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, -1e9).astype(x.dtype)
+    bias = attention_bias(attention_mask, x.dtype)
     hidden_states = [x]
     for i in range(cfg.num_layers):
       x = Layer(cfg, name=f'layer_{i}')(x, bias, deterministic)
