@@ -65,6 +65,8 @@ class Hierarchical(HardSharing):
     representation = super().encode(input_ids, segment_ids, attention_mask,
                                     deterministic=deterministic)
     if self.task_layers:
+      # Float: gradient methods differentiate every leaf, and an integer one has float0
+      # cotangents that their Gram matrices cannot take.
       representation[MASK] = attention_mask.astype(jnp.float32)
     return representation
 
