@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from mtl_jax.models.base import MultiTaskModel
 from mtl_jax.models.encoder import EncoderConfig
-from mtl_jax.models.moe import MMoESharing, PLESharing
 from mtl_jax.models.hierarchical import Hierarchical
+from mtl_jax.models.moe import MMoESharing, PLESharing
 from mtl_jax.models.multitask import HardSharing
 from mtl_jax.models.shared_private import SharedPrivate
 from mtl_jax.models.soft import SoftSharing

@@ -38,8 +38,8 @@ class Hierarchical(HardSharing):
   hidden states at its depth, then its head. With task_layers = 0 this is HardSharing.
 
   `encode` returns what HardSharing's does (the shared features the tasks branch from, by
-  `keys()`), plus the attention mask as a float array, so representation-mode gradient
-  methods work unchanged: the mask is only compared, so its per-task gradient is exactly 0.
+  `keys()`), plus the integer attention mask, which representation-mode gradient methods
+  pass through untouched (they differentiate the float arrays only).
   """
   task_layers: int = 1
 
@@ -65,9 +65,7 @@ class Hierarchical(HardSharing):
     representation = super().encode(input_ids, segment_ids, attention_mask,
                                     deterministic=deterministic)
     if self.task_layers:
-      # Float: gradient methods differentiate every leaf, and an integer one has float0
-      # cotangents that their Gram matrices cannot take.
-      representation[MASK] = attention_mask.astype(jnp.float32)
+      representation[MASK] = attention_mask
     return representation
 
   def decode(self, representation: dict[str, jax.Array], *, deterministic=True
@@ -75,7 +73,7 @@ class Hierarchical(HardSharing):
     if not self.task_layers:
       return super().decode(representation, deterministic=deterministic)
     keys = self.keys()
-    bias = attention_bias(representation[MASK], representation[MASK].dtype)
+    bias = attention_bias(representation[MASK], representation[keys[self.tasks[0].name]].dtype)
     features = {}
     # A loop, not nn.vmap over tasks: tasks at different depths start from different
     # hidden states, and each stack is small.
