@@ -28,12 +28,13 @@ def smoke_config(data_dir):
   return config
 
 
-def build_step(config, method=None, mode='params', diagnostics=False, sgd_learning_rate=None):
+def build_step(config, method=None, mode='params', diagnostics=False, sgd_learning_rate=None,
+               axis_name=None):
   """(tasks, data, state, model, un-jitted train step) for a config and weighting method.
 
   With `sgd_learning_rate` the optimizers (the model's and the adversary's) are plain SGD,
   so a step moves the parameters by exactly -lr × the gradient the step formed (AdamW's
-  first step would only show its sign).
+  first step would only show its sign). `axis_name` builds the per-device step for pmap.
   """
   tasks = config_lib.validate(config)
   data = load_task_data(config.data, tasks)
@@ -49,5 +50,6 @@ def build_step(config, method=None, mode='params', diagnostics=False, sgd_learni
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
                        mode, config.batch_size, adversary)
   step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics,
-                         grouped=config.sampling.strategy == 'grouped', adversary=adversary)
+                         grouped=config.sampling.strategy == 'grouped', adversary=adversary,
+                         axis_name=axis_name)
   return tasks, data, state, model, step

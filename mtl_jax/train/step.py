@@ -82,7 +82,8 @@ def split_discriminator(params) -> tuple[dict, dict | None]:
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                     tasks: Sequence[Task], method: Method, learning_rate: optax.Schedule,
                     mode: str = 'params', diagnostics: bool = False,
-                    grouped: bool = False, adversary: Adversary | None = None) -> Callable:
+                    grouped: bool = False, adversary: Adversary | None = None,
+                    axis_name: str | None = None) -> Callable:
   """Builds the pure step for a weighting `method` (mtl_jax.weighting).
 
   The objective is Σ λ_i L_i + the architecture's penalty − λ_adv L_adv (an `adversary`
@@ -97,12 +98,35 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   one task, N equal groups in task order), where one backward pass yields all of them.
   Heads get ∇L_i. The penalty and the adversary are not tasks: their gradient is added to
   the method's update (one more backward pass when a per-task method has them).
+
+  With `axis_name` the step runs per device under jax.pmap on a slice of the global batch.
+  Each task's loss is its global masked mean (global sums over global counts); losses,
+  gradients, per-task gradients and Gram matrices are summed over devices before the method
+  sees them, so every device takes the same update as one device on the whole batch. The
+  penalty and the adversary's term are averaged over devices. Not supported there:
+  `grouped` batches, and GRADS methods in mode 'representation' (their per-example
+  gradients would need gathering).
   """
+  if axis_name is not None and (grouped or (mode == 'representation'
+                                            and method.needs is Needs.GRADS)):
+    raise ValueError('pmap data parallelism supports neither grouped batches nor GRADS '
+                     'methods in representation mode.')
   tasks = tuple(tasks)
   num_tasks = len(tasks)
   shared_keys = model.shared_params
   per_task = method.needs is not Needs.LOSSES or diagnostics
   has_extra = adversary is not None or model.regularized
+
+  def total(x):
+    """Sums over the devices of a pmapped step (the identity on one device)."""
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+  def average(x):
+    return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+  def device_share(x):
+    """A whole-batch mean term's share on this device, so that `total` of it is the mean."""
+    return x if axis_name is None else x / jax.lax.psum(1, axis_name)
 
   def split(params):
     return ({k: v for k, v in params.items() if k in shared_keys},
@@ -128,7 +152,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   def terms(output: ModelOutput, params, batch, adversary_weight):
     """(losses (N,), extra), (counts, objective's extra, metrics) of one model output. The
     extra is the scalar whose gradient the non-task terms contribute."""
-    losses, counts = loss_vector(tasks, output.tasks, batch['labels'], batch['label_masks'])
+    losses, counts = loss_vector(tasks, output.tasks, batch['labels'], batch['label_masks'],
+                                 axis_name)
     extra = objective = output.penalty
     metrics = {'penalty': jax.lax.stop_gradient(output.penalty)} if model.regularized else {}
     if adversary is not None:
@@ -137,7 +162,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
           adversary_weight)
       extra, objective = extra + term, objective + adv_objective
       metrics.update(adv_metrics)
-    return (losses, extra), (counts, jax.lax.stop_gradient(objective), metrics)
+    objective = total(device_share(jax.lax.stop_gradient(objective)))
+    return (losses, device_share(extra)), (counts, objective, jax.tree.map(average, metrics))
 
   def with_extra(vjp):
     """The VJP's per-task gradients (vmapped over one-hot cotangents of the losses), and
@@ -177,9 +203,10 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
 
     if not per_task:
       (losses, _), vjp, (counts, *aux) = jax.vjp(forward, params, has_aux=True)
+      losses = total(losses)
       weights, method_state = method.update(info_for(losses, counts, method_key, step),
                                             method_state)
-      grads = vjp((weights, jnp.ones((), jnp.float32)))[0]
+      grads = total(vjp((weights, jnp.ones((), jnp.float32)))[0])
       return grads, losses, counts, weights, method_state, None, aux
 
     if mode == 'params':
@@ -191,8 +218,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
               params)
       else:
         (losses, _), vjp, (counts, *aux) = jax.vjp(forward, params, has_aux=True)
-        (task_grads,), extra_grads = with_extra(vjp)
+        (task_grads,), extra_grads = total(with_extra(vjp))
         extra_grads = None if extra_grads is None else extra_grads[0]
+        losses = total(losses)
       shared_grads, head_grads = split(task_grads)
       gram = gram_matrix(shared_grads)
       info = info_for(losses, counts, method_key, step, gram, shared_grads)
@@ -213,16 +241,20 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
 
     (losses, _), vjp, (counts, *aux) = jax.vjp(decode, representation.floats, heads,
                                                has_aux=True)
+    losses = total(losses)
+    # Feature gradients stay per device (each device holds its own rows' features); their
+    # Gram matrix, and the heads' gradients, are global.
     (feature_grads, head_grads), extra_grads = with_extra(vjp)
-    gram = gram_matrix(feature_grads)
+    head_grads = total(head_grads)
+    gram = total(gram_matrix(feature_grads))
     info = info_for(losses, counts, method_key, step, gram, feature_grads)
     out, new_state = method.update(info, method_state)
     feature_update = shared_update(out, feature_grads)
     heads_update = head_update(out, head_grads, info, method_state)
     if extra_grads is not None:
       feature_update = add(feature_update, extra_grads[0])
-      heads_update = add(heads_update, extra_grads[1])
-    grads = {**encoder_vjp(representation.cotangent(feature_update))[0], **heads_update}
+      heads_update = add(heads_update, total(extra_grads[1]))
+    grads = {**total(encoder_vjp(representation.cotangent(feature_update))[0]), **heads_update}
     return grads, losses, counts, out, new_state, gram, aux
 
   def discriminator_step(params, batch, dropout_key, disc_opt_state):
@@ -231,14 +263,16 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     shared = jax.lax.stop_gradient(apply_model(model, params, batch, dropout_key).shared)
     disc_params = params[DISCRIMINATOR]
     mask = jnp.ones(batch['domain'].shape, jnp.float32)
-    grads = jax.grad(lambda d: domain_loss(discriminate(d, shared), batch['domain'], mask))(
-        disc_params)
+    grads = total(jax.grad(lambda d: device_share(
+        domain_loss(discriminate(d, shared), batch['domain'], mask)))(disc_params))
     updates, disc_opt_state = adversary.optimizer.update(grads, disc_opt_state, disc_params)
     return {**params, DISCRIMINATOR: optax.apply_updates(disc_params, updates)}, disc_opt_state
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(state.rng, state.step)
-    method_key = jax.random.fold_in(dropout_key, 1 << 30)
+    method_key = jax.random.fold_in(dropout_key, 1 << 30)  # the same on every device
+    if axis_name is not None:  # each device's rows get their own dropout
+      dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
     adversary_weight = (jnp.zeros((), jnp.float32) if adversary is None
                         else adversary.weight(state.step))
     params, disc_opt_state = state.params, state.adversary_opt_state

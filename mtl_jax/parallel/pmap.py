@@ -1,0 +1,45 @@
+"""Data parallelism with jax.pmap: the classic TPU recipe, with explicit collectives.
+
+The state is replicated on every local device, each device takes one slice of the global
+batch, and the step (mtl_jax.train.step with `axis_name=AXIS`) sums losses, per-task
+gradients and Gram matrices over the devices, so every replica takes the same update as
+one device on the whole batch.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AXIS = 'batch'
+
+
+def replicate(tree):
+  """One copy of `tree` on each local device, stacked on a leading device axis."""
+  devices = jax.local_devices()
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.device_put(
+      jax.tree.map(lambda x: jnp.broadcast_to(x, (len(devices),) + x.shape), tree), sharding)
+
+
+def unreplicate(tree):
+  """Device 0's copy (all copies are equal)."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def split_batch(batch: dict, num_devices: int) -> dict:
+  """(B, ...) -> (num_devices, B / num_devices, ...): device d gets rows [d·B/n, (d+1)·B/n)."""
+  def split(x):
+    if x.shape[0] % num_devices:
+      raise ValueError(f'The batch of {x.shape[0]} rows does not split evenly over '
+                       f'{num_devices} devices; choose a batch size divisible by it.')
+    return np.reshape(x, (num_devices, x.shape[0] // num_devices) + x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def pmap_step(train_step: Callable) -> Callable:
+  """The per-device `train_step` (built with axis_name=AXIS) pmapped, state donated:
+  (replicated state, split batch) -> (replicated state, replicated metrics)."""
+  return jax.pmap(train_step, axis_name=AXIS, donate_argnums=0)
