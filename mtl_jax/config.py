@@ -67,6 +67,10 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _positive(config, 'sampling.temperature')
   _require(config.sampling.strategy != 'grouped' or config.batch_size % n == 0, 'batch_size',
            f'grouped sampling needs a multiple of the {n} tasks, got {config.batch_size}.')
+  _positive(config, 'micro_batches')
+  _require(config.batch_size % config.micro_batches == 0, 'micro_batches',
+           f'batch_size {config.batch_size} does not split into {config.micro_batches} '
+           f'equal micro-batches.')
   _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
            f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
   _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',
@@ -94,6 +98,12 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _positive(config, 'adversary.weight adversary.hidden', allow_zero=True)
   _positive(config, 'adversary.gamma adversary.learning_rate')
 
+  per_task = config.micro_batches > 1 and (
+      build_weighting(config).needs is not weighting.Needs.LOSSES or config.weighting.diagnostics)
+  _require(not per_task or (config.sampling.strategy != 'grouped'
+                            and config.weighting.mode == 'params'), 'micro_batches',
+           'gradient accumulation of per-task gradients needs weighting.mode \'params\' and '
+           'batches that are not grouped.')
   specs = []
   for i, name in enumerate(config.tasks):
     task = task_lib.get(name)

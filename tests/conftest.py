@@ -51,5 +51,5 @@ def build_step(config, method=None, mode='params', diagnostics=False, sgd_learni
                        mode, config.batch_size, adversary)
   step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics,
                          grouped=config.sampling.strategy == 'grouped', adversary=adversary,
-                         axis_name=axis_name)
+                         axis_name=axis_name, micro_batches=config.micro_batches)
   return tasks, data, state, model, step

@@ -77,6 +77,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-6
 
   c.batch_size = 32
+  c.micro_batches = 1  # gradient accumulation: the batch runs as this many equal slices
   c.num_steps = 600
   c.log_every = 50
   c.eval_batch_size = 256

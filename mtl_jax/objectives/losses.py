@@ -24,34 +24,37 @@ def _per_unit_loss(task: Task, output: jax.Array, label: jax.Array, mask: jax.Ar
   raise ValueError(f'Task {task.name!r}: unknown loss {task.loss!r}.')
 
 
-def masked_mean(values: jax.Array, mask: jax.Array, axis_name: str | None = None
+def masked_mean(values: jax.Array, mask: jax.Array, total_count=None
                 ) -> tuple[jax.Array, jax.Array]:
   """(mean over mask, count). The mean is 0, not NaN, when the mask is empty.
 
-  With `axis_name` (inside pmap over a batch split across devices) the count is the global
-  one and the "mean" is this device's share of the global mean, Σ_local / count_global: its
-  psum over the axis is the global masked mean, and its gradient is this device's share of
-  the global mean's gradient.
+  With `total_count`, the count of the whole batch that `values` is a slice of (over
+  devices, or over micro-batches), the "mean" is this slice's share of the whole batch's
+  mean, Σ_slice / total_count: the shares sum to the mean, and so do their gradients.
   """
   mask = mask.astype(jnp.float32)
-  count = mask.sum()
-  if axis_name is not None:
-    count = jax.lax.psum(count, axis_name)
+  count = mask.sum() if total_count is None else total_count
   # where() keeps a NaN or inf in a masked-out unit out of the sum and its gradient.
   total = jnp.where(mask > 0, values, 0.0).sum()
   return total / jnp.maximum(count, 1.0), count
 
 
+def label_counts(tasks: Sequence[Task], masks: dict) -> jax.Array:
+  """(N,) float32: how many units carry each task's label."""
+  return jnp.stack([masks[t.name].astype(jnp.float32).sum() for t in tasks])
+
+
 def loss_vector(tasks: Sequence[Task], outputs: dict, labels: dict, masks: dict,
-                axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+                total_counts=None) -> tuple[jax.Array, jax.Array]:
   """Each task's mean loss over the units that carry its label.
 
   Returns:
     losses: (N,) float32, in the order of `tasks`; 0 for a task with no label in the batch.
-      With `axis_name`, this device's shares of the global means (see masked_mean).
-    counts: (N,) float32, how many labelled units each task had (over all devices).
+      With `total_counts` (N,), this slice's shares of the whole batch's means.
+    counts: (N,) float32, how many labelled units each task had (`total_counts` if given).
   """
+  counts = [None] * len(tasks) if total_counts is None else list(total_counts)
   pairs = [masked_mean(_per_unit_loss(t, outputs[t.name], labels[t.name], masks[t.name]),
-                       masks[t.name], axis_name)
-           for t in tasks]
+                       masks[t.name], c)
+           for t, c in zip(tasks, counts)]
   return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])

@@ -108,7 +108,8 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   train_step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule,
                                        config.weighting.mode, config.weighting.diagnostics,
                                        grouped=config.sampling.strategy == 'grouped',
-                                       adversary=adversary),
+                                       adversary=adversary,
+                                       micro_batches=config.micro_batches),
                        donate_argnums=0)
   predict_step = jax.jit(make_predict_step(model, tasks))
 

@@ -12,7 +12,7 @@ import optax
 from mtl_jax.models.base import ModelOutput
 from mtl_jax.objectives.adversarial import Adversary, adversarial_terms, domain_loss
 from mtl_jax.objectives.joint import joint_loss
-from mtl_jax.objectives.losses import loss_vector
+from mtl_jax.objectives.losses import label_counts, loss_vector
 from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train.state import TrainState
 from mtl_jax.weighting import Method, Needs, StepInfo, combine, gram_matrix, head_weights
@@ -73,6 +73,17 @@ def _second(terms):
   return extra, aux
 
 
+def _without_extra(terms):
+  """((losses, extra), aux) -> (losses, aux)."""
+  (losses, _), aux = terms
+  return losses, aux
+
+
+def per_task_needed(method: Method, diagnostics: bool) -> bool:
+  """Whether the step takes per-task gradients (a gradient method, or diagnostics)."""
+  return method.needs is not Needs.LOSSES or diagnostics
+
+
 def split_discriminator(params) -> tuple[dict, dict | None]:
   """(the parameters the main optimizer updates, the discriminator's or None)."""
   return ({k: v for k, v in params.items() if k != DISCRIMINATOR},
@@ -83,7 +94,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                     tasks: Sequence[Task], method: Method, learning_rate: optax.Schedule,
                     mode: str = 'params', diagnostics: bool = False,
                     grouped: bool = False, adversary: Adversary | None = None,
-                    axis_name: str | None = None) -> Callable:
+                    axis_name: str | None = None, micro_batches: int = 1) -> Callable:
   """Builds the pure step for a weighting `method` (mtl_jax.weighting).
 
   The objective is Σ λ_i L_i + the architecture's penalty − λ_adv L_adv (an `adversary`
@@ -106,15 +117,25 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   penalty and the adversary's term are averaged over devices. Not supported there:
   `grouped` batches, and GRADS methods in mode 'representation' (their per-example
   gradients would need gathering).
+
+  With `micro_batches` = k > 1 the batch is split into k micro-batches, run one after another
+  (lax.scan), and their contributions are summed: the same update as the whole batch at
+  about 1/k of the activation memory. A loss weighter then needs the losses before its
+  backward passes, so it runs the k forward passes twice. Per-task methods accumulate the
+  per-task gradients (mode 'params' only, not on grouped batches).
   """
   if axis_name is not None and (grouped or (mode == 'representation'
                                             and method.needs is Needs.GRADS)):
     raise ValueError('pmap data parallelism supports neither grouped batches nor GRADS '
                      'methods in representation mode.')
+  if micro_batches > 1 and per_task_needed(method, diagnostics) and (
+      grouped or mode == 'representation'):
+    raise ValueError('Gradient accumulation with per-task gradients needs mode \'params\' '
+                     'and batches that are not grouped.')
   tasks = tuple(tasks)
   num_tasks = len(tasks)
   shared_keys = model.shared_params
-  per_task = method.needs is not Needs.LOSSES or diagnostics
+  per_task = per_task_needed(method, diagnostics)
   has_extra = adversary is not None or model.regularized
 
   def total(x):
@@ -125,8 +146,25 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
   def device_share(x):
-    """A whole-batch mean term's share on this device, so that `total` of it is the mean."""
+    """A whole-batch mean's share on this device: its `total` is the mean (the devices'
+    slices are equal in size)."""
     return x if axis_name is None else x / jax.lax.psum(1, axis_name)
+
+  def slice_share(x):
+    """A whole-batch mean's share on this device and micro-batch."""
+    return device_share(x) / micro_batches
+
+  def over_batch(fn, batch, dropout_key):
+    """Σ over the micro-batches of fn(micro_batch, dropout_key): fn(batch, dropout_key) for
+    one micro-batch, else a lax.scan with a dropout key per micro-batch."""
+    if micro_batches == 1:
+      return fn(batch, dropout_key)
+    micro = jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), batch)
+    keys = jax.vmap(lambda m: jax.random.fold_in(dropout_key, m))(jnp.arange(micro_batches))
+    first = jax.tree.map(lambda x: x[0], (micro, keys))
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, *first))
+    body = lambda acc, xs: (jax.tree.map(jnp.add, acc, fn(*xs)), None)
+    return jax.lax.scan(body, zeros, (micro, keys))[0]
 
   def split(params):
     return ({k: v for k, v in params.items() if k in shared_keys},
@@ -149,11 +187,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     return apply_model(model, {DISCRIMINATOR: disc_params}, {}, method='discriminate',
                        inputs=(shared,))
 
-  def terms(output: ModelOutput, params, batch, adversary_weight):
-    """(losses (N,), extra), (counts, objective's extra, metrics) of one model output. The
-    extra is the scalar whose gradient the non-task terms contribute."""
-    losses, counts = loss_vector(tasks, output.tasks, batch['labels'], batch['label_masks'],
-                                 axis_name)
+  def terms(output: ModelOutput, params, batch, adversary_weight, counts):
+    """(losses (N,), extra), (objective's extra, metrics) of one model output on a slice of
+    the batch whose label counts are `counts`: the losses are the slice's shares of the
+    batch's masked means, and the extra is the scalar whose gradient the non-task terms
+    contribute. Summed over slices, all of them are the whole batch's."""
+    losses, _ = loss_vector(tasks, output.tasks, batch['labels'], batch['label_masks'],
+                            counts)
     extra = objective = output.penalty
     metrics = {'penalty': jax.lax.stop_gradient(output.penalty)} if model.regularized else {}
     if adversary is not None:
@@ -162,8 +202,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
           adversary_weight)
       extra, objective = extra + term, objective + adv_objective
       metrics.update(adv_metrics)
-    objective = total(device_share(jax.lax.stop_gradient(objective)))
-    return (losses, device_share(extra)), (counts, objective, jax.tree.map(average, metrics))
+    objective = total(slice_share(jax.lax.stop_gradient(objective)))
+    metrics = jax.tree.map(lambda m: average(m) / micro_batches, metrics)
+    return (losses, slice_share(extra)), (objective, metrics)
 
   def with_extra(vjp):
     """The VJP's per-task gradients (vmapped over one-hot cotangents of the losses), and
@@ -192,35 +233,50 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       losses, counts = loss_vector(tasks, outputs, group['labels'], group['label_masks'])
       return losses[i], counts[i]
 
-    losses, vjp, counts = jax.vjp(
+    losses, vjp, _ = jax.vjp(
         lambda c: jax.vmap(group_loss)(c, groups, jnp.arange(num_tasks)), copies, has_aux=True)
-    return losses, counts, vjp(jnp.ones((num_tasks,), jnp.float32))[0]
+    return losses, vjp(jnp.ones((num_tasks,), jnp.float32))[0]
 
   def gradients(params, batch, dropout_key, method_key, method_state, step, adversary_weight):
     """(grads, losses, counts, method output, method state, gram or None, aux of terms)."""
-    def forward(p):
-      return terms(apply_model(model, p, batch, dropout_key), p, batch, adversary_weight)
+    counts = total(label_counts(tasks, batch['label_masks']))
+    one = jnp.ones((), jnp.float32)
+
+    def forward(p, mb, key):
+      return terms(apply_model(model, p, mb, key), p, mb, adversary_weight, counts)
 
     if not per_task:
-      (losses, _), vjp, (counts, *aux) = jax.vjp(forward, params, has_aux=True)
+      if micro_batches == 1:
+        (losses, _), vjp, aux = jax.vjp(lambda p: forward(p, batch, dropout_key), params,
+                                        has_aux=True)
+      else:  # the weights need every micro-batch's losses before any backward pass
+        losses, aux = over_batch(lambda mb, key: _without_extra(forward(params, mb, key)),
+                                 batch, dropout_key)
+        vjp = lambda cotangent: (over_batch(
+            lambda mb, key: jax.vjp(lambda p: forward(p, mb, key), params,
+                                    has_aux=True)[1](cotangent)[0], batch, dropout_key),)
       losses = total(losses)
       weights, method_state = method.update(info_for(losses, counts, method_key, step),
                                             method_state)
-      grads = total(vjp((weights, jnp.ones((), jnp.float32)))[0])
+      grads = total(vjp((weights, one))[0])
       return grads, losses, counts, weights, method_state, None, aux
 
     if mode == 'params':
       if grouped:
-        losses, counts, task_grads = grouped_task_gradients(params, batch, dropout_key)
+        losses, task_grads = grouped_task_gradients(params, batch, dropout_key)
         extra_grads, aux = None, (jnp.zeros(()), {})
         if has_extra:  # one more forward and backward pass, over the whole batch
-          extra_grads, (_, *aux) = jax.grad(lambda p: _second(forward(p)), has_aux=True)(
-              params)
+          extra_grads, aux = jax.grad(lambda p: _second(forward(p, batch, dropout_key)),
+                                      has_aux=True)(params)
       else:
-        (losses, _), vjp, (counts, *aux) = jax.vjp(forward, params, has_aux=True)
-        (task_grads,), extra_grads = total(with_extra(vjp))
+        def task_terms(mb, key):
+          (losses, _), vjp, aux = jax.vjp(lambda p: forward(p, mb, key), params, has_aux=True)
+          (task_grads,), extra_grads = with_extra(vjp)
+          return losses, task_grads, extra_grads, aux
+
+        losses, task_grads, extra_grads, aux = total(over_batch(task_terms, batch,
+                                                                dropout_key))
         extra_grads = None if extra_grads is None else extra_grads[0]
-        losses = total(losses)
       shared_grads, head_grads = split(task_grads)
       gram = gram_matrix(shared_grads)
       info = info_for(losses, counts, method_key, step, gram, shared_grads)
@@ -237,10 +293,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     def decode(f, h):
       output = apply_model(model, h, batch, dropout_key, method='decode',
                            inputs=(representation.merge(f),))
-      return terms(output, h, batch, adversary_weight)
+      return terms(output, h, batch, adversary_weight, counts)
 
-    (losses, _), vjp, (counts, *aux) = jax.vjp(decode, representation.floats, heads,
-                                               has_aux=True)
+    (losses, _), vjp, aux = jax.vjp(decode, representation.floats, heads, has_aux=True)
     losses = total(losses)
     # Feature gradients stay per device (each device holds its own rows' features); their
     # Gram matrix, and the heads' gradients, are global.

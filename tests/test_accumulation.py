@@ -1,0 +1,100 @@
+"""Gradient accumulation (config.micro_batches): k micro-batches give the same losses and
+parameters as the whole batch at once, step after step.
+
+The truth is the step on the whole batch. Per-task losses are masked means over the whole
+batch, so micro-batches with unequal label counts must not be averaged as means.
+"""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from conftest import build_step
+from mtl_jax import config as config_lib
+from mtl_jax import weighting
+from mtl_jax.data.pipeline import train_batches
+from mtl_jax.parallel import pmap as pmap_lib
+
+NUM_STEPS = 3
+
+
+@pytest.fixture
+def config(smoke_config):
+  smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
+  smoke_config.model.head_dropout_rate = 0.0
+  smoke_config.optimizer.warmup_steps = 0  # full-size steps from the first, so params move
+  smoke_config.optimizer.schedule = 'constant'
+  return smoke_config
+
+
+def _train(config, method_name, micro_batches, pmapped=False):
+  config.micro_batches = micro_batches
+  config_lib.validate(config)
+  axis_name = pmap_lib.AXIS if pmapped else None
+  _, data, state, _, step = build_step(config, weighting.get(method_name),
+                                       axis_name=axis_name)
+  initial = jax.device_get(state.params)
+  n = jax.local_device_count()
+  step, state = ((pmap_lib.pmap_step(step), pmap_lib.replicate(state)) if pmapped
+                 else (jax.jit(step), state))
+  history = []
+  for batch in train_batches(data, config.sampling, 0, config.batch_size, 0, NUM_STEPS):
+    state, metrics = step(state, pmap_lib.split_batch(batch, n) if pmapped else batch)
+    history.append(jax.device_get(pmap_lib.unreplicate(metrics) if pmapped else metrics))
+  return (pmap_lib.unreplicate(state) if pmapped else state), history, initial
+
+
+def _assert_same_run(config, method_name, micro_batches, pmapped=False):
+  whole, whole_history, initial = _train(config, method_name, 1)
+  accumulated, history, _ = _train(config, method_name, micro_batches, pmapped)
+  for a, b in zip(whole_history, history):
+    for key in ('loss', 'task_losses', 'task_counts', 'task_weights'):
+      np.testing.assert_allclose(b[key], a[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    for key in set(a) & {'adversary_loss', 'adversary_accuracy', 'penalty'}:
+      np.testing.assert_allclose(b[key], a[key], rtol=2e-5, atol=1e-6, err_msg=key)
+  moved = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), whole.params,
+                                       initial))
+  assert max(moved) > 1e-3  # the comparison below is of trained parameters
+  chex.assert_trees_all_close(accumulated.params, whole.params, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(accumulated.weighting, whole.weighting, rtol=1e-4, atol=1e-5)
+
+
+def test_micro_batches_have_unequal_label_counts(config):
+  """Guards the point of the tests: a mean of the micro-batches' means would be wrong."""
+  _, data, *_ = build_step(config)
+  batch = next(train_batches(data, config.sampling, 0, config.batch_size, 0, 1))
+  counts = pmap_lib.split_batch(batch['label_masks'], 4)
+  per_slice = np.stack([np.asarray(c).reshape(4, -1).sum(1) for c in counts.values()])
+  assert (per_slice != per_slice[:, :1]).any()
+
+
+@pytest.mark.parametrize('method_name', ['equal', 'uncertainty', 'pcgrad', 'mgda'])
+@pytest.mark.parametrize('micro_batches', [2, 4])
+def test_micro_batches_equal_the_whole_batch(config, method_name, micro_batches):
+  _assert_same_run(config, method_name, micro_batches)
+
+
+@pytest.mark.parametrize('method_name', ['equal', 'mgda'])
+def test_micro_batches_with_the_adversary_and_a_parameter_penalty(config, method_name):
+  config.adversary.enabled = True
+  config.adversary.hidden = 8
+  _assert_same_run(config, method_name, 2)
+  config.adversary.enabled = False
+  config.model.architecture, config.model.args = 'soft', {'strength': 0.1}
+  _assert_same_run(config, 'equal', 2)
+
+
+def test_micro_batches_under_pmap(config):
+  config.batch_size = 4 * jax.local_device_count()
+  _assert_same_run(config, 'mgda', 2, pmapped=True)
+
+
+def test_bad_micro_batches_are_config_errors(smoke_config):
+  smoke_config.micro_batches = 3
+  with pytest.raises(config_lib.ConfigError, match='config.micro_batches: batch_size 16'):
+    config_lib.validate(smoke_config)
+  smoke_config.micro_batches = 2
+  smoke_config.weighting.name, smoke_config.weighting.mode = 'mgda', 'representation'
+  with pytest.raises(config_lib.ConfigError, match="config.micro_batches: .*mode 'params'"):
+    config_lib.validate(smoke_config)
