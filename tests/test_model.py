@@ -1,6 +1,7 @@
 """Encoder and heads: shapes, padding invariance, dropout determinism, depth selection."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,7 @@ def _inputs(batch=2, length=16, real=10, seed=0):
 def test_encoder_shapes_and_layout():
   ids, seg, mask = _inputs()
   encoder = Encoder(CFG)
-  params = encoder.init(jax.random.key(0), ids, seg, mask)['params']
+  params = nn.unbox(encoder.init(jax.random.key(0), ids, seg, mask))['params']
   out = encoder.apply({'params': params}, ids, seg, mask)
   assert len(out.hidden_states) == CFG.num_layers + 1
   chex.assert_shape(list(out.hidden_states), (2, 16, CFG.hidden_size))

@@ -76,6 +76,14 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-6
 
+  # The device mesh (mtl_jax/parallel/mesh.py, docs/scaling.md): data x fsdp x tensor must
+  # equal the device count; -1 = the devices the other axes leave. Default: data parallel.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1  # parameters and optimizer state split over these devices (ZeRO-3)
+  c.mesh.tensor = 1  # attention heads and FFN units split over these devices
+  c.mesh.rules = ()  # (logical axis, mesh axes) pairs before parallel.mesh.AXIS_RULES
+
   c.batch_size = 32
   c.micro_batches = 1  # gradient accumulation: the batch runs as this many equal slices
   c.num_steps = 600

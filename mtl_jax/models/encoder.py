@@ -14,6 +14,10 @@ a torch Linear weight is the transpose of a Dense kernel):
   layer_{i}/output/*                          encoder.layer.{i}.output.dense.*
   layer_{i}/output_LayerNorm/*                encoder.layer.{i}.output.LayerNorm.*
   pooler/*                                    pooler.dense.*
+
+Every parameter carries logical axis names (nn.with_logical_partitioning); the rules in
+mtl_jax.parallel.mesh map them onto the device mesh. `init` returns them boxed
+(nn.LogicallyPartitioned); nn.unbox gives the plain arrays, and `apply` takes either.
 """
 
 import dataclasses
@@ -53,8 +57,10 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     features = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (features,))
-    bias = self.param('bias', nn.initializers.zeros, (features,))
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (features,))
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      (features,))
     centred = x - x.mean(-1, keepdims=True)
     variance = jnp.square(centred).mean(-1, keepdims=True)
     return centred * jax.lax.rsqrt(variance + self.epsilon) * scale + bias
@@ -65,12 +71,18 @@ def gelu(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * (0.5 ** 0.5)))
 
 
-def _dense(features, cfg, name):
+def dense_init(stddev: float, axes: tuple[str | None, str | None]) -> dict:
+  """A Dense layer's initialisers, its (input, output) kernel axes named for sharding."""
+  return dict(
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+
+
+def _dense(features, cfg, name, axes):
   """A Dense layer applied to the tokens as one (N, D) matrix. With a 3-D input, the kernel
   gradient would contract two axes, and XLA then transposes the whole activation gradient
   into a copy before the matmul; a single contracting axis needs no copy."""
-  dense = nn.Dense(features, kernel_init=nn.initializers.normal(cfg.initializer_range),
-                   name=name)
+  dense = nn.Dense(features, name=name, **dense_init(cfg.initializer_range, axes))
   return lambda x: dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], features)
 
 
@@ -89,13 +101,14 @@ class SelfAttention(nn.Module):
     cfg = self.cfg
     batch, length, width = x.shape
     heads, head_dim = cfg.num_heads, width // cfg.num_heads
-    q, k, v = (_dense(width, cfg, name)(x).reshape(batch, length, heads, head_dim)
-               for name in ('query', 'key', 'value'))
+    # Tensor parallelism splits the heads: q/k/v shard their output, `output` its input.
+    q, k, v = (_dense(width, cfg, name, ('embed', 'heads'))(x)
+               .reshape(batch, length, heads, head_dim) for name in ('query', 'key', 'value'))
     logits = jnp.einsum('bqhd,bkhd->bhqk', q * (head_dim ** -0.5), k)
     weights = jax.nn.softmax(logits + bias, axis=-1)
     weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, length, width)
-    return _dense(width, cfg, 'output')(out)
+    return _dense(width, cfg, 'output', ('heads', 'embed'))(out)
 
 
 class Layer(nn.Module):
@@ -109,8 +122,8 @@ class Layer(nn.Module):
     h = SelfAttention(cfg, name='attention')(x, bias, deterministic)
     x = LayerNorm(cfg.layer_norm_eps, name='attention_LayerNorm')(
         x + dropout(h, deterministic=deterministic))
-    h = gelu(_dense(cfg.intermediate_size, cfg, 'intermediate')(x))
-    h = _dense(cfg.hidden_size, cfg, 'output')(h)
+    h = gelu(_dense(cfg.intermediate_size, cfg, 'intermediate', ('embed', 'mlp'))(x))
+    h = _dense(cfg.hidden_size, cfg, 'output', ('mlp', 'embed'))(h)
     return LayerNorm(cfg.layer_norm_eps, name='output_LayerNorm')(
         x + dropout(h, deterministic=deterministic))
 
@@ -122,11 +135,13 @@ class Embeddings(nn.Module):
   def __call__(self, input_ids, segment_ids, deterministic):
     cfg = self.cfg
     init = nn.initializers.normal(cfg.initializer_range)
-    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, name=name)
+    embed = lambda n, name, axis: nn.Embed(
+        n, cfg.hidden_size, embedding_init=nn.with_logical_partitioning(init, (axis, 'embed')),
+        name=name)
     positions = jnp.arange(input_ids.shape[-1])
-    x = (embed(cfg.vocab_size, 'word_embeddings')(input_ids)
-         + embed(cfg.max_len, 'position_embeddings')(positions)
-         + embed(cfg.type_vocab_size, 'token_type_embeddings')(segment_ids))
+    x = (embed(cfg.vocab_size, 'word_embeddings', 'vocab')(input_ids)
+         + embed(cfg.max_len, 'position_embeddings', None)(positions)
+         + embed(cfg.type_vocab_size, 'token_type_embeddings', None)(segment_ids))
     x = LayerNorm(cfg.layer_norm_eps, name='LayerNorm')(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -153,5 +168,5 @@ class Encoder(nn.Module):
       hidden_states.append(x)
     pooled = None
     if cfg.pooler:
-      pooled = jnp.tanh(_dense(cfg.hidden_size, cfg, 'pooler')(x[:, 0]))
+      pooled = jnp.tanh(_dense(cfg.hidden_size, cfg, 'pooler', ('embed', None))(x[:, 0]))
     return EncoderOutput(tuple(hidden_states), pooled)

@@ -3,6 +3,8 @@
 import flax.linen as nn
 import jax
 
+from mtl_jax.models.encoder import dense_init
+
 
 class Head(nn.Module):
   """Dropout, then a linear map of the last axis, as BERT's task heads.
@@ -17,5 +19,5 @@ class Head(nn.Module):
   @nn.compact
   def __call__(self, features: jax.Array, deterministic: bool) -> jax.Array:
     x = nn.Dropout(self.dropout_rate)(features, deterministic=deterministic)
-    return nn.Dense(self.num_outputs, kernel_init=nn.initializers.normal(self.initializer_range),
-                    name='classifier')(x)
+    return nn.Dense(self.num_outputs, name='classifier',
+                    **dense_init(self.initializer_range, ('embed', None)))(x)

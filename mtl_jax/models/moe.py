@@ -18,6 +18,7 @@ def stacked(module: type[nn.Module], size: int, in_axes) -> type[nn.Module]:
   """`size` independent copies of `module`, parameters stacked on a new leading axis and
   outputs too: all copies read one input (in_axes=None) or copy g reads input[g] (0)."""
   return nn.vmap(module, variable_axes={'params': 0}, split_rngs={'params': True},
+                 metadata_params={nn.PARTITION_NAME: None},  # the copy axis is not sharded
                  in_axes=in_axes, out_axes=0, axis_size=size)
 
 

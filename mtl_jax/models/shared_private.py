@@ -26,6 +26,7 @@ class _PrivateEncoders(nn.Module):
     stacked = nn.vmap(
         lambda module, *inputs: module(*inputs, deterministic=deterministic).hidden_states[-1],
         variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+        metadata_params={nn.PARTITION_NAME: None},  # the copy axis is not sharded
         in_axes=None, out_axes=0, axis_size=self.num_tasks)
     return stacked(Encoder(self.cfg, name='encoder'), input_ids, segment_ids, attention_mask)
 

@@ -102,6 +102,7 @@ class SoftSharing(MultiTaskModel):
 
   def setup(self):
     stacked = nn.vmap(_Encoder, variable_axes={'params': 0},
+                      metadata_params={nn.PARTITION_NAME: None},  # copy axis unsharded
                       split_rngs={'params': True, 'dropout': True},
                       in_axes=None, out_axes=0, axis_size=self.num_copies)
     self.encoders = stacked(self.encoder_config)

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,6 +23,7 @@ from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
 from mtl_jax.objectives.adversarial import Adversary
+from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.tasks import Task
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
@@ -34,14 +36,10 @@ TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
 SCALAR_TERMS = ('penalty', 'adversary_loss', 'adversary_accuracy', 'adversary_weight')
 
 
-def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
-                 mode: str = 'params', batch_size: int = 1,
-                 adversary: Adversary | None = None) -> TrainState:
-  """`mode` and `batch_size` shape the state of methods that keep per-task gradients."""
+def init_params(model, seed: int, seq_len: int, adversary: Adversary | None = None) -> dict:
+  """The model's (and the discriminator's) initial parameters, boxed with their logical
+  axis names (nn.unbox gives the arrays; mtl_jax.parallel.mesh the shardings)."""
   init_key = jax.random.key(seed)
-  # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
-  # default model's layers. Still a pure function of (seed, step).
-  dropout_key = jax.random.key(seed, impl='unsafe_rbg')
   dummy = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(init_key, dummy, dummy, dummy)['params']
   if adversary is not None:  # the discriminator is only called by the train step
@@ -49,6 +47,17 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
     params = {**params, **model.init(jax.random.fold_in(init_key, 1),
                                      jnp.zeros(shared.shape, shared.dtype),
                                      method='discriminate')['params']}
+  return params
+
+
+def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
+                 mode: str = 'params', batch_size: int = 1,
+                 adversary: Adversary | None = None) -> TrainState:
+  """`mode` and `batch_size` shape the state of methods that keep per-task gradients."""
+  # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
+  # default model's layers. Still a pure function of (seed, step).
+  dropout_key = jax.random.key(seed, impl='unsafe_rbg')
+  params = nn.unbox(init_params(model, seed, seq_len, adversary))
   model_params, disc_params = split_discriminator(params)
   grads_like = (task_gradient_like(model, params, mode, batch_size, seq_len)
                 if method.needs is weighting.Needs.GRADS else None)
@@ -58,6 +67,20 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
                     rng=dropout_key,
                     adversary_opt_state=(None if adversary is None
                                          else adversary.optimizer.init(disc_params)))
+
+
+def sharded_state(mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, model, optimizer, method,
+                  num_tasks: int, seed: int, seq_len: int, mode: str = 'params',
+                  batch_size: int = 1, adversary: Adversary | None = None
+                  ) -> tuple[TrainState, TrainState]:
+  """(create_state's state, its shardings). The state is created in place on the mesh
+  (jit with out_shardings): a large model is never whole on one device."""
+  create = lambda: create_state(model, optimizer, method, num_tasks, seed, seq_len, mode,
+                                batch_size, adversary)
+  shardings = mesh_lib.state_shardings(
+      jax.eval_shape(create), jax.eval_shape(lambda: init_params(model, seed, seq_len,
+                                                                 adversary)), mesh, rules)
+  return jax.jit(create, out_shardings=shardings)(), shardings
 
 
 def _check_workdir(workdir: str):
@@ -103,14 +126,16 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
-  state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
-                       config.weighting.mode, config.batch_size, adversary)
-  train_step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule,
-                                       config.weighting.mode, config.weighting.diagnostics,
-                                       grouped=config.sampling.strategy == 'grouped',
-                                       adversary=adversary,
-                                       micro_batches=config.micro_batches),
-                       donate_argnums=0)
+  mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
+  state, shardings = sharded_state(mesh, rules, model, optimizer, method, len(tasks),
+                                   config.seed, config.data.seq_len, config.weighting.mode,
+                                   config.batch_size, adversary)
+  train_step = mesh_lib.shard_step(
+      make_train_step(model, optimizer, tasks, method, schedule, config.weighting.mode,
+                      config.weighting.diagnostics,
+                      grouped=config.sampling.strategy == 'grouped', adversary=adversary,
+                      micro_batches=config.micro_batches),
+      mesh, shardings, mesh_lib.batch_sharding(mesh, rules, config.batch_size))
   predict_step = jax.jit(make_predict_step(model, tasks))
 
   batches = train_batches(data, config.sampling, config.seed, config.batch_size, 0,

@@ -1,0 +1,120 @@
+"""The device mesh and every sharding, from config (MaxText's pattern).
+
+Model parameters carry logical axis names (mtl_jax/models/encoder.py); AXIS_RULES maps
+those names onto the mesh axes ('data', 'fsdp', 'tensor'). The train state's shardings
+are derived from the parameters' alone: any state leaf named and shaped like a parameter
+(the parameter itself, Adam's moments, ...) is sharded like it, the rest is replicated.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mtl_jax.config import ConfigError
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Logical axis -> mesh axes, in order of precedence. An array uses a mesh axis at most once,
+# and a logical axis no rule names is not sharded.
+AXIS_RULES = (
+    ('batch', ('data', 'fsdp')),  # FSDP devices also split the batch: they are data parallel
+    ('embed', 'fsdp'),  # FSDP: every weight is split along the model width
+    ('heads', 'tensor'),  # tensor parallelism: attention heads (q/k/v outputs, output input)
+    ('mlp', 'tensor'),  # ... and the FFN's hidden units
+    ('vocab', None),  # vocabularies are seldom divisible; the table is split on 'embed'
+)
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def axis_rules(mesh_config: ml_collections.ConfigDict) -> Rules:
+  """AXIS_RULES with config.mesh.rules' (logical, mesh axes) pairs taking precedence."""
+  rules = tuple(tuple(rule) for rule in mesh_config.rules)
+  for rule in rules:
+    axes = rule[1] if len(rule) == 2 else None
+    axes = (axes,) if isinstance(axes, str) else axes or ()
+    if len(rule) != 2 or not set(axes) <= set(MESH_AXES):
+      raise ConfigError(f'config.mesh.rules: {rule!r} is not a (logical axis, mesh axes) '
+                        f'pair over the mesh axes {MESH_AXES}.')
+  return rules + AXIS_RULES
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  """(data, fsdp, tensor) sizes; one of them may be -1: the devices the others leave."""
+  sizes = [mesh_config[axis] for axis in MESH_AXES]
+  for axis, size in zip(MESH_AXES, sizes):
+    if not (isinstance(size, int) and (size >= 1 or size == -1)):
+      raise ConfigError(f'config.mesh.{axis}: must be a positive integer or -1, got {size!r}.')
+  if sizes.count(-1) > 1:
+    raise ConfigError(f'config.mesh: only one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.')
+  if -1 in sizes:
+    sizes[sizes.index(-1)] = max(num_devices // -math.prod(sizes), 1)
+  if math.prod(sizes) != num_devices:
+    product = ' x '.join(f'{a} {s}' for a, s in zip(MESH_AXES, sizes))
+    raise ConfigError(f'config.mesh: {product} = {math.prod(sizes)} devices, but there are '
+                      f'{num_devices}; make the product of mesh.data, mesh.fsdp and '
+                      f'mesh.tensor equal the device count.')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all). Auto axes: the
+  shardings are given to jit, and XLA places the collectives."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = mesh_shape(mesh_config, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, batch_size: int) -> NamedSharding:
+  """Every batch array is split along its leading (batch) axis."""
+  spec = nn.logical_to_mesh_axes(('batch',), rules)
+  parts = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))
+  if batch_size % parts:
+    raise ConfigError(f'config.batch_size: {batch_size} does not split over the {parts} '
+                      f'devices that share the batch ({spec}, mesh {dict(mesh.shape)}).')
+  return NamedSharding(mesh, spec)
+
+
+def _is_box(x) -> bool:
+  return isinstance(x, nn.meta.AxisMetadata)
+
+
+def state_shardings(state_shape, boxed_params, mesh: jax.sharding.Mesh, rules: Rules):
+  """Shardings for a state pytree (e.g. jax.eval_shape of create_state), from the
+  parameters as `init` returns them (boxed with logical axis names; shapes suffice).
+
+  A state leaf whose path ends with a parameter's path and which has that parameter's
+  shape (the parameter, its optimizer moments) is sharded like the parameter; everything
+  else (step, keys, counts, weighting state) is replicated.
+  """
+  named = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(boxed_params, is_leaf=_is_box)[0]:
+    spec = leaf.get_partition_spec() if _is_box(leaf) else P()
+    named[tuple(path)] = (nn.unbox(leaf).shape, nn.logical_to_mesh_axes(spec, rules))
+
+  def sharding(path, leaf):
+    for start in range(len(path)):
+      shape, spec = named.get(tuple(path[start:]), (None, None))
+      if shape == leaf.shape:
+        return NamedSharding(mesh, spec)
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(sharding, state_shape)
+
+
+def shard_step(step: Callable, mesh: jax.sharding.Mesh, shardings, batch: NamedSharding
+               ) -> Callable:
+  """The train step jitted for the mesh: the state keeps its shardings and is donated (its
+  buffers are reused for the new state), the batch is split, the metrics replicated."""
+  return jax.jit(step, in_shardings=(shardings, batch),
+                 out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
