@@ -1,6 +1,7 @@
 """Hierarchical sharing: tasks branch off the shared encoder at their depths, through layers of
 their own. Checked against HardSharing, standalone Layers with a numpy head, and gradients."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,7 @@ from test_model import CFG, TASKS, _inputs  # encoder config, tasks at depths 3,
 
 
 def _init(model, inputs):
-  return model.init(jax.random.key(0), *inputs)['params']
+  return nn.unbox(model.init(jax.random.key(0), *inputs))['params']
 
 
 def test_no_task_layers_is_hard_sharing():

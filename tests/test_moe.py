@@ -3,6 +3,7 @@ implementations of the papers' equations: MMoE/OMoE (Ma et al. 2018, eq. 7-8) an
 (Tang et al. 2020, eq. 2-6)."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,7 +188,7 @@ def test_sentence_heads_read_the_cls_mixture_of_the_full_sequence():
   sequence's mixture at position 0 (what a model with a tagging task computes)."""
   inputs = _inputs()
   with_tags = MMoESharing(CFG, (TAG, CLS), num_experts=3, expert_hidden=8, shared_gate=True)
-  params = with_tags.init(jax.random.key(0), *inputs)['params']
+  params = nn.unbox(with_tags.init(jax.random.key(0), *inputs))['params']
   out = with_tags.apply({'params': params}, *inputs)
   chex.assert_shape(out.tasks['tag'], (2, 12, 5))
   alone = MMoESharing(CFG, (CLS,), num_experts=3, expert_hidden=8, shared_gate=True)
@@ -201,7 +202,7 @@ def test_sentence_heads_read_the_cls_mixture_of_the_full_sequence():
 def test_adversary_reads_the_encoders_sentence_feature():
   inputs = _inputs()
   model = PLESharing(CFG, (TAG, CLS), num_domains=2, expert_hidden=8)
-  params = model.init(jax.random.key(0), *inputs)['params']
+  params = nn.unbox(model.init(jax.random.key(0), *inputs))['params']
   assert model.shared_params == ('encoder',)
   out = model.apply({'params': params}, *inputs)
   pooled = model.apply({'params': params}, *inputs, method='encode')['pooled']

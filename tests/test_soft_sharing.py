@@ -3,6 +3,7 @@ numpy and their analytic gradients, the train step, and config errors."""
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,7 @@ def _inputs(batch=2, length=12, seed=0):
 
 
 def _init(model):
-  return model.init(jax.random.key(0), *_inputs())['params']
+  return nn.unbox(model.init(jax.random.key(0), *_inputs()))['params']
 
 
 def _copy(stacked, g):

@@ -7,7 +7,7 @@ single-task baselines first, then MTL, and reports Δm% of MTL against them.
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -69,17 +69,23 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
                                          else adversary.optimizer.init(disc_params)))
 
 
-def sharded_state(mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, model, optimizer, method,
-                  num_tasks: int, seed: int, seq_len: int, mode: str = 'params',
-                  batch_size: int = 1, adversary: Adversary | None = None
-                  ) -> tuple[TrainState, TrainState]:
-  """(create_state's state, its shardings). The state is created in place on the mesh
-  (jit with out_shardings): a large model is never whole on one device."""
+def state_layout(mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, model, optimizer, method,
+                 num_tasks: int, seed: int, seq_len: int, mode: str = 'params',
+                 batch_size: int = 1, adversary: Adversary | None = None
+                 ) -> tuple[Callable[[], TrainState], TrainState]:
+  """(a function that runs create_state with these arguments, the state's shardings). The
+  shardings come from abstract shapes: nothing is allocated."""
   create = lambda: create_state(model, optimizer, method, num_tasks, seed, seq_len, mode,
                                 batch_size, adversary)
-  shardings = mesh_lib.state_shardings(
-      jax.eval_shape(create), jax.eval_shape(lambda: init_params(model, seed, seq_len,
-                                                                 adversary)), mesh, rules)
+  boxed_params = jax.eval_shape(lambda: init_params(model, seed, seq_len, adversary))
+  return create, mesh_lib.state_shardings(jax.eval_shape(create), boxed_params, mesh, rules)
+
+
+def sharded_state(*args, **kwargs) -> tuple[TrainState, TrainState]:
+  """(create_state's state, its shardings), for state_layout's arguments. The state is
+  created in place on the mesh (jit with out_shardings): a large model is never whole on
+  one device."""
+  create, shardings = state_layout(*args, **kwargs)
   return jax.jit(create, out_shardings=shardings)(), shardings
 
 

@@ -1,0 +1,177 @@
+"""Mesh sharding: the rules' layouts, FSDP's memory split, config errors, and the sharded
+train step against the single-device step (the independent truth) on forced CPU devices."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import build_step
+from mtl_jax import weighting
+from mtl_jax.config import ConfigError
+from mtl_jax.data.pipeline import train_batches
+from mtl_jax.parallel import mesh as mesh_lib
+from mtl_jax.train.loop import TRAIN_KEYS, create_state, init_params, sharded_state
+
+LEARNING_RATE = 0.3  # SGD: every layout must form the same gradient
+STEPS = 3
+
+
+@pytest.fixture
+def config(smoke_config):
+  """No dropout (its bits depend on the layout) and no clipping."""
+  smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
+  smoke_config.model.head_dropout_rate = 0.0
+  smoke_config.optimizer.clip_norm = 0.0
+  return smoke_config
+
+
+def _mesh(config, data, fsdp, tensor):
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = data, fsdp, tensor
+  return mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
+
+
+def _shardings(config, model, state, mesh, rules):
+  boxed = jax.eval_shape(lambda: init_params(model, config.seed, config.data.seq_len))
+  return mesh_lib.state_shardings(jax.eval_shape(lambda: state), boxed, mesh, rules)
+
+
+def _specs(shardings) -> dict:
+  layer = shardings.params['encoder']['layer_0']
+  return {
+      'query': layer['attention']['query']['kernel'].spec,
+      'query_bias': layer['attention']['query']['bias'].spec,
+      'attention_output': layer['attention']['output']['kernel'].spec,
+      'intermediate': layer['intermediate']['kernel'].spec,
+      'output': layer['output']['kernel'].spec,
+      'layer_norm': layer['output_LayerNorm']['scale'].spec,
+      'words': shardings.params['encoder']['embeddings']['word_embeddings']['embedding'].spec,
+      'pooler': shardings.params['encoder']['pooler']['kernel'].spec,
+      'head': shardings.params['head_sentiment']['classifier']['kernel'].spec,
+  }
+
+
+def test_rules_give_the_tensor_and_fsdp_layout(config):
+  """Megatron's split: q/k/v and the intermediate kernel by output, the attention output and
+  output kernels by input; every matrix's model-width axis on fsdp; Adam's moments follow
+  the parameters; scalars (step, Adam's count) are replicated."""
+  _, _, state, model, _ = build_step(config)
+  mesh, rules = _mesh(config, 2, 1, 4)
+  shardings = _shardings(config, model, state, mesh, rules)
+  assert _specs(shardings) == {
+      'query': P('fsdp', 'tensor'), 'query_bias': P('tensor'),
+      'attention_output': P('tensor', 'fsdp'), 'intermediate': P('fsdp', 'tensor'),
+      'output': P('tensor', 'fsdp'), 'layer_norm': P('fsdp'), 'words': P(None, 'fsdp'),
+      'pooler': P('fsdp', None), 'head': P('fsdp', None)}
+  adam = shardings.opt_state[1][0]
+  assert adam.mu['encoder']['layer_0']['attention']['query']['kernel'].spec == P('fsdp', 'tensor')
+  assert adam.nu['encoder']['layer_0']['output']['kernel'].spec == P('tensor', 'fsdp')
+  assert adam.count.spec == P() and shardings.step.spec == P()
+  assert mesh_lib.batch_sharding(mesh, rules, 16).spec == P(('data', 'fsdp'))
+
+
+def test_config_rules_take_precedence(config):
+  _, _, state, model, _ = build_step(config)
+  config.mesh.rules = (('vocab', 'tensor'), ('mlp', None))
+  mesh, rules = _mesh(config, 2, 1, 4)
+  specs = _specs(_shardings(config, model, state, mesh, rules))
+  assert specs['words'] == P('tensor', 'fsdp')
+  assert specs['intermediate'] == P('fsdp', None)
+  assert specs['query'] == P('fsdp', 'tensor')
+
+
+def test_fsdp_creates_the_state_in_place_sharded(config):
+  """Under fsdp=8 each device holds 1/8 of every weight matrix and of Adam's moments, and the
+  state created in its shardings equals the one created on one device."""
+  tasks, _, _, model, _ = build_step(config)
+  mesh, rules = _mesh(config, 1, 8, 1)
+  optimizer = optax.adamw(1e-3)
+  method = weighting.get('equal')
+  args = (model, optimizer, method, len(tasks), config.seed, config.data.seq_len)
+  state, shardings = sharded_state(mesh, rules, *args)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), state.params,
+               create_state(*args).params)
+  kernel = state.params['encoder']['layer_0']['intermediate']['kernel']
+  mu = state.opt_state[0].mu['encoder']['layer_0']['intermediate']['kernel']
+  for x in (kernel, mu):
+    assert x.shape == (32, 64)
+    assert {s.data.shape for s in x.addressable_shards} == {(4, 64)}
+  per_device = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state.params))
+  total = sum(x.nbytes for x in jax.tree.leaves(state.params))
+  assert per_device < total / 7  # the unsharded remainder is the few tiny head biases
+
+
+def _adversarial(config):
+  config.adversary.enabled = True
+  config.adversary.weight = 0.5
+  return weighting.get('equal')
+
+
+@pytest.mark.parametrize('make_method', [
+    lambda c: weighting.get('equal'),
+    lambda c: weighting.get('uncertainty'),
+    lambda c: weighting.get('mgda'),
+    _adversarial,
+], ids=['equal', 'uncertainty', 'mgda', 'adversarial'])
+def test_mesh_step_equals_single_device_step(config, make_method):
+  """Several steps on one global batch: the same losses and parameters on one device, on
+  (data 4, fsdp 2) and on (data 2, tensor 4)."""
+  method = make_method(config)
+  _, data, state, model, step = build_step(config, method, sgd_learning_rate=LEARNING_RATE)
+  batch = next(train_batches(data, config.sampling, 0, config.batch_size, 0, 1))
+  batch = {k: batch[k] for k in TRAIN_KEYS}
+
+  def run(train_step, state):
+    losses = []
+    for _ in range(STEPS):
+      state, metrics = train_step(state, batch)
+      losses.append(np.asarray(metrics['task_losses']))
+    return state, np.stack(losses)
+
+  single, single_losses = run(jax.jit(step), state)
+  moved = max(float(np.abs(x - y).max())
+              for x, y in zip(jax.tree.leaves(single.params), jax.tree.leaves(state.params)))
+  assert moved > 1e-3, 'the steps did not move the parameters: the comparison is vacuous'
+  for layout in ((4, 2, 1), (2, 1, 4)):
+    mesh, rules = _mesh(config, *layout)
+    shardings = _shardings(config, model, state, mesh, rules)
+    sharded_step = mesh_lib.shard_step(step, mesh, shardings,
+                                       mesh_lib.batch_sharding(mesh, rules, config.batch_size))
+    # Copies: the sharded step donates its input, and device_put may reuse a buffer.
+    copy = jax.device_put(jax.tree.map(lambda x: x.copy(), state), shardings)
+    sharded, losses = run(sharded_step, copy)
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-5, err_msg=str(layout))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6,
+                                                         err_msg=str(layout)),
+                 sharded.params, single.params)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+                 sharded.weighting, single.weighting)
+    assert (sharded.params['encoder']['layer_0']['attention']['query']['kernel'].sharding
+            == shardings.params['encoder']['layer_0']['attention']['query']['kernel'])
+
+
+@pytest.mark.parametrize('sizes,message', [
+    ((3, 2, 1), r'config\.mesh: data 3 x fsdp 2 x tensor 1 = 6 devices, but there are 8'),
+    ((-1, 3, 1), r'config\.mesh: data 2 x fsdp 3 x tensor 1 = 6 devices, but there are 8'),
+    ((-1, -1, 2), r'config\.mesh: only one axis may be -1'),
+    ((8, 0, 1), r'config\.mesh\.fsdp: must be a positive integer or -1, got 0'),
+])
+def test_bad_mesh_is_a_config_error(config, sizes, message):
+  with pytest.raises(ConfigError, match=message):
+    _mesh(config, *sizes)
+
+
+def test_bad_rule_and_indivisible_batch_are_config_errors(config):
+  mesh, rules = _mesh(config, 4, 2, 1)
+  with pytest.raises(ConfigError, match=r'config\.batch_size: 12 does not split over the 8'):
+    mesh_lib.batch_sharding(mesh, rules, 12)
+  config.mesh.rules = (('mlp', 'model'),)
+  with pytest.raises(ConfigError, match=r'config\.mesh\.rules: \(\'mlp\', \'model\'\)'):
+    mesh_lib.axis_rules(config.mesh)
+
+
+def test_one_device_is_a_one_by_one_mesh(config):
+  config.mesh.data = -1
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
+  assert dict(mesh.shape) == {'data': 1, 'fsdp': 1, 'tensor': 1}
