@@ -8,6 +8,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import build_step
+# The smoke config without dropout (its bits depend on the layout) or clipping.
+from test_weighting_step import config  # noqa: F401
 from mtl_jax import weighting
 from mtl_jax.config import ConfigError
 from mtl_jax.data.pipeline import train_batches
@@ -16,15 +18,6 @@ from mtl_jax.train.loop import TRAIN_KEYS, create_state, init_params, sharded_st
 
 LEARNING_RATE = 0.3  # SGD: every layout must form the same gradient
 STEPS = 3
-
-
-@pytest.fixture
-def config(smoke_config):
-  """No dropout (its bits depend on the layout) and no clipping."""
-  smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
-  smoke_config.model.head_dropout_rate = 0.0
-  smoke_config.optimizer.clip_norm = 0.0
-  return smoke_config
 
 
 def _mesh(config, data, fsdp, tensor):
