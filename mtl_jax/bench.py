@@ -4,6 +4,8 @@
   python -m mtl_jax.bench --config experiments/configs/bert_mini.py \
       --weighting=pcgrad,mgda --num_tasks=8 --mode=representation
   python -m mtl_jax.bench --config experiments/configs/default.py --architectures=soft,mmoe
+  python -m mtl_jax.bench --config experiments/configs/scale.py:bert_base \
+      --config.model.dtype=bfloat16 --config.batch_size=256 --peak_tflops=989   # GPU MFU
 
 It reports the median step time, tokens/s, the model's training FLOP/s (analytic matmul
 FLOPs: 3x the forward pass), and that figure as a fraction of a float32 matmul's FLOP/s
@@ -35,6 +37,8 @@ flags.DEFINE_integer('repeats', 5, 'Timed rounds (each: one matmul timing, one s
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square float32 matmul baseline.')
 flags.DEFINE_list('weighting', [], 'Also time these mtl_jax.weighting methods (default '
                   'arguments), each as a ratio to equal weighting.')
+flags.DEFINE_float('peak_tflops', 0.0, 'The device\'s peak dense FLOP/s in TFLOP/s for the '
+                   'config\'s dtype (H100/H200 bfloat16: 989); adds the step\'s MFU.')
 flags.DEFINE_list('architectures', [], 'Also time these sharing architectures (their default '
                   'fields, equal weighting), each as a ratio to the config\'s architecture.')
 flags.DEFINE_enum('mode', 'params', weighting.MODES, 'Per-task gradients for --weighting.')
@@ -162,6 +166,9 @@ def main(argv):
         'weighting_step_s': {n: round(step_s[n], 6) for n in flags.FLAGS.weighting},
         'ratio_to_equal': {n: round(step_s[n] / step_s['equal'], 3)
                            for n in flags.FLAGS.weighting}})
+  if flags.FLAGS.peak_tflops:
+    record['dtype'] = config.model.dtype
+    record['mfu'] = round(achieved / (flags.FLAGS.peak_tflops * 1e12), 4)
   if flags.FLAGS.architectures:
     record['architecture_ratio'] = {
         n: round(step_s[f'architecture:{n}'] / step_s['equal'], 3)

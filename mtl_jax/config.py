@@ -12,11 +12,12 @@ from mtl_jax import weighting
 from mtl_jax.data.mixture import STRATEGIES
 from mtl_jax.models import architectures
 from mtl_jax.models.base import MultiTaskModel
-from mtl_jax.models.encoder import EncoderConfig
+from mtl_jax.models.encoder import DTYPES, REMAT, EncoderConfig
 from mtl_jax.objectives import adversarial
 
 MODES = ('multi', 'single', 'both')
 SCHEDULES = ('linear', 'cosine', 'constant')
+PARALLELISMS = ('mesh', 'pmap')
 
 
 class ConfigError(ValueError):
@@ -67,7 +68,15 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _positive(config, 'sampling.temperature')
   _require(config.sampling.strategy != 'grouped' or config.batch_size % n == 0, 'batch_size',
            f'grouped sampling needs a multiple of the {n} tasks, got {config.batch_size}.')
+  _require(config.model.dtype in DTYPES, 'model.dtype',
+           f'{config.model.dtype!r} is not one of {DTYPES}.')
+  _require(config.model.remat in REMAT, 'model.remat',
+           f'{config.model.remat!r} is not one of {sorted(REMAT)}.')
   _positive(config, 'micro_batches')
+  _require(config.parallelism in PARALLELISMS, 'parallelism',
+           f'{config.parallelism!r} is not one of {PARALLELISMS}.')
+  _require(config.parallelism != 'pmap' or config.sampling.strategy != 'grouped',
+           'parallelism', 'pmap does not split grouped batches; use the mesh.')
   _require(config.batch_size % config.micro_batches == 0, 'micro_batches',
            f'batch_size {config.batch_size} does not split into {config.micro_batches} '
            f'equal micro-batches.')
@@ -123,7 +132,8 @@ def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> Enc
       intermediate_size=model_cfg.intermediate_size, max_len=model_cfg.max_len,
       dropout_rate=model_cfg.dropout_rate,
       attention_dropout_rate=model_cfg.attention_dropout_rate,
-      layer_norm_eps=model_cfg.layer_norm_eps, pooler=model_cfg.pooler)
+      layer_norm_eps=model_cfg.layer_norm_eps, pooler=model_cfg.pooler,
+      dtype=model_cfg.dtype, remat=model_cfg.remat)
 
 
 def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, ...],

@@ -6,15 +6,16 @@ means, so the tasks' label counts differ between the devices' slices and a mean 
 per-device means would not match.
 """
 
-import chex
 import jax
 import numpy as np
 import pytest
 
 from conftest import build_step
+from training_equivalence import assert_same_training
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.parallel import pmap as pmap_lib
+from mtl_jax.train.loop import train_and_evaluate
 
 NUM_STEPS = 3
 
@@ -51,14 +52,7 @@ def _train(config, method_name, mode, axis_name):
 def _assert_same_run(config, method_name, mode='params'):
   single, single_history, initial = _train(config, method_name, mode, None)
   parallel, parallel_history, _ = _train(config, method_name, mode, pmap_lib.AXIS)
-  for a, b in zip(single_history, parallel_history):
-    for key in ('loss', 'task_losses', 'task_counts', 'task_weights'):
-      np.testing.assert_allclose(b[key], a[key], rtol=2e-5, atol=1e-6, err_msg=key)
-  moved = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), single.params,
-                                       initial))
-  assert max(moved) > 1e-3  # the comparison below is of trained parameters
-  chex.assert_trees_all_close(parallel.params, single.params, rtol=1e-4, atol=1e-5)
-  chex.assert_trees_all_close(parallel.weighting, single.weighting, rtol=1e-4, atol=1e-5)
+  assert_same_training((single, single_history), (parallel, parallel_history), initial)
 
 
 def test_batch_counts_differ_between_device_slices(config):
@@ -92,3 +86,19 @@ def test_pmap_matches_one_device_with_the_adversary(config, optimization):
 def test_uneven_batch_is_a_clear_error():
   with pytest.raises(ValueError, match='does not split evenly over 3 devices'):
     pmap_lib.split_batch({'x': np.zeros((8, 2))}, 3)
+
+
+def test_main_job_trains_the_same_under_pmap_and_the_mesh(smoke_config, tmp_path):
+  smoke_config.mode = 'multi'
+  smoke_config.num_steps = 8
+  smoke_config.optimizer.warmup_steps, smoke_config.optimizer.schedule = 0, 'constant'
+  smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
+  smoke_config.model.head_dropout_rate = 0.0
+  reports = {}
+  for parallelism in ('mesh', 'pmap'):
+    smoke_config.parallelism = parallelism
+    reports[parallelism] = train_and_evaluate(smoke_config, str(tmp_path / parallelism))
+  for task, metrics in reports['mesh']['multi'].items():
+    for name, value in metrics.items():
+      np.testing.assert_allclose(reports['pmap']['multi'][task][name], value, rtol=1e-4,
+                                 atol=1e-5, err_msg=f'{task} {name}')

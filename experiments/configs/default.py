@@ -52,6 +52,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.model.head_dropout_rate = 0.1
   c.model.layer_norm_eps = 1e-12
   c.model.pooler = True
+  c.model.dtype = 'float32'  # compute dtype: 'bfloat16' on accelerators (params stay float32)
+  c.model.remat = 'none'  # per-layer rematerialisation: 'full' or 'dots' (encoder.REMAT)
   c.model.architecture = 'hard'  # a key of mtl_jax.models.architectures.ARCHITECTURES
   c.model.args = ml_collections.ConfigDict()  # the architecture's own fields (docs/sharing.md)
 
@@ -76,6 +78,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-6
 
+  c.parallelism = 'mesh'  # jit over config.mesh, or 'pmap': replicated, batch split per device
   # The device mesh (mtl_jax/parallel/mesh.py, docs/scaling.md): data x fsdp x tensor must
   # equal the device count; -1 = the devices the other axes leave. Default: data parallel.
   c.mesh = ml_collections.ConfigDict()

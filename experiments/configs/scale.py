@@ -1,6 +1,7 @@
 """Large encoders for the scaling evidence (experiments/fsdp_memory.py, docs/scaling.md).
 
 Variants (`--config experiments/configs/scale.py:VARIANT`):
+  bert_base   12 layers, 768 wide, 12 heads, FFN 3072: about 110M parameters (the MFU run).
   bert_large  (default) 24 layers, 1024 wide, 16 heads, FFN 4096: about 335M parameters.
   1b          20 layers, 2048 wide, 16 heads, FFN 8192: about 1.07B parameters.
 Both: BERT's 30522-token vocabulary and 512 positions, seq 128, global batch 64, the
@@ -11,6 +12,7 @@ config.mesh for your slice (docs/scaling.md).
 from experiments.configs import default
 
 SIZES = {  # layers, width, heads, FFN
+    'bert_base': (12, 768, 12, 3072),
     'bert_large': (24, 1024, 16, 4096),
     '1b': (20, 2048, 16, 8192),
 }

@@ -28,6 +28,15 @@ import jax
 import jax.numpy as jnp
 
 
+DTYPES = ('float32', 'bfloat16')
+# Per-layer rematerialisation policies: what a layer keeps from its forward pass.
+REMAT = {
+    'none': None,  # everything (no recomputation)
+    'full': jax.checkpoint_policies.nothing_saveable,  # only the layer's input
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # matmul outputs
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
   vocab_size: int
@@ -42,11 +51,17 @@ class EncoderConfig:
   layer_norm_eps: float = 1e-12
   pooler: bool = True
   initializer_range: float = 0.02
+  dtype: str = 'float32'  # compute dtype ('bfloat16'); parameters always stay float32
+  remat: str = 'none'  # recompute each layer's activations in the backward pass: REMAT
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads '
                        f'{self.num_heads}.')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'dtype {self.dtype!r} is not one of {DTYPES}.')
+    if self.remat not in REMAT:
+      raise ValueError(f'remat {self.remat!r} is not one of {sorted(REMAT)}.')
 
 
 class LayerNorm(nn.Module):
@@ -56,14 +71,16 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    features = x.shape[-1]
+    """Statistics in float32 whatever x's dtype; the output keeps x's dtype."""
+    features, dtype = x.shape[-1], x.dtype
+    x = x.astype(jnp.float32)
     scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
                        (features,))
     bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
                       (features,))
     centred = x - x.mean(-1, keepdims=True)
     variance = jnp.square(centred).mean(-1, keepdims=True)
-    return centred * jax.lax.rsqrt(variance + self.epsilon) * scale + bias
+    return (centred * jax.lax.rsqrt(variance + self.epsilon) * scale + bias).astype(dtype)
 
 
 def gelu(x):
@@ -82,7 +99,8 @@ def _dense(features, cfg, name, axes):
   """A Dense layer applied to the tokens as one (N, D) matrix. With a 3-D input, the kernel
   gradient would contract two axes, and XLA then transposes the whole activation gradient
   into a copy before the matmul; a single contracting axis needs no copy."""
-  dense = nn.Dense(features, name=name, **dense_init(cfg.initializer_range, axes))
+  dense = nn.Dense(features, dtype=cfg.dtype, name=name,
+                   **dense_init(cfg.initializer_range, axes))
   return lambda x: dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], features)
 
 
@@ -105,7 +123,7 @@ class SelfAttention(nn.Module):
     q, k, v = (_dense(width, cfg, name, ('embed', 'heads'))(x)
                .reshape(batch, length, heads, head_dim) for name in ('query', 'key', 'value'))
     logits = jnp.einsum('bqhd,bkhd->bhqk', q * (head_dim ** -0.5), k)
-    weights = jax.nn.softmax(logits + bias, axis=-1)
+    weights = jax.nn.softmax((logits + bias).astype(jnp.float32), axis=-1).astype(x.dtype)
     weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, length, width)
     return _dense(width, cfg, 'output', ('heads', 'embed'))(out)
@@ -137,7 +155,7 @@ class Embeddings(nn.Module):
     init = nn.initializers.normal(cfg.initializer_range)
     embed = lambda n, name, axis: nn.Embed(
         n, cfg.hidden_size, embedding_init=nn.with_logical_partitioning(init, (axis, 'embed')),
-        name=name)
+        dtype=cfg.dtype, name=name)
     positions = jnp.arange(input_ids.shape[-1])
     x = (embed(cfg.vocab_size, 'word_embeddings', 'vocab')(input_ids)
          + embed(cfg.max_len, 'position_embeddings', None)(positions)
@@ -163,8 +181,10 @@ class Encoder(nn.Module):
     x = Embeddings(cfg, name='embeddings')(input_ids, segment_ids, deterministic)
     bias = attention_bias(attention_mask, x.dtype)
     hidden_states = [x]
+    layer = Layer if cfg.remat == 'none' else nn.remat(
+        Layer, policy=REMAT[cfg.remat], static_argnums=(3,))  # (self, x, bias, deterministic)
     for i in range(cfg.num_layers):
-      x = Layer(cfg, name=f'layer_{i}')(x, bias, deterministic)
+      x = layer(cfg, name=f'layer_{i}')(x, bias, deterministic)
       hidden_states.append(x)
     pooled = None
     if cfg.pooler:

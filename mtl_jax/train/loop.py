@@ -4,6 +4,7 @@ mode 'multi' trains all tasks jointly; 'single' trains each task alone; 'both' d
 single-task baselines first, then MTL, and reports Δm% of MTL against them.
 """
 
+import functools
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
 from mtl_jax.objectives.adversarial import Adversary
+from mtl_jax.parallel import pmap as pmap_lib
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.tasks import Task
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -132,16 +134,25 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
-  mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
-  state, shardings = sharded_state(mesh, rules, model, optimizer, method, len(tasks),
-                                   config.seed, config.data.seq_len, config.weighting.mode,
-                                   config.batch_size, adversary)
-  train_step = mesh_lib.shard_step(
-      make_train_step(model, optimizer, tasks, method, schedule, config.weighting.mode,
-                      config.weighting.diagnostics,
-                      grouped=config.sampling.strategy == 'grouped', adversary=adversary,
-                      micro_batches=config.micro_batches),
-      mesh, shardings, mesh_lib.batch_sharding(mesh, rules, config.batch_size))
+  step_fn = functools.partial(
+      make_train_step, model, optimizer, tasks, method, schedule, config.weighting.mode,
+      config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
+      adversary=adversary, micro_batches=config.micro_batches)
+  if config.parallelism == 'pmap':  # replicated state, the batch split over local devices
+    state = pmap_lib.replicate(create_state(
+        model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
+        config.weighting.mode, config.batch_size, adversary))
+    train_step = pmap_lib.pmap_step(step_fn(axis_name=pmap_lib.AXIS))
+    feed = functools.partial(pmap_lib.split_batch, num_devices=jax.local_device_count())
+    final_params = lambda s: pmap_lib.unreplicate(s.params)
+  else:
+    mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
+    state, shardings = sharded_state(mesh, rules, model, optimizer, method, len(tasks),
+                                     config.seed, config.data.seq_len, config.weighting.mode,
+                                     config.batch_size, adversary)
+    train_step = mesh_lib.shard_step(
+        step_fn(), mesh, shardings, mesh_lib.batch_sharding(mesh, rules, config.batch_size))
+    feed, final_params = (lambda batch: batch), (lambda s: s.params)
   predict_step = jax.jit(make_predict_step(model, tasks))
 
   batches = train_batches(data, config.sampling, config.seed, config.batch_size, 0,
@@ -151,15 +162,17 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
       tqdm.tqdm(total=config.num_steps, desc=desc, unit='step', mininterval=1.0) as bar:
     for step in range(config.num_steps):
       batch = next(batches)
-      state, metrics = train_step(state, {k: batch[k] for k in TRAIN_KEYS})
+      state, metrics = train_step(state, feed({k: batch[k] for k in TRAIN_KEYS}))
       if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
+        if config.parallelism == 'pmap':
+          metrics = pmap_lib.unreplicate(metrics)
         record = _log_record(step + 1, metrics, tasks, time.perf_counter() - start)
         log.write(json.dumps(record) + '\n')
         log.flush()
         bar.set_postfix(loss=f'{record["loss"]:.4f}')
         bar.update(step + 1 - bar.n)
 
-  return evaluate(predict_step, state.params, tasks, data.eval, config.eval_batch_size)
+  return evaluate(predict_step, final_params(state), tasks, data.eval, config.eval_batch_size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -1,0 +1,23 @@
+"""One check for "this way of running the step trains exactly like the plain one"."""
+
+import chex
+import jax
+import numpy as np
+
+METRICS = ('loss', 'task_losses', 'task_counts', 'task_weights', 'adversary_loss',
+           'adversary_accuracy', 'penalty')
+
+
+def assert_same_training(reference, candidate, initial_params):
+  """`reference` and `candidate` are (final state, per-step metrics): the same metrics every
+  step, and the same parameters and weighting state at the end, which moved from
+  `initial_params` (so that the comparison is of trained parameters)."""
+  (state, history), (other, other_history) = reference, candidate
+  for a, b in zip(history, other_history, strict=True):
+    for key in set(METRICS) & set(a):
+      np.testing.assert_allclose(b[key], a[key], rtol=2e-5, atol=1e-6, err_msg=key)
+  moved = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), state.params,
+                                       initial_params))
+  assert max(moved) > 1e-3, 'the parameters did not move: the comparison is vacuous'
+  chex.assert_trees_all_close(other.params, state.params, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(other.weighting, state.weighting, rtol=1e-4, atol=1e-5)
