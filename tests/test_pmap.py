@@ -75,12 +75,14 @@ def test_pmap_matches_one_device_in_representation_mode(config):
   _assert_same_run(config, 'mgda', 'representation')
 
 
-@pytest.mark.parametrize('optimization', ['reversal', 'alternating'])
-def test_pmap_matches_one_device_with_the_adversary(config, optimization):
+@pytest.mark.parametrize('optimization,method_name', [('reversal', 'equal'),
+                                                      ('alternating', 'equal'),
+                                                      ('reversal', 'mgda')])
+def test_pmap_matches_one_device_with_the_adversary(config, optimization, method_name):
   config.adversary.enabled = True
   config.adversary.optimization = optimization
   config.adversary.hidden = 8
-  _assert_same_run(config, 'equal')
+  _assert_same_run(config, method_name)
 
 
 def test_uneven_batch_is_a_clear_error():

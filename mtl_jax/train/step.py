@@ -274,8 +274,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
           (task_grads,), extra_grads = with_extra(vjp)
           return losses, task_grads, extra_grads, aux
 
-        losses, task_grads, extra_grads, aux = total(over_batch(task_terms, batch,
-                                                                dropout_key))
+        losses, task_grads, extra_grads, aux = over_batch(task_terms, batch, dropout_key)
+        losses, task_grads, extra_grads = total((losses, task_grads, extra_grads))
         extra_grads = None if extra_grads is None else extra_grads[0]
       shared_grads, head_grads = split(task_grads)
       gram = gram_matrix(shared_grads)
