@@ -105,8 +105,9 @@ def _adversarial(config):
     lambda c: weighting.get('equal'),
     lambda c: weighting.get('uncertainty'),
     lambda c: weighting.get('mgda'),
+    lambda c: weighting.get('pcgrad'),  # its task order comes from the step's key: the same
     _adversarial,
-], ids=['equal', 'uncertainty', 'mgda', 'adversarial'])
+], ids=['equal', 'uncertainty', 'mgda', 'pcgrad', 'adversarial'])
 def test_mesh_step_equals_single_device_step(config, make_method):
   """Several steps on one global batch: the same losses and parameters on one device, on
   (data 4, fsdp 2) and on (data 2, tensor 4)."""
