@@ -148,16 +148,13 @@ class ExpertSharing(MultiTaskModel):
   `encode` returns the encoder output, so gradient methods take per-task gradients with
   respect to the encoder (`shared_params`) or its output. The experts are shared by the
   tasks but come after that representation: they are updated like the heads (docs/moe.md).
-  Subclasses give the mixture layer in `mixture_layer`.
+  Subclasses define `mixture_layer()`, which returns the mixture layer (MMoE or PLE).
   """
 
   def setup(self):
     self.encoder = Encoder(self.encoder_config)
     self.mixture = self.mixture_layer()
     self.setup_heads()
-
-  def mixture_layer(self) -> nn.Module:
-    raise NotImplementedError
 
   @property
   def tags(self) -> bool:
