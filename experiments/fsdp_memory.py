@@ -4,7 +4,8 @@ On 8 forced CPU devices, each config's train step (AdamW, equal weighting) is lo
 compiled ahead of time on a 1x1x1 mesh (one device) and on its own mesh (scale.py: fsdp=8),
 from abstract shapes only (jax.eval_shape: nothing is allocated). Per device it prints the
 state's parameter + optimizer bytes (from the shardings), and compiled.memory_analysis()'s
-argument bytes (state + batch shard) and temporary bytes, with the FSDP / one-device ratios.
+argument bytes (state + batch shard) and temporary bytes, with the FSDP / one-device ratios;
+then the FSDP step again under each per-layer rematerialisation policy (config.model.remat).
 
   PYTHONPATH=. python experiments/fsdp_memory.py [bert_large 1b]
 """
@@ -22,6 +23,7 @@ from experiments.configs import scale
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.bench import synthetic_batch
+from mtl_jax.models.encoder import REMAT
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.train.loop import state_layout
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -77,6 +79,14 @@ def main(variants):
     print(f'{"ratio fsdp / one device":<36}{sharded["state"] / single["state"]:>18.4f}'
           f'{sharded["arguments"] / single["arguments"]:>12.4f}'
           f'{sharded["temporaries"] / single["temporaries"]:>13.4f}')
+    for policy in REMAT:
+      if policy != config.model.remat:
+        remat = config.copy_and_resolve_references()
+        remat.model.remat = policy
+        run = compile_step(remat, jax.devices())
+        print(f'{"  remat " + policy:<36}{run["state"] / GIB:>18.3f}'
+              f'{run["arguments"] / GIB:>12.3f}{run["temporaries"] / GIB:>13.3f}'
+              f'  (temporaries x{run["temporaries"] / sharded["temporaries"]:.3f} of no remat)')
 
 
 if __name__ == '__main__':

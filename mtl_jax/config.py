@@ -107,8 +107,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _positive(config, 'adversary.weight adversary.hidden', allow_zero=True)
   _positive(config, 'adversary.gamma adversary.learning_rate')
 
-  per_task = config.micro_batches > 1 and (
-      build_weighting(config).needs is not weighting.Needs.LOSSES or config.weighting.diagnostics)
+  per_task = config.micro_batches > 1 and weighting.needs_task_gradients(
+      build_weighting(config), config.weighting.diagnostics)
   _require(not per_task or (config.sampling.strategy != 'grouped'
                             and config.weighting.mode == 'params'), 'micro_batches',
            'gradient accumulation of per-task gradients needs weighting.mode \'params\' and '
@@ -150,8 +150,8 @@ def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, .
                                 num_domains, config.adversary.hidden)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model.args: {name}: {e}') from e
-  per_task = (build_weighting(config).needs is not weighting.Needs.LOSSES
-              or config.weighting.diagnostics)
+  per_task = weighting.needs_task_gradients(build_weighting(config),
+                                            config.weighting.diagnostics)
   _require(model.shared_params or not per_task, 'weighting.name',
            f'{config.weighting.name!r} (or diagnostics) needs per-task gradients of shared '
            f'parameters, but architecture {name!r} shares none; use a loss weighter.')

@@ -28,6 +28,15 @@ def smoke_config(data_dir):
   return config
 
 
+@pytest.fixture
+def exact_config(smoke_config):
+  """No dropout and no clipping, so a step's update is an exact function of the batch."""
+  smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
+  smoke_config.model.head_dropout_rate = 0.0
+  smoke_config.optimizer.clip_norm = 0.0
+  return smoke_config
+
+
 def build_step(config, method=None, mode='params', diagnostics=False, sgd_learning_rate=None,
                axis_name=None):
   """(tasks, data, state, model, un-jitted train step) for a config and weighting method.

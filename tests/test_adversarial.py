@@ -61,15 +61,11 @@ def test_domain_and_uniform_losses():
 
 
 @pytest.fixture
-def config(smoke_config):
-  """No dropout or clipping, so a step's update is an exact function of the batch."""
-  smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
-  smoke_config.model.head_dropout_rate = 0.0
-  smoke_config.optimizer.clip_norm = 0.0
-  smoke_config.adversary.enabled = True
-  smoke_config.adversary.weight = ADVERSARY_WEIGHT
-  smoke_config.adversary.hidden = 8
-  return smoke_config
+def config(exact_config):
+  exact_config.adversary.enabled = True
+  exact_config.adversary.weight = ADVERSARY_WEIGHT
+  exact_config.adversary.hidden = 8
+  return exact_config
 
 
 def _expected_step(model, tasks, params, batch, adversary: adversarial.Adversary):

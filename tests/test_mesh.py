@@ -9,7 +9,6 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import build_step
 # The smoke config without dropout (its bits depend on the layout) or clipping.
-from test_weighting_step import config  # noqa: F401
 from mtl_jax import weighting
 from mtl_jax.config import ConfigError
 from mtl_jax.data.pipeline import train_batches
@@ -18,6 +17,11 @@ from mtl_jax.train.loop import TRAIN_KEYS, create_state, init_params, sharded_st
 
 LEARNING_RATE = 0.3  # SGD: every layout must form the same gradient
 STEPS = 3
+
+
+@pytest.fixture
+def config(exact_config):
+  return exact_config
 
 
 def _mesh(config, data, fsdp, tensor):

@@ -22,12 +22,8 @@ LEARNING_RATE = 1.0  # SGD: the parameter change is minus the gradient itself
 
 
 @pytest.fixture
-def config(smoke_config):
-  """No dropout, so gradients are exact functions of the batch."""
-  smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
-  smoke_config.model.head_dropout_rate = 0.0
-  smoke_config.optimizer.clip_norm = 0.0
-  return smoke_config
+def config(exact_config):
+  return exact_config
 
 
 def _first_batch(config, data):

@@ -87,6 +87,15 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.mesh.tensor = 1  # attention heads and FFN units split over these devices
   c.mesh.rules = ()  # (logical axis, mesh axes) pairs before parallel.mesh.AXIS_RULES
 
+  # Several processes (hosts), docs/scaling.md: every process runs the same command. Empty
+  # fields are found by JAX (JAX_COORDINATOR_ADDRESS, or a TPU pod / SLURM / MPI environment).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = False  # call jax.distributed.initialize first
+  c.distributed.coordinator_address = ''  # 'host:port' of process 0
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.timeout_seconds = 300  # how long to wait for the other processes
+
   c.batch_size = 32
   c.micro_batches = 1  # gradient accumulation: the batch runs as this many equal slices
   c.num_steps = 600

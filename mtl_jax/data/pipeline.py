@@ -73,28 +73,35 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
 
 
 class _BatchAt:
-  """step -> batch: picklable, so grain may run it in worker threads or processes."""
+  """step -> this process's rows of the global batch: picklable, so grain may run it in
+  worker threads or processes."""
 
-  def __init__(self, table, sizes, probabilities, seed, batch_size):
+  def __init__(self, table, sizes, probabilities, seed, batch_size, positions):
     self.table, self.sizes, self.probabilities = table, sizes, probabilities
-    self.seed, self.batch_size = seed, batch_size
+    self.seed, self.batch_size, self.positions = seed, batch_size, positions
+
+  def global_rows(self, step: int) -> np.ndarray:
+    return sample_rows(self.seed, step, self.batch_size, self.sizes, self.probabilities)
 
   def __call__(self, step: int) -> dict:
-    rows = sample_rows(self.seed, step, self.batch_size, self.sizes, self.probabilities)
+    rows = self.global_rows(step)[self.positions]
     return jax.tree.map(lambda a: a[rows], self.table)
 
 
 class _GroupedBatchAt(_BatchAt):
   """step -> N equal groups of rows, group i from task i's own dataset, labelled for it only."""
 
-  def __init__(self, table, sizes, components, tasks, seed, batch_size):
-    super().__init__(table, sizes, None, seed, batch_size)
+  def __init__(self, table, sizes, components, tasks, seed, batch_size, positions):
+    super().__init__(table, sizes, None, seed, batch_size, positions)
     self.components, self.tasks = components, tasks
 
+  def global_rows(self, step: int) -> np.ndarray:
+    return sample_grouped_rows(self.seed, step, self.batch_size, self.sizes, self.components)
+
   def __call__(self, step: int) -> dict:
-    rows = sample_grouped_rows(self.seed, step, self.batch_size, self.sizes, self.components)
-    batch = jax.tree.map(lambda a: a[rows], self.table)
+    batch = super().__call__(step)
     group = np.repeat(np.arange(len(self.tasks)), self.batch_size // len(self.tasks))
+    group = group[self.positions]
     for i, task in enumerate(self.tasks):
       mask = batch['label_masks'][task]
       batch['label_masks'][task] = mask * (group == i).reshape((-1,) + (1,) * (mask.ndim - 1))
@@ -102,8 +109,14 @@ class _GroupedBatchAt(_BatchAt):
 
 
 def train_batches(data: TaskData, sampling: ml_collections.ConfigDict, seed: int,
-                  batch_size: int, start_step: int, num_steps: int) -> Iterator[dict]:
-  """Batches for steps [start_step, num_steps), prefetched in a background thread."""
+                  batch_size: int, start_step: int, num_steps: int,
+                  positions: np.ndarray | None = None) -> Iterator[dict]:
+  """Batches for steps [start_step, num_steps), prefetched in a background thread.
+
+  `positions`: the rows of each global batch that this process feeds to its devices
+  (mtl_jax.parallel.distributed); by default all of them. Only those rows are gathered.
+  """
+  positions = np.arange(batch_size) if positions is None else positions
   if sampling.strategy == 'grouped':
     missing = [t for t in data.tasks if t not in data.train_names]
     if missing:
@@ -111,11 +124,12 @@ def train_batches(data: TaskData, sampling: ml_collections.ConfigDict, seed: int
                        f'{missing} have none among {data.train_names}.')
     batch_at = _GroupedBatchAt(data.train, data.train_sizes,
                                [data.train_names.index(t) for t in data.tasks], data.tasks,
-                               seed, batch_size)
+                               seed, batch_size, positions)
   else:
     probabilities = mixture_probabilities(data.train_sizes, sampling.strategy,
                                           sampling.temperature)
-    batch_at = _BatchAt(data.train, data.train_sizes, probabilities, seed, batch_size)
+    batch_at = _BatchAt(data.train, data.train_sizes, probabilities, seed, batch_size,
+                        positions)
   steps = grain.MapDataset.range(start_step, num_steps).map(batch_at)
   return iter(steps.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 

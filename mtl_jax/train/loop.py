@@ -24,13 +24,15 @@ from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
 from mtl_jax.objectives.adversarial import Adversary
-from mtl_jax.parallel import pmap as pmap_lib
+from mtl_jax.parallel import distributed
 from mtl_jax.parallel import mesh as mesh_lib
+from mtl_jax.parallel import pmap as pmap_lib
 from mtl_jax.tasks import Task
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
 from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
                                 split_discriminator, task_gradient_like)
+from mtl_jax.train.writer import metric_writer
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
 TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
@@ -92,6 +94,8 @@ def sharded_state(*args, **kwargs) -> tuple[TrainState, TrainState]:
 
 
 def _check_workdir(workdir: str):
+  if not distributed.is_writer():
+    return
   taken = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
   if taken:
     raise FileExistsError(f'{workdir} already holds a run ({", ".join(taken)}); '
@@ -100,6 +104,8 @@ def _check_workdir(workdir: str):
 
 
 def _write_json(path: str, obj):
+  if not distributed.is_writer():
+    return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -127,8 +133,12 @@ def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float)
 
 def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
         workdir: str, method: weighting.Method, desc: str) -> dict[str, dict[str, float]]:
-  """Trains one model on `tasks`, logs to workdir/metrics.jsonl, returns eval metrics."""
-  os.makedirs(workdir, exist_ok=True)
+  """Trains one model on `tasks`, logs to workdir/metrics.jsonl, returns eval metrics.
+
+  Under several processes each one feeds its own rows of every batch, and process 0 logs.
+  """
+  if distributed.is_writer():
+    os.makedirs(workdir, exist_ok=True)
   adversary = config_lib.build_adversary(config)
   num_domains = len(data.train_names) if adversary is not None else 0
   model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
@@ -143,23 +153,28 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
         model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
         config.weighting.mode, config.batch_size, adversary))
     train_step = pmap_lib.pmap_step(step_fn(axis_name=pmap_lib.AXIS))
+    positions = distributed.pmap_rows(config.batch_size)
     feed = functools.partial(pmap_lib.split_batch, num_devices=jax.local_device_count())
-    final_params = lambda s: pmap_lib.unreplicate(s.params)
+    final_params = lambda s: jax.device_get(pmap_lib.unreplicate(s.params))
   else:
     mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
     state, shardings = sharded_state(mesh, rules, model, optimizer, method, len(tasks),
                                      config.seed, config.data.seq_len, config.weighting.mode,
                                      config.batch_size, adversary)
-    train_step = mesh_lib.shard_step(
-        step_fn(), mesh, shardings, mesh_lib.batch_sharding(mesh, rules, config.batch_size))
-    feed, final_params = (lambda batch: batch), (lambda s: s.params)
+    batch_sharding = mesh_lib.batch_sharding(mesh, rules, config.batch_size)
+    train_step = mesh_lib.shard_step(step_fn(), mesh, shardings, batch_sharding)
+    positions = distributed.process_rows(batch_sharding, config.batch_size)
+    feed = functools.partial(distributed.global_batch, sharding=batch_sharding,
+                             batch_size=config.batch_size)
+    final_params = lambda s: distributed.fetch(s.params, mesh)
   predict_step = jax.jit(make_predict_step(model, tasks))
 
   batches = train_batches(data, config.sampling, config.seed, config.batch_size, 0,
-                          config.num_steps)
+                          config.num_steps, positions)
   start = time.perf_counter()
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as log, \
-      tqdm.tqdm(total=config.num_steps, desc=desc, unit='step', mininterval=1.0) as bar:
+  with metric_writer(workdir) as log, \
+      tqdm.tqdm(total=config.num_steps, desc=desc, unit='step', mininterval=1.0,
+                disable=not distributed.is_writer()) as bar:
     for step in range(config.num_steps):
       batch = next(batches)
       state, metrics = train_step(state, feed({k: batch[k] for k in TRAIN_KEYS}))
@@ -167,8 +182,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
         if config.parallelism == 'pmap':
           metrics = pmap_lib.unreplicate(metrics)
         record = _log_record(step + 1, metrics, tasks, time.perf_counter() - start)
-        log.write(json.dumps(record) + '\n')
-        log.flush()
+        log.write(record)
         bar.set_postfix(loss=f'{record["loss"]:.4f}')
         bar.update(step + 1 - bar.n)
 
@@ -177,6 +191,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The main job. Returns what it writes to workdir/eval.json."""
+  distributed.initialize(config.distributed)  # before anything touches a device
   tasks = config_lib.validate(config)
   _check_workdir(workdir)
   _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
@@ -205,5 +220,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     report['delta_m'] = summary.delta_m(mtl_primary, stl_primary, higher)
     report['per_task_delta'] = summary.per_task_delta(mtl_primary, stl_primary, higher)
   _write_json(os.path.join(workdir, 'eval.json'), report)
-  print(summary.format_table(multi or single, single if multi else None, primary))
+  if distributed.is_writer():
+    print(summary.format_table(multi or single, single if multi else None, primary))
   return report

@@ -15,7 +15,8 @@ from mtl_jax.objectives.joint import joint_loss
 from mtl_jax.objectives.losses import label_counts, loss_vector
 from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train.state import TrainState
-from mtl_jax.weighting import Method, Needs, StepInfo, combine, gram_matrix, head_weights
+from mtl_jax.weighting import (Method, Needs, StepInfo, combine, gram_matrix, head_weights,
+                               needs_task_gradients)
 
 INPUT_KEYS = ('input_ids', 'segment_ids', 'attention_mask')
 DISCRIMINATOR = 'discriminator'  # its parameters have their own optimizer (adversarial MTL)
@@ -79,11 +80,6 @@ def _without_extra(terms):
   return losses, aux
 
 
-def per_task_needed(method: Method, diagnostics: bool) -> bool:
-  """Whether the step takes per-task gradients (a gradient method, or diagnostics)."""
-  return method.needs is not Needs.LOSSES or diagnostics
-
-
 def split_discriminator(params) -> tuple[dict, dict | None]:
   """(the parameters the main optimizer updates, the discriminator's or None)."""
   return ({k: v for k, v in params.items() if k != DISCRIMINATOR},
@@ -128,14 +124,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                                             and method.needs is Needs.GRADS)):
     raise ValueError('pmap data parallelism supports neither grouped batches nor GRADS '
                      'methods in representation mode.')
-  if micro_batches > 1 and per_task_needed(method, diagnostics) and (
-      grouped or mode == 'representation'):
+  per_task = needs_task_gradients(method, diagnostics)
+  if micro_batches > 1 and per_task and (grouped or mode == 'representation'):
     raise ValueError('Gradient accumulation with per-task gradients needs mode \'params\' '
                      'and batches that are not grouped.')
   tasks = tuple(tasks)
   num_tasks = len(tasks)
   shared_keys = model.shared_params
-  per_task = per_task_needed(method, diagnostics)
   has_extra = adversary is not None or model.regularized
 
   def total(x):

@@ -9,7 +9,8 @@ import inspect
 import pkgutil
 
 from mtl_jax.weighting.base import (EmptyState, Method, Needs, StepInfo, chain, combine,
-                                    gram_matrix, head_weights, init_state)
+                                    gram_matrix, head_weights, init_state,
+                                    needs_task_gradients)
 
 MODES = ('params', 'representation')
 _NOT_METHODS = ('base',)

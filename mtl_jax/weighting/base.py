@@ -66,6 +66,12 @@ def head_weights(method: Method, info: StepInfo, state) -> jax.Array:
   return method.head_weights(info, state)
 
 
+def needs_task_gradients(method: Method, diagnostics: bool) -> bool:
+  """Whether a step takes per-task gradients: a gradient method needs them, and so do the
+  diagnostics (per-task gradient norms and cosines)."""
+  return method.needs is not Needs.LOSSES or diagnostics
+
+
 class EmptyState(NamedTuple):
   """The state of a stateless method."""
 

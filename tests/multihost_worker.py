@@ -1,0 +1,46 @@
+"""One process of a multi-process run on this machine (tests/test_multihost.py).
+
+`python tests/multihost_worker.py LAYOUT WORKDIR DATA_DIR PORT PROCESS_ID NUM_PROCESSES`
+runs the main job on `config(LAYOUT, DATA_DIR)` with 4 CPU devices in this process.
+"""
+
+import os
+import sys
+
+LOCAL_DEVICES = 4
+
+
+def config(layout: str, data_dir: str):
+  """A small MTL job; `layout` picks the parallelism and the weighting."""
+  from experiments.configs import default  # pylint: disable=import-outside-toplevel
+  c = default.get_config('smoke')
+  c.data.data_dir = data_dir
+  c.mode, c.num_steps, c.log_every = 'multi', 4, 1
+  c.optimizer.warmup_steps, c.optimizer.schedule = 0, 'constant'  # every step moves params
+  c.model.dropout_rate = c.model.attention_dropout_rate = c.model.head_dropout_rate = 0.0
+  if layout == 'mesh':  # all three mesh axes, per-task gradients of the global batch
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
+    c.weighting.name = 'pcgrad'
+  else:  # pmap, a loss weighter and the adversary
+    c.parallelism = 'pmap'
+    c.weighting.name = 'uncertainty'
+    c.adversary.enabled, c.adversary.weight = True, 0.3
+  return c
+
+
+def main(layout, workdir, data_dir, port, process_id, num_processes):
+  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={LOCAL_DEVICES}'
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  from mtl_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  c = config(layout, data_dir)
+  c.distributed.initialize = True
+  c.distributed.coordinator_address = f'localhost:{port}'
+  c.distributed.num_processes = int(num_processes)
+  c.distributed.process_id = int(process_id)
+  c.distributed.timeout_seconds = 120
+  train_and_evaluate(c, workdir)
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  main(*sys.argv[1:])
