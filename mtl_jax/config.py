@@ -4,11 +4,14 @@ Every problem names the config field it is in, so a typo on the command line fai
 second instead of after compilation.
 """
 
+import os
+
 import ml_collections
 import optax
 
 from mtl_jax import tasks as task_lib
 from mtl_jax import weighting
+from mtl_jax.data import local_source
 from mtl_jax.data.mixture import STRATEGIES
 from mtl_jax.models import architectures
 from mtl_jax.models.base import MultiTaskModel
@@ -44,7 +47,9 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _require(len(config.tasks) > 0, 'tasks', 'name at least one task.')
   _require(len(set(config.tasks)) == len(config.tasks), 'tasks',
            f'lists a task twice: {list(config.tasks)}.')
-  known = task_lib.names()
+  local = {name: local_source.local_spec(name, config.data.local[name])
+           for name in config.data.local}
+  known = task_lib.names() + tuple(sorted(set(local) - set(task_lib.names())))
   unknown = [t for t in config.tasks if t not in known]
   _require(not unknown, 'tasks', f'unknown task(s) {unknown}; known tasks: {list(known)}.')
   n = len(config.tasks)
@@ -61,6 +66,11 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
             'model.dropout_rate model.attention_dropout_rate model.head_dropout_rate',
             allow_zero=True)
   _positive(config, 'model.vocab_size', allow_zero=True)
+  _require(config.data.bad_rows in local_source.BAD_ROWS, 'data.bad_rows',
+           f'{config.data.bad_rows!r} is not one of {local_source.BAD_ROWS}.')
+  _require(not config.data.vocabulary or os.path.isdir(config.data.vocabulary),
+           'data.vocabulary', f'{config.data.vocabulary!r} is not a folder (give a pretrained '
+           f'tokenizer\'s folder, or \'\' to learn a vocabulary).')
   _require(-1.0 <= config.data.relatedness <= 1.0, 'data.relatedness',
            f'must lie in [-1, 1], got {config.data.relatedness}.')
   _require(config.sampling.strategy in STRATEGIES, 'sampling.strategy',
@@ -115,7 +125,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
            'batches that are not grouped.')
   specs = []
   for i, name in enumerate(config.tasks):
-    task = task_lib.get(name)
+    task = local_source.local_task(name, local[name]) if name in local else task_lib.get(name)
     if config.task_depths:
       depth = config.task_depths[i]
       _require(depth == -1 or 1 <= depth <= config.model.num_layers, 'task_depths',

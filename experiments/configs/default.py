@@ -33,8 +33,16 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.data.train_size = 2000  # built-in suite: examples per task and split
   c.data.eval_size = 500
   c.data.relatedness = 0.5  # built-in suite: how much the `conflict` task shares with sentiment
-  c.data.vocab_size = 800  # WordPiece vocabulary learnt on the built-in suite
+  c.data.vocab_size = 800  # size of a learnt WordPiece vocabulary
+  # '' learns a WordPiece vocabulary (the built-in suite's own, or one from the run's training
+  # text); or the folder of a pretrained tokenizer (tokenizer.json or vocab.txt).
+  c.data.vocabulary = ''
   c.data.seq_len = 48
+  c.data.download = False  # TFDS may download and prepare a missing dataset
+  # Tasks read from local TSV/CSV/JSONL files, by task name (docs/datasets.md):
+  # c.data.local.glue_cola = dict(format='tsv', paths=dict(train=..., validation=...), ...)
+  c.data.local = ml_collections.ConfigDict()
+  c.data.bad_rows = 'error'  # a malformed local row: 'error' (file:line) or 'skip' (counted)
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.strategy = 'proportional'  # or 'temperature', 'uniform'

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtl_jax.data import builtin_suite as suite
-from mtl_jax.data.features import Example
+from mtl_jax.data.features import Example, as_text
 from mtl_jax.data.tokenizer import learn_vocabulary, write_vocabulary
 
 SPLITS = ('train', 'validation', 'test')
@@ -72,20 +72,16 @@ def data_sources(cfg: SuiteConfig, data_dir: str) -> dict:
                           builder_kwargs={'config': cfg, 'file_format': 'array_record'})
 
 
-def _text(value) -> str:
-  return value.decode('utf-8') if isinstance(value, bytes) else value
-
-
 def to_example(record: dict) -> tuple[str, Example]:
   """A stored record -> (home task, Example); -1 / empty labels become None."""
-  words_a = [_text(w) for w in record['words_a']]
-  words_b = [_text(w) for w in record['words_b']]
+  words_a = [as_text(w) for w in record['words_a']]
+  words_b = [as_text(w) for w in record['words_b']]
   labels = {name: [int(t) for t in record[name]] or None for name in _TAG_LABELS}
   labels.update({name: int(record[name]) if record[name] >= 0 else None
                  for name in _INT_LABELS})
   labels['similarity'] = float(record['similarity']) if record['similarity'] >= 0 else None
   inputs = (words_a, words_b) if words_b else (words_a,)
-  return _text(record['task']), Example(inputs, labels)
+  return as_text(record['task']), Example(inputs, labels)
 
 
 def load_split(source) -> dict[str, list[Example]]:

@@ -26,6 +26,11 @@ class Example(NamedTuple):
   labels: dict[str, Any]
 
 
+def as_text(value: str | bytes) -> str:
+  """TFDS text features come back as bytes from stored files and as str from mock data."""
+  return value.decode('utf-8') if isinstance(value, bytes) else value
+
+
 def _label_arrays(task: Task, n: int, seq_len: int):
   if task.kind is TaskKind.TAGGING:
     return np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.float32)

@@ -6,6 +6,7 @@ MapDataset indexed by step. So batch k is the same whenever it is asked for: run
 reproducible and resume exactly.
 """
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -15,10 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from mtl_jax.data import builtin_tfds
-from mtl_jax.data.features import concat_tables, encode_examples, num_rows
+from mtl_jax.data import builtin_tfds, local_source, tfds_source
+from mtl_jax.data.features import Example, concat_tables, encode_examples, num_rows
 from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sample_rows
-from mtl_jax.data.tokenizer import load_wordpiece
+from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer, load_wordpiece
 from mtl_jax.tasks import Task
 from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE
 
@@ -28,48 +29,119 @@ class TaskData(NamedTuple):
   train_sizes: tuple[int, ...]  # rows of each home dataset, in table order
   train_names: tuple[str, ...]  # the home datasets (the mixture's components)
   tasks: tuple[str, ...]  # the run's tasks, in order
-  eval: dict[str, dict]  # task -> its validation table
+  eval: dict[str, dict[str, dict]]  # task -> validation split -> table, primary split first
   vocab_size: int
+  skipped: tuple[str, ...] = ()  # 'file:line: reason' of each malformed local row skipped
+
+
+class _Examples(NamedTuple):
+  """One source's examples before tokenisation."""
+  train: dict[str, list[Example]]  # home dataset -> its training examples
+  eval: dict[str, dict[str, list[Example]]]  # task -> validation split -> examples
+  skipped: tuple[str, ...] = ()
 
 
 def default_data_dir() -> str:
   return os.path.join(os.path.expanduser('~'), '.cache', 'mtl_jax')
 
 
-def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -> TaskData:
-  """Tokenised train and validation tables for the run's tasks.
+def _local_specs(data_cfg: ml_collections.ConfigDict) -> dict[str, local_source.LocalSpec]:
+  return {name: local_source.local_spec(name, data_cfg.local[name]) for name in data_cfg.local}
 
-  The mixture's components are the home datasets that carry a label of at least one of the
-  run's tasks. In the built-in suite a sentence is labelled for every single-sentence task,
-  so a task alone (STL) trains on exactly the labelled rows that it sees in MTL.
-  """
-  sources = {t.source for t in tasks}
-  if sources != {BUILTIN_SOURCE}:
-    raise ValueError(f'Data sources {sorted(sources - {BUILTIN_SOURCE})} are not '
-                     f'supported; the tasks must come from {BUILTIN_SOURCE!r}.')
-  data_dir = data_cfg.data_dir or default_data_dir()
-  suite_cfg = builtin_tfds.suite_config(data_cfg.train_size, data_cfg.eval_size,
-                                        data_cfg.relatedness, data_cfg.seed)
+
+def _builtin_examples(data_cfg, tasks: Sequence[Task], data_dir: str) -> _Examples:
+  """Every home dataset of the suite (a sentence carries labels of several tasks)."""
+  suite_cfg = _suite_config(data_cfg)
   split_sources = builtin_tfds.data_sources(suite_cfg, data_dir)
-  tokenizer = load_wordpiece(builtin_tfds.vocabulary(suite_cfg, data_dir, data_cfg.vocab_size),
-                             data_cfg.seq_len)
+  validation = builtin_tfds.load_split(split_sources['validation'])
+  return _Examples(builtin_tfds.load_split(split_sources['train']),
+                   {t.name: {'validation': validation[t.name]} for t in tasks})
+
+
+def _tfds_examples(data_cfg, task: Task, data_dir: str) -> _Examples:
+  data = tfds_source.tfds_data(task)
+  read = lambda split: tfds_source.read_split(task, split, data_dir, data_cfg.download)
+  return _Examples({task.name: read(data.train)} if data.train else {},
+                   {task.name: {split: read(split) for split in data.eval}})
+
+
+def _local_examples(data_cfg, task: Task, spec: local_source.LocalSpec) -> _Examples:
+  bad_rows = data_cfg.bad_rows
+  read = {split: local_source.read_split(task, spec, split, bad_rows)
+          for split in ('train', *spec.eval_splits) if split in spec.paths}
+  skipped = tuple(where for _, rows in read.values() for where in rows)
+  return _Examples({task.name: read['train'][0]} if 'train' in read else {},
+                   {task.name: {split: read[split][0] for split in spec.eval_splits}}, skipped)
+
+
+def _suite_config(data_cfg) -> builtin_tfds.SuiteConfig:
+  return builtin_tfds.suite_config(data_cfg.train_size, data_cfg.eval_size,
+                                   data_cfg.relatedness, data_cfg.seed)
+
+
+def _tokenizer(data_cfg, train: dict[str, list[Example]], builtin_only: bool, data_dir: str):
+  """config.data.vocabulary: a pretrained tokenizer's folder, or '' to learn a WordPiece
+  vocabulary: the built-in suite's own, or one from the run's training text."""
+  if data_cfg.vocabulary:
+    return load_pretrained_tokenizer(data_cfg.vocabulary, data_cfg.seq_len)
+  if builtin_only:
+    path = builtin_tfds.vocabulary(_suite_config(data_cfg), data_dir, data_cfg.vocab_size)
+  else:
+    texts = (text for examples in train.values() for ex in examples for text in ex.inputs)
+    path = learnt_vocabulary(texts, data_cfg.vocab_size, data_dir)
+  return load_wordpiece(path, data_cfg.seq_len)
+
+
+def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -> TaskData:
+  """Tokenised train and validation tables for the run's tasks, from any mix of sources.
+
+  A task's examples come from config.data.local.<task> when that is given, else from its
+  spec's source: the built-in suite or TFDS (docs/datasets.md). The mixture's components
+  are the home datasets that carry a label of at least one of the run's tasks: each TFDS or
+  local task's training file is one; in the built-in suite a sentence is labelled for every
+  single-sentence task, so a task alone (STL) trains on exactly the labelled rows that it
+  sees in MTL.
+  """
+  data_dir = data_cfg.data_dir or default_data_dir()
+  local = _local_specs(data_cfg)
+  builtin = [t for t in tasks if t.name not in local and t.source == BUILTIN_SOURCE]
+  sources = [_builtin_examples(data_cfg, builtin, data_dir)] if builtin else []
+  for task in tasks:
+    if task.name in local:
+      sources.append(_local_examples(data_cfg, task, local[task.name]))
+    elif task.source != BUILTIN_SOURCE:
+      sources.append(_tfds_examples(data_cfg, task, data_dir))
+  train = {home: ex for source in sources for home, ex in source.train.items()}
+  validation = {task: splits for source in sources for task, splits in source.eval.items()}
+  for task in tasks:
+    if not validation[task.name]:
+      raise ValueError(f'Task {task.name!r} has no validation split to score it on.')
+  skipped = tuple(where for source in sources for where in source.skipped)
+  if skipped:
+    logging.warning('Skipped %d malformed row(s) (config.data.bad_rows=\'skip\'), first: %s',
+                    len(skipped), '; '.join(skipped[:3]))
+  tokenizer = _tokenizer(data_cfg, train, len(builtin) == len(tasks), data_dir)
 
   def encode(examples, where):
     return encode_examples(examples, tasks, tokenizer, data_cfg.seq_len, where)
 
   train_tables, names = [], []
-  for home, examples in builtin_tfds.load_split(split_sources['train']).items():
-    table = encode(examples, f'{BUILTIN_SOURCE} train split, {home} examples')
-    if any(m.any() for m in table['label_masks'].values()):
+  for home, examples in train.items():
+    table = encode(examples, f'train split, {home} examples') if examples else None
+    if table is not None and any(m.any() for m in table['label_masks'].values()):
       table['domain'] = np.full(num_rows(table), len(names), np.int32)
       train_tables.append(table)
       names.append(home)
-  validation = builtin_tfds.load_split(split_sources['validation'])
-  eval_tables = {t.name: encode(validation[t.name], f'{t.source} validation split, {t.name}')
-                 for t in tasks}
+  untrained = [t.name for t in tasks
+               if not any(table['label_masks'][t.name].any() for table in train_tables)]
+  if untrained:
+    raise ValueError(f'Tasks {untrained} have no labelled training examples (glue_ax is '
+                     f'evaluation only; a local task needs a \'train\' path).')
+  eval_tables = {t.name: {split: encode(examples, f'{t.source} {split} split, {t.name}')
+                          for split, examples in validation[t.name].items()} for t in tasks}
   return TaskData(concat_tables(train_tables), tuple(num_rows(t) for t in train_tables),
                   tuple(names), tuple(t.name for t in tasks), eval_tables,
-                  tokenizer.get_vocab_size())
+                  tokenizer.get_vocab_size(), skipped)
 
 
 class _BatchAt:

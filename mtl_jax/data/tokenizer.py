@@ -1,10 +1,12 @@
 """WordPiece tokenisation through the `tokenizers` library (BERT's scheme)."""
 
 import collections
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 
-from tokenizers import BertWordPieceTokenizer
+from tokenizers import BertWordPieceTokenizer, Tokenizer, normalizers, pre_tokenizers
 
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 
@@ -23,6 +25,59 @@ def load_wordpiece(vocab_path: str, seq_len: int, lowercase: bool = True
   tokenizer.enable_truncation(seq_len)
   tokenizer.enable_padding(length=seq_len, pad_id=tokenizer.token_to_id('[PAD]'))
   return tokenizer
+
+
+def load_pretrained_tokenizer(folder: str, seq_len: int) -> Tokenizer:
+  """A pretrained model's tokenizer from its folder, padding and truncating to seq_len.
+
+  tokenizer.json (the `tokenizers` library's file: normaliser, pre-tokeniser, model and the
+  [CLS]/[SEP] template, so lowercasing is as the model was trained) is preferred; otherwise
+  vocab.txt as WordPiece, lowercased unless tokenizer_config.json says do_lower_case false
+  (Hugging Face's BertTokenizer default is true).
+  """
+  json_path = os.path.join(folder, 'tokenizer.json')
+  if not os.path.isfile(json_path):
+    config_path = os.path.join(folder, 'tokenizer_config.json')
+    lowercase = True
+    if os.path.isfile(config_path):
+      with open(config_path, encoding='utf-8') as f:
+        lowercase = json.load(f).get('do_lower_case', True)
+    vocab_path = os.path.join(folder, 'vocab.txt')
+    if not os.path.isfile(vocab_path):
+      raise FileNotFoundError(f'config.data.vocabulary: {folder} holds neither tokenizer.json '
+                              f'nor vocab.txt.')
+    return load_wordpiece(vocab_path, seq_len, lowercase)
+  tokenizer = Tokenizer.from_file(json_path)
+  padding = tokenizer.padding or {}
+  pad_token = padding.get('pad_token', '[PAD]')
+  pad_id = tokenizer.token_to_id(pad_token)
+  if pad_id is None:
+    raise ValueError(f'{json_path}: the padding token {pad_token!r} is not in the vocabulary.')
+  tokenizer.enable_truncation(seq_len)
+  tokenizer.enable_padding(length=seq_len, pad_id=pad_id, pad_token=pad_token)
+  return tokenizer
+
+
+def words_of(texts: Iterable[str | list[str]]) -> Iterable[str]:
+  """The words WordPiece sees: BERT's normalisation (lowercase, no accents) and pre-split
+  on whitespace and punctuation; a pre-split text (a list of words) is taken as it is."""
+  normalizer, splitter = normalizers.BertNormalizer(), pre_tokenizers.BertPreTokenizer()
+  for text in texts:
+    if isinstance(text, list):
+      yield from text
+    else:
+      yield from (w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+
+
+def learnt_vocabulary(texts: Iterable[str | list[str]], vocab_size: int, data_dir: str) -> str:
+  """vocab.txt learnt from `texts`, cached in data_dir under a hash of their word counts
+  (so the same training text reuses it, and other text never does)."""
+  counts = collections.Counter(w.lower() for w in words_of(texts))
+  key = hashlib.sha256(json.dumps(sorted(counts.items())).encode()).hexdigest()[:16]
+  path = os.path.join(data_dir, 'mtl_jax_vocab', f'{key}_v{vocab_size}.txt')
+  if not os.path.exists(path):
+    write_vocabulary(learn_vocabulary(counts.elements(), vocab_size), path)
+  return path
 
 
 def learn_vocabulary(words: Iterable[str], vocab_size: int) -> list[str]:

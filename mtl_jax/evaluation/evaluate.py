@@ -31,7 +31,18 @@ def score(task: Task, outputs: dict) -> dict[str, float]:
   return compute_metrics(task.metrics, inputs)
 
 
-def evaluate(predict_step: Callable, params, tasks: Sequence[Task], tables: dict[str, dict],
-             batch_size: int) -> dict[str, dict[str, float]]:
-  return {t.name: score(t, predictions(predict_step, params, t, tables[t.name], batch_size))
-          for t in tasks}
+def evaluate(predict_step: Callable, params, tasks: Sequence[Task],
+             tables: dict[str, dict[str, dict]], batch_size: int) -> dict[str, dict[str, float]]:
+  """task -> metrics on its validation tables (task -> split -> table, primary split first).
+
+  The primary split's metrics keep their names; another split's are named 'split/metric'
+  (MNLI: 'accuracy' on validation_matched, 'validation_mismatched/accuracy').
+  """
+  results = {}
+  for task in tasks:
+    results[task.name] = {}
+    for i, (split, table) in enumerate(tables[task.name].items()):
+      prefix = f'{split}/' if i else ''
+      scores = score(task, predictions(predict_step, params, task, table, batch_size))
+      results[task.name].update({prefix + name: value for name, value in scores.items()})
+  return results

@@ -77,7 +77,8 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
     stl: the same for the single-task baselines, or None.
     primary: task -> the metric used for Δm%; must be a key of mtl[task].
     higher_is_better: metric name -> direction; defaults to
-      mtl_jax.evaluation.metrics.HIGHER_IS_BETTER. Keyed by metric, not by task.
+      mtl_jax.evaluation.metrics.HIGHER_IS_BETTER. Keyed by metric, not by task; a
+      metric of a further validation split, 'split/metric', goes by 'metric'.
   """
   hib = metrics_lib.HIGHER_IS_BETTER if higher_is_better is None else higher_is_better
   for task in mtl:
@@ -100,12 +101,13 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
         base = stl.get(task, {}).get(name)
         delta = 'n/a'
         if base is not None and base != 0:
-          if name not in hib:
-            raise ValueError(f'higher_is_better has no entry for metric {name!r}.')
-          delta = f'{_relative_gain(task, values[name], base, hib[name]):+.2f}'
+          metric = name.rsplit('/', 1)[-1]  # 'split/metric': a further validation split
+          if metric not in hib:
+            raise ValueError(f'higher_is_better has no entry for metric {metric!r}.')
+          delta = f'{_relative_gain(task, values[name], base, hib[metric]):+.2f}'
           if is_primary:
             primary_mtl[task], primary_stl[task] = values[name], base
-            primary_hib[task] = hib[name]
+            primary_hib[task] = hib[metric]
         elif is_primary:
           left_out.append(task)
         row += [_fmt_value(base), delta]
