@@ -4,6 +4,7 @@ Every problem names the config field it is in, so a typo on the command line fai
 second instead of after compilation.
 """
 
+import json
 import os
 
 import ml_collections
@@ -13,7 +14,7 @@ from mtl_jax import tasks as task_lib
 from mtl_jax import weighting
 from mtl_jax.data import local_source
 from mtl_jax.data.mixture import STRATEGIES
-from mtl_jax.models import architectures
+from mtl_jax.models import architectures, pretrained
 from mtl_jax.models.base import MultiTaskModel
 from mtl_jax.models.encoder import DTYPES, REMAT, EncoderConfig
 from mtl_jax.objectives import adversarial
@@ -21,6 +22,9 @@ from mtl_jax.objectives import adversarial
 MODES = ('multi', 'single', 'both')
 SCHEDULES = ('linear', 'cosine', 'constant')
 PARALLELISMS = ('mesh', 'pmap')
+# config.model fields a pretrained checkpoint fixes (resolve_pretrained).
+PRETRAINED_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
+                     'intermediate_size', 'max_len', 'layer_norm_eps')
 
 
 class ConfigError(ValueError):
@@ -41,8 +45,26 @@ def _positive(config, fields: str, allow_zero: bool = False):
     _require(ok, field, f'must be {">= 0" if allow_zero else "> 0"}, got {value!r}.')
 
 
+def resolve_pretrained(config: ml_collections.ConfigDict):
+  """With config.model.pretrained set, the checkpoint's config.json fixes the encoder's
+  architecture: its values overwrite config.model's PRETRAINED_FIELDS in place (so the
+  config.json a run writes records what ran), whatever they were."""
+  folder = config.model.pretrained
+  if not folder:
+    return
+  try:
+    fields = pretrained.architecture(pretrained.read_config(folder),
+                                     f'{folder}/{pretrained.CONFIG_FILE}')
+  except (pretrained.CheckpointError, json.JSONDecodeError) as e:
+    raise ConfigError(f'config.model.pretrained: {e}') from e
+  for field in PRETRAINED_FIELDS:
+    config.model[field] = fields[field]
+
+
 def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
-  """Checks the config; returns the run's task specs (depth overrides applied)."""
+  """Checks the config (after resolve_pretrained); returns the run's task specs (depth
+  overrides applied)."""
+  resolve_pretrained(config)
   _require(config.mode in MODES, 'mode', f'{config.mode!r} is not one of {MODES}.')
   _require(len(config.tasks) > 0, 'tasks', 'name at least one task.')
   _require(len(set(config.tasks)) == len(config.tasks), 'tasks',
@@ -136,14 +158,18 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
 
 
 def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> EncoderConfig:
+  """The encoder of config.model; a pretrained checkpoint's architecture when it names one
+  (then only the training choices come from config.model)."""
+  training = dict(dropout_rate=model_cfg.dropout_rate,
+                  attention_dropout_rate=model_cfg.attention_dropout_rate,
+                  pooler=model_cfg.pooler, dtype=model_cfg.dtype, remat=model_cfg.remat)
+  if model_cfg.pretrained:
+    return pretrained.encoder_config(model_cfg.pretrained, **training)
   return EncoderConfig(
       vocab_size=vocab_size, hidden_size=model_cfg.hidden_size,
       num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
       intermediate_size=model_cfg.intermediate_size, max_len=model_cfg.max_len,
-      dropout_rate=model_cfg.dropout_rate,
-      attention_dropout_rate=model_cfg.attention_dropout_rate,
-      layer_norm_eps=model_cfg.layer_norm_eps, pooler=model_cfg.pooler,
-      dtype=model_cfg.dtype, remat=model_cfg.remat)
+      layer_norm_eps=model_cfg.layer_norm_eps, **training)
 
 
 def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, ...],

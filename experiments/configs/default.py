@@ -62,6 +62,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.model.pooler = True
   c.model.dtype = 'float32'  # compute dtype: 'bfloat16' on accelerators (params stay float32)
   c.model.remat = 'none'  # per-layer rematerialisation: 'full' or 'dots' (encoder.REMAT)
+  # A Hugging Face BERT/RoBERTa folder (config.json + model.safetensors) to start the encoder
+  # from; its config.json then fixes the encoder fields above (docs/pretrained.md).
+  c.model.pretrained = ''
   c.model.architecture = 'hard'  # a key of mtl_jax.models.architectures.ARCHITECTURES
   c.model.args = ml_collections.ConfigDict()  # the architecture's own fields (docs/sharing.md)
 

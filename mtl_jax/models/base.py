@@ -83,6 +83,11 @@ class MultiTaskModel(nn.Module):
   def validate(self):
     """Raises ValueError on fields that do not fit together (architectures override)."""
 
+  def with_encoder(self, params: dict, encoder: dict) -> dict:
+    """`params` with every copy of the `encoder_config` encoder set to `encoder` (a
+    pretrained checkpoint's, mtl_jax.models.pretrained): here the one shared encoder."""
+    return {**params, 'encoder': encoder}
+
   @property
   def regularized(self) -> bool:
     """Whether ModelOutput.penalty can be nonzero (the step then differentiates it)."""

@@ -53,6 +53,9 @@ class EncoderConfig:
   initializer_range: float = 0.02
   dtype: str = 'float32'  # compute dtype ('bfloat16'); parameters always stay float32
   remat: str = 'none'  # recompute each layer's activations in the backward pass: REMAT
+  # A Hugging Face checkpoint folder whose weights replace init's (models/pretrained.py);
+  # the module never reads it, training code does. '' = random init.
+  pretrained: str = ''
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:

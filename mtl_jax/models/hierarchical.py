@@ -36,6 +36,7 @@ class TaskLayers(nn.Module):
 class Hierarchical(HardSharing):
   """Shared encoder (the bottom), then per task `task_layers` layers of its own over the
   hidden states at its depth, then its head. With task_layers = 0 this is HardSharing.
+  A pretrained checkpoint initialises the shared encoder; the task layers start random.
 
   `encode` returns what HardSharing's does (the shared features the tasks branch from, by
   `keys()`), plus the integer attention mask, which representation-mode gradient methods

@@ -45,7 +45,8 @@ def orthogonality_penalty(shared: jax.Array, private: jax.Array) -> jax.Array:
 
 class SharedPrivate(MultiTaskModel):
   """The shared encoder (`encoder_config`) plus one private encoder per task, of the same
-  architecture but `private_hidden_size` wide and `private_layers` deep."""
+  architecture but `private_hidden_size` wide and `private_layers` deep. A pretrained
+  checkpoint initialises the shared encoder; the narrower private ones start random."""
   private_hidden_size: int = 64
   private_layers: int = 1
   private_heads: int = 2

@@ -128,6 +128,12 @@ class SoftSharing(MultiTaskModel):
   def regularized(self) -> bool:
     return self.strength > 0 and self.num_copies > 1
 
+  def with_encoder(self, params: dict, encoder: dict) -> dict:
+    """Every one of the G encoders starts from `encoder`: the copies then differ only as
+    fine-tuning moves them apart, which is what the coupling penalty measures."""
+    stack = lambda x: jnp.broadcast_to(x, (self.num_copies, *x.shape))
+    return {**params, 'encoders': jax.tree.map(stack, encoder)}
+
   def encode(self, input_ids, segment_ids, attention_mask, *, deterministic=True) -> dict:
     del deterministic  # nothing is shared: the encoders run in decode
     return {'input_ids': input_ids, 'segment_ids': segment_ids,

@@ -23,6 +23,7 @@ from mtl_jax.data.pipeline import TaskData, load_task_data, train_batches
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
+from mtl_jax.models import pretrained
 from mtl_jax.objectives.adversarial import Adversary
 from mtl_jax.parallel import distributed
 from mtl_jax.parallel import mesh as mesh_lib
@@ -61,7 +62,8 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
   # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
   # default model's layers. Still a pure function of (seed, step).
   dropout_key = jax.random.key(seed, impl='unsafe_rbg')
-  params = nn.unbox(init_params(model, seed, seq_len, adversary))
+  # A pretrained checkpoint (model.encoder_config.pretrained) replaces the encoder's init.
+  params = pretrained.initialise(model, nn.unbox(init_params(model, seed, seq_len, adversary)))
   model_params, disc_params = split_discriminator(params)
   grads_like = (task_gradient_like(model, params, mode, batch_size, seq_len)
                 if method.needs is weighting.Needs.GRADS else None)
