@@ -7,6 +7,7 @@ import json
 import os
 
 import jax
+import ml_dtypes
 import numpy as np
 import optax
 import pytest
@@ -152,6 +153,15 @@ def test_unsupported_config_is_refused(tmp_path, changes, message):
   folder = _write_checkpoint(tmp_path / 'ckpt', _tiny_tensors(), **changes)
   with pytest.raises(pretrained.CheckpointError, match=message):
     pretrained.encoder_config(folder)
+
+
+def test_bfloat16_checkpoint_loads_as_float32(tmp_path):
+  half = {k: v.astype(ml_dtypes.bfloat16) for k, v in _tiny_tensors().items()}
+  loaded = _load(_write_checkpoint(tmp_path / 'ckpt', half))
+  bias = loaded['layer_0']['attention']['key']['bias']
+  assert bias.dtype == np.float32
+  np.testing.assert_array_equal(
+      bias, half['encoder.layer.0.attention.self.key.bias'].astype(np.float32))
 
 
 def test_missing_package_names_the_extra(monkeypatch):
