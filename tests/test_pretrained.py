@@ -5,6 +5,7 @@ create_state wiring for every sharing architecture."""
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import ml_dtypes
@@ -218,11 +219,10 @@ def test_create_state_starts_every_encoder_copy_from_the_checkpoint(architecture
 
 def test_training_starts_from_the_checkpoint(smoke_config, tmp_path):
   """End to end on the built-in suite: config.model.pretrained -> state -> a finite step. The
-  checkpoint's vocabulary is widened to cover the suite's tokenizer."""
+  suite is tokenised with the checkpoint folder's own vocab.txt."""
   tensors = _tiny_tensors()
-  tensors['embeddings.word_embeddings.weight'] = np.random.default_rng(0).normal(
-      size=(1000, 32)).astype(np.float32)
-  folder = _write_checkpoint(tmp_path / 'ckpt', tensors, vocab_size=1000)
+  folder = _write_checkpoint(tmp_path / 'ckpt', tensors)
+  shutil.copy(os.path.join(TINY_BERT, 'vocab.txt'), folder)
   smoke_config.model.pretrained = folder
   smoke_config.data.seq_len = 16
   tasks, data, state, model, step = build_step(smoke_config)
@@ -230,5 +230,6 @@ def test_training_starts_from_the_checkpoint(smoke_config, tmp_path):
       state.params['encoder']['embeddings']['word_embeddings']['embedding'],
       tensors['embeddings.word_embeddings.weight'])
   assert model.encoder_config.hidden_size == 32 and model.encoder_config.pretrained == folder
+  assert smoke_config.data.vocabulary == folder and data.vocab_size == 64
   _, metrics = jax.jit(step)(state, next(train_batches(data, smoke_config.sampling, 0, 16, 0, 1)))
   assert np.isfinite(float(metrics['loss']))

@@ -89,6 +89,12 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-6
 
+  # MT-DNN's second stage: after MTL, each task alone from the MTL model (0 steps = off).
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.num_steps = 0
+  c.finetune.learning_rate = 0.0  # 0 = optimizer.learning_rate
+  c.finetune.warmup_steps = 0
+
   c.parallelism = 'mesh'  # jit over config.mesh, or 'pmap': replicated, batch split per device
   # The device mesh (mtl_jax/parallel/mesh.py, docs/scaling.md): data x fsdp x tensor must
   # equal the device count; -1 = the devices the other axes leave. Default: data parallel.

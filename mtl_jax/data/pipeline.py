@@ -144,6 +144,30 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
                   tokenizer.get_vocab_size(), skipped)
 
 
+def _labels_of(table: dict, task: str, rows=slice(None)) -> dict:
+  """`table`'s `rows` with the labels of `task` alone."""
+  only = {k: v[rows] for k, v in table.items() if k not in ('labels', 'label_masks')}
+  only['labels'] = {task: table['labels'][task][rows]}
+  only['label_masks'] = {task: table['label_masks'][task][rows]}
+  return only
+
+
+def task_view(data: TaskData, task: str) -> TaskData:
+  """What `task` alone trains and is scored on, cut from a multi-task TaskData: the home
+  datasets that carry its labels, its labels only, and its validation tables. The tokens
+  are the multi-task run's, so single-task baselines and per-task fine-tuning read exactly
+  the inputs, and the vocabulary, that MTL did."""
+  labelled = data.train['label_masks'][task]
+  labelled = labelled.reshape(labelled.shape[0], -1).any(axis=1)
+  keep = [i for i in range(len(data.train_names)) if labelled[data.train['domain'] == i].any()]
+  table = _labels_of(data.train, task, np.isin(data.train['domain'], keep))
+  table['domain'] = np.searchsorted(keep, table['domain']).astype(np.int32)
+  return data._replace(train=table, train_sizes=tuple(data.train_sizes[i] for i in keep),
+                       train_names=tuple(data.train_names[i] for i in keep), tasks=(task,),
+                       eval={task: {split: _labels_of(t, task)
+                                    for split, t in data.eval[task].items()}})
+
+
 class _BatchAt:
   """step -> this process's rows of the global batch: picklable, so grain may run it in
   worker threads or processes."""

@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -19,7 +20,7 @@ import tqdm
 
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
-from mtl_jax.data.pipeline import TaskData, load_task_data, train_batches
+from mtl_jax.data.pipeline import TaskData, load_task_data, task_view, train_batches
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
@@ -95,6 +96,32 @@ def sharded_state(*args, **kwargs) -> tuple[TrainState, TrainState]:
   return jax.jit(create, out_shardings=shardings)(), shardings
 
 
+class Fitted(NamedTuple):
+  metrics: dict[str, dict[str, float]]  # task -> evaluation metrics
+  params: Any  # the trained parameters, as numpy arrays on every process
+
+
+def start_from(params, start):
+  """`params` with every leaf replaced by `start`'s at the same path (e.g. a multi-task
+  model's encoder and this task's head, for fine-tuning). Each leaf must be there, with the
+  same shape: an architecture whose single-task parameters are not a part of its multi-task
+  ones (stacked per-task copies) cannot be fine-tuned this way."""
+  given = dict(jax.tree_util.tree_flatten_with_path(start)[0])
+  missing = []
+
+  def take(path, leaf):
+    if path in given and np.shape(given[path]) == leaf.shape:
+      return given[path]
+    missing.append(jax.tree_util.keystr(path))
+    return leaf
+
+  params = jax.tree_util.tree_map_with_path(take, params)
+  if missing:
+    raise ValueError(f'The starting parameters lack (or mis-shape) {", ".join(missing[:5])}'
+                     f'{" ..." if len(missing) > 5 else ""}.')
+  return params
+
+
 def _check_workdir(workdir: str):
   if not distributed.is_writer():
     return
@@ -134,9 +161,10 @@ def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float)
 
 
 def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
-        workdir: str, method: weighting.Method, desc: str) -> dict[str, dict[str, float]]:
-  """Trains one model on `tasks`, logs to workdir/metrics.jsonl, returns eval metrics.
+        workdir: str, method: weighting.Method, desc: str, start=None) -> Fitted:
+  """Trains one model on `tasks`, logs to workdir/metrics.jsonl, evaluates it.
 
+  `start`: parameters to begin from instead of the initialisation (see start_from).
   Under several processes each one feeds its own rows of every batch, and process 0 logs.
   """
   if distributed.is_writer():
@@ -151,9 +179,12 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
       config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
       adversary=adversary, micro_batches=config.micro_batches)
   if config.parallelism == 'pmap':  # replicated state, the batch split over local devices
-    state = pmap_lib.replicate(create_state(
-        model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
-        config.weighting.mode, config.batch_size, adversary))
+    state = create_state(model, optimizer, method, len(tasks), config.seed,
+                         config.data.seq_len, config.weighting.mode, config.batch_size,
+                         adversary)
+    if start is not None:
+      state = state.replace(params=start_from(state.params, start))
+    state = pmap_lib.replicate(state)
     train_step = pmap_lib.pmap_step(step_fn(axis_name=pmap_lib.AXIS))
     positions = distributed.pmap_rows(config.batch_size)
     feed = functools.partial(pmap_lib.split_batch, num_devices=jax.local_device_count())
@@ -163,6 +194,9 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
     state, shardings = sharded_state(mesh, rules, model, optimizer, method, len(tasks),
                                      config.seed, config.data.seq_len, config.weighting.mode,
                                      config.batch_size, adversary)
+    if start is not None:
+      state = state.replace(params=jax.device_put(start_from(state.params, start),
+                                                  shardings.params))
     batch_sharding = mesh_lib.batch_sharding(mesh, rules, config.batch_size)
     train_step = mesh_lib.shard_step(step_fn(), mesh, shardings, batch_sharding)
     positions = distributed.process_rows(batch_sharding, config.batch_size)
@@ -188,7 +222,20 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
         bar.set_postfix(loss=f'{record["loss"]:.4f}')
         bar.update(step + 1 - bar.n)
 
-  return evaluate(predict_step, final_params(state), tasks, data.eval, config.eval_batch_size)
+  params = final_params(state)
+  return Fitted(evaluate(predict_step, params, tasks, data.eval, config.eval_batch_size), params)
+
+
+def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of MT-DNN's second stage: each task alone, from the multi-task model, with
+  config.finetune's steps and learning rate, and no adversary."""
+  ft = config.copy_and_resolve_references()
+  ft.num_steps = config.finetune.num_steps
+  ft.optimizer.learning_rate = config.finetune.learning_rate or config.optimizer.learning_rate
+  ft.optimizer.warmup_steps = config.finetune.warmup_steps
+  ft.adversary.enabled = False
+  ft.log_every = min(config.log_every, ft.num_steps)
+  return ft
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -199,23 +246,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
   method = config_lib.build_weighting(config)
 
-  single, multi = None, None
+  data = load_task_data(config.data, tasks)  # one tokenisation for every phase
+  single, multi, finetuned = None, None, None
   if config.mode in ('single', 'both'):
     single = {}
     for task in tasks:
       task_dir = os.path.join(workdir, 'single', task.name)
       _check_workdir(task_dir)
-      data = load_task_data(config.data, (task,))
-      single[task.name] = fit(config, (task,), data, task_dir, weighting.get('equal'),
-                              desc=f'STL {task.name}')[task.name]
+      single[task.name] = fit(config, (task,), task_view(data, task.name), task_dir,
+                              weighting.get('equal'), desc=f'STL {task.name}').metrics[task.name]
       _write_json(os.path.join(task_dir, 'eval.json'), {'tasks': {task.name: single[task.name]}})
   if config.mode in ('multi', 'both'):
-    data = load_task_data(config.data, tasks)
-    multi = fit(config, tasks, data, workdir, method, desc='MTL')
+    multi_fit = fit(config, tasks, data, workdir, method, desc='MTL')
+    multi = multi_fit.metrics
+    if config.finetune.num_steps:
+      finetuned = {}
+      for task in tasks:
+        task_dir = os.path.join(workdir, 'finetune', task.name)
+        _check_workdir(task_dir)
+        finetuned[task.name] = fit(
+            finetune_config(config), (task,), task_view(data, task.name), task_dir,
+            weighting.get('equal'), desc=f'fine-tune {task.name}',
+            start=multi_fit.params).metrics[task.name]
 
   primary = {t.name: t.primary_metric for t in tasks}
   higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}
   report = {'mode': config.mode, 'multi': multi, 'single': single, 'primary_metric': primary}
+  if finetuned is not None:
+    report['finetuned'] = finetuned
   if multi is not None and single is not None:
     mtl_primary = {t: multi[t][m] for t, m in primary.items()}
     stl_primary = {t: single[t][m] for t, m in primary.items()}
@@ -224,4 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _write_json(os.path.join(workdir, 'eval.json'), report)
   if distributed.is_writer():
     print(summary.format_table(multi or single, single if multi else None, primary))
+    if finetuned is not None:
+      print('\nAfter per-task fine-tuning (the MTL column is the fine-tuned models):')
+      print(summary.format_table(finetuned, single, primary))
   return report
