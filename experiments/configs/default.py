@@ -119,6 +119,13 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_batch_size = 256
 
+  # What a run logs besides metrics.jsonl (docs/report.md).
+  c.logging = ml_collections.ConfigDict()
+  c.logging.tensorboard = False  # also TensorBoard event files in workdir/tensorboard/
+  c.logging.progress = True  # a progress bar, on a terminal only (MTL_JAX_PROGRESS=0: none)
+  c.logging.eval_every = 0  # evaluate every this many steps into eval_curve.jsonl; 0 = at the end
+  c.logging.representations = 64  # validation rows per task whose features are saved; 0 = off
+
   if variant == 'smoke':
     c.tasks = ('pos', 'sentiment', 'entailment', 'similarity')  # every head kind, 5 short runs
     c.data.train_size = 64

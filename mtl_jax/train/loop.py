@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
@@ -29,7 +28,9 @@ from mtl_jax.objectives.adversarial import Adversary
 from mtl_jax.parallel import distributed
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.parallel import pmap as pmap_lib
+from mtl_jax.report import representations
 from mtl_jax.tasks import Task
+from mtl_jax.train import progress
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
 from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
@@ -37,6 +38,7 @@ from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
 from mtl_jax.train.writer import metric_writer
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
+EVAL_CURVE = 'eval_curve'  # workdir/eval_curve.jsonl: {'step', 'tasks': task -> metrics}
 TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
 # Logged when the run has them: the architecture's penalty and the adversary's state.
 SCALAR_TERMS = ('penalty', 'adversary_loss', 'adversary_accuracy', 'adversary_weight')
@@ -141,9 +143,10 @@ def _write_json(path: str, obj):
   os.replace(tmp, path)
 
 
-def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float) -> dict:
+def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float,
+                throughput: dict[str, float]) -> dict:
   m = jax.device_get(metrics)
-  record = {'step': step, 'seconds': round(seconds, 3)}
+  record = {'step': step, 'seconds': round(seconds, 3), **throughput}
   for key in ('loss', 'grad_norm', 'learning_rate', *SCALAR_TERMS):
     if key in m:
       record[key] = float(m[key])
@@ -207,23 +210,39 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
 
   batches = train_batches(data, config.sampling, config.seed, config.batch_size, 0,
                           config.num_steps, positions)
+  # Report: features of a fixed validation sample before and after training.
+  probe = representations.probe(model, tasks, data.eval, config.logging.representations)
+  features_before = probe(final_params(state)) if probe else None
   start = time.perf_counter()
-  with metric_writer(workdir) as log, \
-      tqdm.tqdm(total=config.num_steps, desc=desc, unit='step', mininterval=1.0,
-                disable=not distributed.is_writer()) as bar:
+  speed = progress.Throughput(config.batch_size * config.data.seq_len)
+  evaluate_at = lambda params: evaluate(predict_step, params, tasks, data.eval,
+                                       config.eval_batch_size)
+  with metric_writer(workdir, tensorboard=config.logging.tensorboard) as log, \
+      metric_writer(workdir, EVAL_CURVE, config.logging.tensorboard) as curve, \
+      progress.bar(config.num_steps, desc, quiet=not config.logging.progress) as bar:
     for step in range(config.num_steps):
       batch = next(batches)
       state, metrics = train_step(state, feed({k: batch[k] for k in TRAIN_KEYS}))
       if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
         if config.parallelism == 'pmap':
           metrics = pmap_lib.unreplicate(metrics)
-        record = _log_record(step + 1, metrics, tasks, time.perf_counter() - start)
+        metrics = jax.device_get(metrics)  # waits for the step, so the times below are real
+        record = _log_record(step + 1, metrics, tasks, time.perf_counter() - start,
+                             speed.update(step + 1))
         log.write(record)
-        bar.set_postfix(loss=f'{record["loss"]:.4f}')
+        bar.set_postfix(loss=f'{record["loss"]:.4f}',
+                        tok_s=f'{record["tokens_per_second"]:.0f}')
         bar.update(step + 1 - bar.n)
+      if config.logging.eval_every and (step + 1) % config.logging.eval_every == 0 \
+          and step + 1 < config.num_steps:
+        curve.write({'step': step + 1, 'tasks': evaluate_at(final_params(state))})
+    params = final_params(state)
+    final = evaluate_at(params)
+    curve.write({'step': config.num_steps, 'tasks': final})
 
-  params = final_params(state)
-  return Fitted(evaluate(predict_step, params, tasks, data.eval, config.eval_batch_size), params)
+  if probe:
+    probe.save(workdir, features_before, probe(params))
+  return Fitted(final, params)
 
 
 def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

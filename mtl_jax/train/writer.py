@@ -1,12 +1,19 @@
-"""Where a run's metrics go: one small interface, and only process 0 writes."""
+"""Where a run's metrics go: one small interface, and only process 0 writes.
+
+A record is one JSON-able dict with a 'step' entry. metrics.jsonl keeps it whole;
+TensorBoard gets its numbers as scalars named by their path ('task_losses/pos',
+'task_grad_cosine/pos/chunk'), since TensorBoard has no nested values.
+"""
 
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from mtl_jax.parallel.distributed import is_writer
+
+TENSORBOARD_DIR = 'tensorboard'  # under the workdir, one subfolder per log
 
 
 class MetricWriter(Protocol):
@@ -25,6 +32,46 @@ class JsonlWriter:
     self._file.flush()
 
 
+def scalars(record: dict, prefix: str = '') -> dict[str, float]:
+  """The record's numbers by slash-joined path, without 'step'; None and text are left out
+  (a weight a gradient aggregator does not define is None)."""
+  out = {}
+  for key, value in record.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out.update(scalars(value, name + '/'))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and name != 'step':
+      out[name] = float(value)
+  return out
+
+
+class TensorBoardWriter:
+  """TensorBoard event files through tensorboardX (no TensorFlow), flushed per record."""
+
+  def __init__(self, logdir: str):
+    import tensorboardX  # only runs that ask for TensorBoard import it
+    self._summary = tensorboardX.SummaryWriter(logdir=logdir)
+
+  def write(self, record: dict) -> None:
+    for name, value in scalars(record).items():
+      self._summary.add_scalar(name, value, global_step=record['step'])
+    self._summary.flush()
+
+  def close(self) -> None:
+    self._summary.close()
+
+
+class FanOutWriter:
+  """Writes each record to every one of `writers`."""
+
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self._writers = tuple(writers)
+
+  def write(self, record: dict) -> None:
+    for writer in self._writers:
+      writer.write(record)
+
+
 class NullWriter:
   """What the other processes of a multi-host run write to."""
 
@@ -33,10 +80,19 @@ class NullWriter:
 
 
 @contextlib.contextmanager
-def metric_writer(workdir: str) -> Iterator[MetricWriter]:
-  """workdir/metrics.jsonl on process 0; a writer that drops everything elsewhere."""
+def metric_writer(workdir: str, name: str = 'metrics', tensorboard: bool = False
+                  ) -> Iterator[MetricWriter]:
+  """workdir/<name>.jsonl (and, with `tensorboard`, event files in
+  workdir/tensorboard/<name>/) on process 0; a writer that drops everything elsewhere."""
   if not is_writer():
     yield NullWriter()
     return
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
-    yield JsonlWriter(f)
+  with open(os.path.join(workdir, f'{name}.jsonl'), 'w') as f:
+    if not tensorboard:
+      yield JsonlWriter(f)
+      return
+    board = TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR, name))
+    try:
+      yield FanOutWriter((JsonlWriter(f), board))
+    finally:
+      board.close()
