@@ -1,0 +1,101 @@
+"""The markdown report of a sweep: how MTL papers report (docs/report.md).
+
+Per method: each task's primary metric as mean ± std over seeds, Δm% against the STL
+baselines of the same seed (then mean ± std over seeds), and the median step time with its
+overhead over a reference method; the best method per task is marked. Std is the sample
+standard deviation (n − 1); with one seed it is 0.
+"""
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from mtl_jax.evaluation import summary
+
+STL = 'STL'  # the row of the single-task baselines
+
+
+class SweepResults(NamedTuple):
+  primary: dict[str, str]  # task -> primary metric
+  higher: dict[str, bool]  # task -> whether higher is better
+  stl: dict[int, dict[str, float]]  # seed -> task -> STL primary metric
+  mtl: dict[str, dict[int, dict[str, float]]]  # method -> seed -> task -> primary metric
+  step_time: dict[str, dict[int, float]]  # method -> seed -> median seconds per step
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """(mean, sample std); std 0 for a single value."""
+  values = list(values)
+  return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def median_step_time(records: Sequence[dict]) -> float | None:
+  """The median 'step_time' of a metrics.jsonl, without the first interval (it includes
+  compilation) unless it is the only one."""
+  times = [r['step_time'] for r in records if 'step_time' in r]
+  return float(np.median(times[1:] if len(times) > 1 else times)) if times else None
+
+
+def delta_m_by_seed(results: SweepResults, method: str) -> dict[int, float]:
+  """seed -> Δm% of the method against the STL baselines of the same seed."""
+  return {seed: summary.delta_m(values, results.stl[seed], results.higher)
+          for seed, values in results.mtl[method].items() if seed in results.stl}
+
+
+def _rows(results: SweepResults) -> dict[str, dict[int, dict[str, float]]]:
+  return {STL: results.stl, **results.mtl} if results.stl else dict(results.mtl)
+
+
+def best_per_task(results: SweepResults) -> dict[str, str]:
+  """task -> the row (a method, or STL) with the best mean primary metric."""
+  best = {}
+  for task, higher in results.higher.items():
+    means = {row: mean_std([v[task] for v in seeds.values()])[0]
+             for row, seeds in _rows(results).items()}
+    best[task] = (max if higher else min)(means, key=means.get)
+  return best
+
+
+def _cell(values: Sequence[float], bold: bool = False, fmt: str = '.4f', sign: str = '') -> str:
+  if not values:
+    return '–'
+  mean, std = mean_std(values)
+  text = f'{mean:{sign}{fmt}} ± {std:{fmt}}'
+  return f'**{text}**' if bold else text
+
+
+def markdown(results: SweepResults, reference: str, title: str = 'Sweep report') -> str:
+  """The report as markdown; `reference` is the method step-time overheads are relative to."""
+  tasks = list(results.primary)
+  best = best_per_task(results)
+  ref_times = results.step_time.get(reference, {})
+  header = ['method', 'seeds', *(f'{t} ({results.primary[t]} {"↑" if results.higher[t] else "↓"})'
+                                  for t in tasks), 'Δm% vs STL', 'step time (ms)',
+            f'overhead vs {reference}']
+  lines = [f'# {title}', '',
+           f'Mean ± std over seeds; **bold**: the best row per task. Δm% compares each seed '
+           f'with the STL baselines of the same seed.', '',
+           '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for row, seeds in _rows(results).items():
+    cells = [row, str(len(seeds))]
+    cells += [_cell([v[t] for v in seeds.values()], best[t] == row) for t in tasks]
+    if row == STL:
+      cells += ['0 (reference)', '–', '–']
+    else:
+      cells.append(_cell(list(delta_m_by_seed(results, row).values()), fmt='.2f', sign='+'))
+      times = results.step_time.get(row, {})
+      cells.append(_cell([1000 * s for s in times.values()], fmt='.1f'))
+      ratios = [times[s] / ref_times[s] for s in times if s in ref_times]
+      cells.append(_cell(ratios, fmt='.2f') + '×' if ratios else '–')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += ['', '## Best method per task', '']
+  lines += [f'- {t}: {best[t]}' for t in tasks]
+  return '\n'.join(lines) + '\n'
+
+
+def primary_values(metrics: Mapping[str, Mapping[str, float]], primary: Mapping[str, str]
+                   ) -> dict[str, float]:
+  """task -> its primary metric, from task -> metric -> value."""
+  return {t: metrics[t][m] for t, m in primary.items()}
