@@ -1,0 +1,215 @@
+"""Logging, plots and sweep reports: the writer's formats, TensorBoard events read back,
+quiet progress off a terminal, the plot files of a tiny run, and Δm% of the report by hand."""
+
+import io
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtl_jax.report import plots, sweep, tables
+from mtl_jax.train import progress
+from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.train.writer import JsonlWriter, metric_writer, scalars
+
+
+def read_events(folder: str) -> list:
+  """The Event protos of the one event file in `folder` (TFRecord framing: length, its
+  CRC, the payload, its CRC)."""
+  from tensorboardX.proto import event_pb2
+  (name,) = os.listdir(folder)
+  with open(os.path.join(folder, name), 'rb') as f:
+    data = f.read()
+  events, offset = [], 0
+  while offset < len(data):
+    (length,) = struct.unpack('<Q', data[offset:offset + 8])
+    events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+    offset += 12 + length + 4
+  return events
+
+
+def test_jsonl_writer_writes_one_exact_line_per_record():
+  out = io.StringIO()
+  writer = JsonlWriter(out)
+  writer.write({'step': 1, 'loss': 0.5, 'task_weights': {'a': None}})
+  writer.write({'step': 2, 'loss': 0.25})
+  assert out.getvalue() == ('{"step": 1, "loss": 0.5, "task_weights": {"a": null}}\n'
+                            '{"step": 2, "loss": 0.25}\n')
+
+
+def test_scalars_name_nested_numbers_by_path_and_drop_none():
+  record = {'step': 3, 'loss': 1.0, 'task_weights': {'a': 0.5, 'b': None},
+            'task_grad_cosine': {'a': {'b': -0.25}}, 'note': 'text'}
+  assert scalars(record) == {'loss': 1.0, 'task_weights/a': 0.5,
+                             'task_grad_cosine/a/b': -0.25}
+
+
+def test_tensorboard_events_read_back(tmp_path):
+  with metric_writer(str(tmp_path), tensorboard=True) as log:
+    log.write({'step': 5, 'loss': 2.0, 'task_losses': {'pos': 1.5}})
+    log.write({'step': 10, 'loss': 1.0, 'task_losses': {'pos': 0.75}})
+  assert plots.read_jsonl(str(tmp_path / 'metrics.jsonl'))[1]['task_losses'] == {'pos': 0.75}
+  got = [(e.step, v.tag, v.simple_value)
+         for e in read_events(str(tmp_path / 'tensorboard' / 'metrics')) for v in e.summary.value]
+  assert got == [(5, 'loss', 2.0), (5, 'task_losses/pos', 1.5),
+                 (10, 'loss', 1.0), (10, 'task_losses/pos', 0.75)]
+
+
+def test_progress_is_quiet_off_a_terminal_or_when_asked(capsys, monkeypatch):
+  monkeypatch.delenv(progress.QUIET_ENV, raising=False)
+  assert not progress.shown()  # pytest captures stderr: not a terminal, as in CI
+  with progress.bar(3, 'quiet') as bar:
+    bar.update(3)
+  assert capsys.readouterr().err == ''
+  monkeypatch.setattr('sys.stderr.isatty', lambda: True)
+  assert progress.shown()
+  assert not progress.shown(quiet=True)
+  monkeypatch.setenv(progress.QUIET_ENV, '0')
+  assert not progress.shown()
+
+
+def test_throughput_counts_steps_and_tokens_between_updates(monkeypatch):
+  clock = iter([10.0, 12.0, 13.0])
+  monkeypatch.setattr(progress.time, 'perf_counter', lambda: next(clock))
+  speed = progress.Throughput(tokens_per_step=100)
+  assert speed.update(4) == {'step_time': 0.5, 'tokens_per_second': 200.0}
+  assert speed.update(6) == {'step_time': 0.5, 'tokens_per_second': 200.0}
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """A seconds-long MTL run with everything logged: diagnostics, TensorBoard, an evaluation
+  every 2 steps and the representation sample."""
+  from experiments.configs import default
+  config = default.get_config('smoke')
+  config.data.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.mode, config.tasks = 'multi', ('sentiment', 'similarity')
+  config.num_steps, config.log_every = 4, 1
+  config.weighting.diagnostics = True
+  config.logging.tensorboard, config.logging.eval_every = True, 2
+  config.logging.representations = 8
+  workdir = str(tmp_path_factory.mktemp('run'))
+  train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_a_run_logs_throughput_curves_events_and_representations(tiny_run):
+  records = plots.read_jsonl(os.path.join(tiny_run, 'metrics.jsonl'))
+  assert [r['step'] for r in records] == [1, 2, 3, 4]
+  assert all(r['step_time'] > 0 and r['tokens_per_second'] > 0 for r in records)
+  curve = plots.read_jsonl(os.path.join(tiny_run, 'eval_curve.jsonl'))
+  assert [r['step'] for r in curve] == [2, 4]
+  with open(os.path.join(tiny_run, 'eval.json')) as f:
+    assert curve[-1]['tasks'] == json.load(f)['multi']
+  tags = {v.tag for e in read_events(os.path.join(tiny_run, 'tensorboard', 'metrics'))
+          for v in e.summary.value}
+  assert {'tokens_per_second', 'task_grad_cosine/sentiment/similarity'} <= tags
+  with np.load(os.path.join(tiny_run, 'representations.npz')) as saved:
+    assert saved['start'].shape == saved['end'].shape == (16, 32)
+    assert list(saved['task']) == [0] * 8 + [1] * 8
+    assert list(saved['task_names']) == ['sentiment', 'similarity']
+    assert not np.allclose(saved['start'], saved['end'])
+
+
+def _assert_png(path):
+  assert os.path.getsize(path) > 0
+  with Image.open(path) as image:
+    image.verify()  # decodes the whole file
+    assert image.format == 'PNG'
+
+
+def test_plots_of_a_tiny_run_are_decodable_pngs(tiny_run):
+  written = plots.write_plots(tiny_run)
+  assert written['task_gain.png'] is None  # an MTL-only run has no STL baselines
+  for name in ('curves.png', 'task_weights.png', 'gradient_conflict.png',
+               'representations_pca.png'):
+    _assert_png(written[name])
+
+
+def test_task_gain_plot_from_an_eval_json(tmp_path):
+  report = {'per_task_delta': {'a': 10.0, 'b': -4.0}, 'delta_m': 3.0,
+            'primary_metric': {'a': 'accuracy', 'b': 'mse'}}
+  (tmp_path / 'eval.json').write_text(json.dumps(report))
+  _assert_png(plots.write_plots(str(tmp_path))['task_gain.png'])
+
+
+def test_phase_means_average_the_cosines_of_each_third():
+  records = [{'step': s, 'task_grad_cosine': {'a': {'a': 1.0, 'b': c}, 'b': {'a': c, 'b': 1.0}}}
+             for s, c in [(1, -1.0), (2, 0.0), (3, 0.5), (4, 0.5), (5, 1.0)]]
+  tasks, labels, matrices = plots.phase_means(records, phases=3)
+  assert tasks == ['a', 'b'] and labels == ['steps 1–2', 'steps 3–4', 'steps 5–5']
+  assert [m[0, 1] for m in matrices] == [-0.5, 0.5, 1.0]
+
+
+def test_pca_keeps_the_direction_of_largest_variance():
+  rng = np.random.default_rng(0)
+  x = np.outer(rng.normal(size=50), [3.0, 0.0, 4.0]) + 0.01 * rng.normal(size=(50, 3))
+  projected = plots.pca_2d(x)
+  assert projected.shape == (50, 2)
+  assert np.var(projected[:, 0]) > 100 * np.var(projected[:, 1])
+
+
+# Two tasks, two seeds: accuracy (higher is better) and mse (lower is better).
+RESULTS = tables.SweepResults(
+    primary={'cls': 'accuracy', 'reg': 'mse'}, higher={'cls': True, 'reg': False},
+    stl={0: {'cls': 0.80, 'reg': 2.0}, 1: {'cls': 0.50, 'reg': 4.0}},
+    mtl={'equal': {0: {'cls': 0.88, 'reg': 1.0}, 1: {'cls': 0.45, 'reg': 5.0}},
+         'pcgrad': {0: {'cls': 0.84, 'reg': 2.5}, 1: {'cls': 0.55, 'reg': 4.0}}},
+    step_time={'equal': {0: 0.10, 1: 0.10}, 'pcgrad': {0: 0.15, 1: 0.20}})
+
+
+def test_delta_m_by_hand():
+  # equal, seed 0: cls +10% (0.88 vs 0.80), reg +50% (1.0 vs 2.0, lower is better) -> +30
+  # equal, seed 1: cls -10% (0.45 vs 0.50), reg -25% (5.0 vs 4.0)                   -> -17.5
+  # pcgrad, seed 0: cls +5%, reg -25% -> -10; seed 1: cls +10%, reg 0% -> +5
+  assert tables.delta_m_by_seed(RESULTS, 'equal') == pytest.approx({0: 30.0, 1: -17.5})
+  assert tables.delta_m_by_seed(RESULTS, 'pcgrad') == pytest.approx({0: -10.0, 1: 5.0})
+
+
+def test_markdown_report_by_hand():
+  report = tables.markdown(RESULTS, reference='equal', title='T')
+  rows = {line.split(' | ')[0][2:]: line for line in report.splitlines() if line.startswith('| ')}
+  # Δm% mean ± sample std: equal (30, -17.5) -> 6.25 ± 33.59; step time 100 ms, pcgrad 1.75x.
+  assert '| +6.25 ± 33.59 | 100.0 ± 0.0 | 1.00 ± 0.00× |' in rows['equal']
+  assert '| -2.50 ± 10.61 | 175.0 ± 35.4 | 1.75 ± 0.35× |' in rows['pcgrad']
+  # Means: cls STL 0.65, equal 0.665, pcgrad 0.695 (best); reg STL 3.0 (best), equal 3.0, 3.25.
+  assert '**0.6950 ± 0.2051**' in rows['pcgrad'] and '**3.0000 ± 1.4142**' in rows['STL']
+  assert tables.best_per_task(RESULTS) == {'cls': 'pcgrad', 'reg': 'STL'}
+  assert report.endswith('- cls: pcgrad\n- reg: STL\n')
+
+
+def _write_run(workdir, method, seed, report, step_times=()):
+  path = sweep.run_dir(str(workdir), method, seed)
+  os.makedirs(path)
+  with open(os.path.join(path, 'eval.json'), 'w') as f:
+    json.dump(report, f)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps({'step': i, 'step_time': t}) + '\n'
+                 for i, t in enumerate(step_times))
+
+
+def test_sweep_resumes_only_unfinished_runs_and_collects_finished_ones(tmp_path):
+  primary = {'cls': 'accuracy', 'reg': 'mse'}
+  _write_run(tmp_path, None, 0, {'primary_metric': primary,
+                                 'single': {'cls': {'accuracy': 0.8}, 'reg': {'mse': 2.0}}})
+  _write_run(tmp_path, 'equal', 0, {'primary_metric': primary,
+                                    'multi': {'cls': {'accuracy': 0.88}, 'reg': {'mse': 1.0}}},
+             step_times=(5.0, 0.1, 0.3, 0.2))  # the first interval (compilation) is left out
+  os.makedirs(sweep.run_dir(str(tmp_path), 'equal', 1))  # cut short: no eval.json
+  assert sweep.pending(str(tmp_path), ('equal',), (0, 1)) == [(None, 1), ('equal', 1)]
+  results = sweep.collect(str(tmp_path), ('equal',), (0, 1))
+  assert results.stl == {0: {'cls': 0.8, 'reg': 2.0}}
+  assert results.mtl == {'equal': {0: {'cls': 0.88, 'reg': 1.0}}}
+  assert results.step_time == {'equal': {0: pytest.approx(0.2)}}
+  assert tables.delta_m_by_seed(results, 'equal') == pytest.approx({0: 30.0})
+
+
+def test_run_config_sets_seed_mode_and_method(tmp_path):
+  from experiments.configs import sweep as sweep_config
+  base = sweep_config.get_config('smoke').base
+  stl, mtl = sweep.run_config(base, 1, None), sweep.run_config(base, 1, 'pcgrad')
+  assert (stl.mode, stl.seed, mtl.mode, mtl.weighting.name) == ('single', 1, 'multi', 'pcgrad')
+  assert base.mode == 'both'  # the base is left as it was
