@@ -71,9 +71,9 @@ def markdown(results: SweepResults, reference: str, title: str = 'Sweep report')
   tasks = list(results.primary)
   best = best_per_task(results)
   ref_times = results.step_time.get(reference, {})
-  header = ['method', 'seeds', *(f'{t} ({results.primary[t]} {"↑" if results.higher[t] else "↓"})'
-                                  for t in tasks), 'Δm% vs STL', 'step time (ms)',
-            f'overhead vs {reference}']
+  arrow = {t: '↑' if results.higher[t] else '↓' for t in tasks}
+  header = ['method', 'seeds', *(f'{t} ({results.primary[t]} {arrow[t]})' for t in tasks),
+            'Δm% vs STL', 'step time (ms)', f'overhead vs {reference}']
   lines = [f'# {title}', '',
            f'Mean ± std over seeds; **bold**: the best row per task. Δm% compares each seed '
            f'with the STL baselines of the same seed.', '',
