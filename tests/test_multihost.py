@@ -1,5 +1,6 @@
 """Two processes × 4 CPU devices (gloo collectives over localhost) train exactly like one
-process with 8 devices: same per-step losses, same evaluation, and only process 0 writes."""
+process with 8 devices: same per-step losses, same evaluation, and only process 0 writes
+(each process is given its own workdir here, so a write by process 1 would show)."""
 
 import json
 import os
@@ -26,8 +27,8 @@ def _free_port() -> int:
 def _run_processes(layout, workdir, data_dir, num_processes=2):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  procs = [subprocess.Popen([sys.executable, WORKER, layout, workdir, data_dir, str(port),
-                             str(i), str(num_processes)],
+  procs = [subprocess.Popen([sys.executable, WORKER, layout, os.path.join(workdir, f'p{i}'),
+                             data_dir, str(port), str(i), str(num_processes)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(num_processes)]
   outputs = []
@@ -55,7 +56,8 @@ def test_two_processes_train_like_one(layout, data_dir, tmp_path):
   train_and_evaluate(multihost_worker.config(layout, data_dir), str(tmp_path / 'one'))
   _run_processes(layout, str(tmp_path / 'two'), data_dir)
 
-  (steps, evals), (other_steps, other_evals) = _read(tmp_path / 'one'), _read(tmp_path / 'two')
+  (steps, evals), (other_steps, other_evals) = (_read(tmp_path / 'one'),
+                                                _read(tmp_path / 'two' / 'p0'))
   assert [s['step'] for s in other_steps] == [1, 2, 3, 4]
   for a, b in zip(steps, other_steps, strict=True):
     np.testing.assert_allclose(b['loss'], a['loss'], rtol=2e-5)
@@ -66,5 +68,5 @@ def test_two_processes_train_like_one(layout, data_dir, tmp_path):
     for name, value in metrics.items():
       np.testing.assert_allclose(other_evals[task][name], value, rtol=1e-4, atol=2e-4,
                                  err_msg=f'{task} {name}')
-  # Process 1 wrote nothing: one log of 4 records, and no second config or report.
-  assert sorted(os.listdir(tmp_path / 'two')) == ['config.json', 'eval.json', 'metrics.jsonl']
+  # Each process was given its own workdir: process 1 wrote nothing, not even the folder.
+  assert os.listdir(tmp_path / 'two') == ['p0']

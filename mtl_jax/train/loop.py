@@ -213,7 +213,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   # Report: features of a fixed validation sample before and after training.
   probe = representations.probe(model, tasks, data.eval, config.logging.representations)
   features_before = probe(final_params(state)) if probe else None
-  start = time.perf_counter()
+  began = time.perf_counter()
   speed = progress.Throughput(config.batch_size * config.data.seq_len)
   evaluate_at = lambda params: evaluate(predict_step, params, tasks, data.eval,
                                        config.eval_batch_size)
@@ -227,7 +227,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
         if config.parallelism == 'pmap':
           metrics = pmap_lib.unreplicate(metrics)
         metrics = jax.device_get(metrics)  # waits for the step, so the times below are real
-        record = _log_record(step + 1, metrics, tasks, time.perf_counter() - start,
+        record = _log_record(step + 1, metrics, tasks, time.perf_counter() - began,
                              speed.update(step + 1))
         log.write(record)
         bar.set_postfix(loss=f'{record["loss"]:.4f}',
