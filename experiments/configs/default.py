@@ -113,6 +113,14 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.distributed.process_id = -1
   c.distributed.timeout_seconds = 300  # how long to wait for the other processes
 
+  # Orbax checkpoints in each fit's workdir/checkpoints (docs/checkpoints.md): a run started
+  # again with the same command resumes from the last good one; SIGTERM saves and stops.
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 200  # save every this many steps and at the end; 0 = no checkpoints
+  c.checkpoint.keep = 2  # the latest this many are kept (0 = all)
+  c.checkpoint.best_metric = ''  # e.g. 'sentiment/accuracy': evaluate at each save and
+  c.checkpoint.keep_best = 1  # also keep the best this many by it
+
   c.batch_size = 32
   c.micro_batches = 1  # gradient accumulation: the batch runs as this many equal slices
   c.num_steps = 600
@@ -138,6 +146,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.log_every = 5
     c.batch_size = 16
     c.optimizer.warmup_steps = 5
+    c.checkpoint.every = 10
   elif variant:
     raise ValueError(f'Unknown variant {variant!r} of default.py; known: smoke.')
   return c

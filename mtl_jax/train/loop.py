@@ -4,6 +4,7 @@ mode 'multi' trains all tasks jointly; 'single' trains each task alone; 'both' d
 single-task baselines first, then MTL, and reports Δm% of MTL against them.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -30,7 +31,7 @@ from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.parallel import pmap as pmap_lib
 from mtl_jax.report import representations
 from mtl_jax.tasks import Task
-from mtl_jax.train import progress
+from mtl_jax.train import checkpoint, progress
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
 from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
@@ -163,6 +164,24 @@ def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float,
   return record
 
 
+def _placed(abstract: TrainState, shardings) -> TrainState:
+  """ShapeDtypeStructs of `abstract` with `shardings` (one sharding, or a tree of them)."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, abstract)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def _initial_state(init: Callable[[], TrainState], abstract: TrainState, start) -> TrainState:
+  """A fresh state from `init`, its parameters taken from `start` (see start_from) if given."""
+  state = init()
+  if start is None:
+    return state
+  params = start_from(state.params, start)
+  return state.replace(params=jax.device_put(
+      params, jax.tree.map(lambda a: a.sharding, abstract.params)))
+
+
 def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
         workdir: str, method: weighting.Method, desc: str, start=None) -> Fitted:
   """Trains one model on `tasks`, logs to workdir/metrics.jsonl, evaluates it.
@@ -181,46 +200,61 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
       make_train_step, model, optimizer, tasks, method, schedule, config.weighting.mode,
       config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
       adversary=adversary, micro_batches=config.micro_batches)
+  # Per path: the state's layout when saved (abstract), and the conversions between the
+  # state the step takes and the one saved (pmap saves device 0's copy).
   if config.parallelism == 'pmap':  # replicated state, the batch split over local devices
-    state = create_state(model, optimizer, method, len(tasks), config.seed,
-                         config.data.seq_len, config.weighting.mode, config.batch_size,
-                         adversary)
-    if start is not None:
-      state = state.replace(params=start_from(state.params, start))
-    state = pmap_lib.replicate(state)
+    init = lambda: create_state(model, optimizer, method, len(tasks), config.seed,
+                                config.data.seq_len, config.weighting.mode, config.batch_size,
+                                adversary)
+    abstract = _placed(jax.eval_shape(init),
+                       jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    to_saved, from_saved = pmap_lib.unreplicate, pmap_lib.replicate
     train_step = pmap_lib.pmap_step(step_fn(axis_name=pmap_lib.AXIS))
     positions = distributed.pmap_rows(config.batch_size)
     feed = functools.partial(pmap_lib.split_batch, num_devices=jax.local_device_count())
-    final_params = lambda s: jax.device_get(pmap_lib.unreplicate(s.params))
+    host_params = lambda s: jax.device_get(s.params)
   else:
     mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
-    state, shardings = sharded_state(mesh, rules, model, optimizer, method, len(tasks),
+    create, shardings = state_layout(mesh, rules, model, optimizer, method, len(tasks),
                                      config.seed, config.data.seq_len, config.weighting.mode,
                                      config.batch_size, adversary)
-    if start is not None:
-      state = state.replace(params=jax.device_put(start_from(state.params, start),
-                                                  shardings.params))
+    init = jax.jit(create, out_shardings=shardings)  # made in place on the mesh
+    abstract = _placed(jax.eval_shape(create), shardings)
+    to_saved = from_saved = lambda s: s
     batch_sharding = mesh_lib.batch_sharding(mesh, rules, config.batch_size)
     train_step = mesh_lib.shard_step(step_fn(), mesh, shardings, batch_sharding)
     positions = distributed.process_rows(batch_sharding, config.batch_size)
     feed = functools.partial(distributed.global_batch, sharding=batch_sharding,
                              batch_size=config.batch_size)
-    final_params = lambda s: distributed.fetch(s.params, mesh)
+    host_params = lambda s: distributed.fetch(s.params, mesh)
   predict_step = jax.jit(make_predict_step(model, tasks))
+  evaluate_state = lambda s: evaluate(predict_step, host_params(s), tasks, data.eval,
+                                      config.eval_batch_size)
 
-  batches = train_batches(data, config.sampling, config.seed, config.batch_size, 0,
-                          config.num_steps, positions)
-  # Report: features of a fixed validation sample before and after training.
+  checkpoints = (checkpoint.Checkpointer(workdir, config.checkpoint,
+                                         json.loads(config.to_json_best_effort()),
+                                         evaluate_state)
+                 if config.checkpoint.every else None)
+  saved = checkpoints.restore(abstract) if checkpoints else None
+  first_step = 0 if saved is None else int(saved.step)
+  # Report: features of a fixed validation sample before training (and after, below).
   probe = representations.probe(model, tasks, data.eval, config.logging.representations)
-  features_before = probe(final_params(state)) if probe else None
+  initial = _initial_state(init, abstract, start) if saved is None or probe else None
+  features_before = probe(host_params(initial)) if probe else None
+  state = from_saved(initial if saved is None else saved)
+  del initial  # a resumed run does not keep the fresh state alive
+
+  batches = train_batches(data, config.sampling, config.seed, config.batch_size, first_step,
+                          config.num_steps, positions)
   began = time.perf_counter()
-  speed = progress.Throughput(config.batch_size * config.data.seq_len)
-  evaluate_at = lambda params: evaluate(predict_step, params, tasks, data.eval,
-                                       config.eval_batch_size)
-  with metric_writer(workdir, tensorboard=config.logging.tensorboard) as log, \
-      metric_writer(workdir, EVAL_CURVE, config.logging.tensorboard) as curve, \
-      progress.bar(config.num_steps, desc, quiet=not config.logging.progress) as bar:
-    for step in range(config.num_steps):
+  speed = progress.Throughput(config.batch_size * config.data.seq_len, first_step)
+  with metric_writer(workdir, tensorboard=config.logging.tensorboard,
+                     resume_step=first_step) as log, \
+      metric_writer(workdir, EVAL_CURVE, config.logging.tensorboard, first_step) as curve, \
+      checkpoint.PreemptionWatch() if checkpoints else contextlib.nullcontext() as preemption, \
+      progress.bar(config.num_steps, desc, quiet=not config.logging.progress,
+                   initial=first_step) as bar:
+    for step in range(first_step, config.num_steps):
       batch = next(batches)
       state, metrics = train_step(state, feed({k: batch[k] for k in TRAIN_KEYS}))
       if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
@@ -235,9 +269,18 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
         bar.update(step + 1 - bar.n)
       if config.logging.eval_every and (step + 1) % config.logging.eval_every == 0 \
           and step + 1 < config.num_steps:
-        curve.write({'step': step + 1, 'tasks': evaluate_at(final_params(state))})
-    params = final_params(state)
-    final = evaluate_at(params)
+        curve.write({'step': step + 1, 'tasks': evaluate_state(to_saved(state))})
+      if checkpoints:
+        preempted = preemption.reached(step + 1)
+        if preempted or checkpoints.due(step + 1, config.num_steps):
+          checkpoints.save(step + 1, to_saved(state))
+        if preempted:
+          checkpoints.close()
+          raise checkpoint.Preempted(step + 1, checkpoints.directory)
+    if checkpoints:
+      checkpoints.close()
+    params = host_params(to_saved(state))
+    final = evaluate(predict_step, params, tasks, data.eval, config.eval_batch_size)
     curve.write({'step': config.num_steps, 'tasks': final})
 
   if probe:
@@ -257,12 +300,42 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return ft
 
 
+def _same_run(workdir: str, config_json: dict) -> bool:
+  """Whether `workdir` holds a run of this very config (the same command run again after a
+  kill or a preemption): it is then resumed instead of refused."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f) == config_json
+
+
+def _task_phase(task_dir: str, name: str, run: Callable[[], dict]) -> dict:
+  """One task's metrics from a per-task phase (STL baseline, fine-tuning): its eval.json
+  when an earlier attempt of this run finished the phase, else run()'s (then written)."""
+  path = os.path.join(task_dir, 'eval.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)['tasks'][name]
+  metrics = run()
+  _write_json(path, {'tasks': {name: metrics}})
+  return metrics
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The main job. Returns what it writes to workdir/eval.json."""
+  """The main job. Returns what it writes to workdir/eval.json.
+
+  Run again with the same config in the same workdir, it resumes: finished phases are read
+  back, the others continue from their last checkpoint (docs/checkpoints.md).
+  """
   distributed.initialize(config.distributed)  # before anything touches a device
   tasks = config_lib.validate(config)
-  _check_workdir(workdir)
-  _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+  checkpoint.check_config(config.checkpoint, tasks)
+  config_json = json.loads(config.to_json_best_effort())
+  resume = _same_run(workdir, config_json)
+  check_workdir = (lambda d: None) if resume else _check_workdir  # a resumed run's own folders
+  check_workdir(workdir)
+  _write_json(os.path.join(workdir, 'config.json'), config_json)
   method = config_lib.build_weighting(config)
 
   data = load_task_data(config.data, tasks)  # one tokenisation for every phase
@@ -271,10 +344,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     single = {}
     for task in tasks:
       task_dir = os.path.join(workdir, 'single', task.name)
-      _check_workdir(task_dir)
-      single[task.name] = fit(config, (task,), task_view(data, task.name), task_dir,
-                              weighting.get('equal'), desc=f'STL {task.name}').metrics[task.name]
-      _write_json(os.path.join(task_dir, 'eval.json'), {'tasks': {task.name: single[task.name]}})
+      check_workdir(task_dir)
+      single[task.name] = _task_phase(task_dir, task.name, lambda: fit(
+          config, (task,), task_view(data, task.name), task_dir, weighting.get('equal'),
+          desc=f'STL {task.name}').metrics[task.name])
   if config.mode in ('multi', 'both'):
     multi_fit = fit(config, tasks, data, workdir, method, desc='MTL')
     multi = multi_fit.metrics
@@ -282,11 +355,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       finetuned = {}
       for task in tasks:
         task_dir = os.path.join(workdir, 'finetune', task.name)
-        _check_workdir(task_dir)
-        finetuned[task.name] = fit(
+        check_workdir(task_dir)
+        finetuned[task.name] = _task_phase(task_dir, task.name, lambda: fit(
             finetune_config(config), (task,), task_view(data, task.name), task_dir,
             weighting.get('equal'), desc=f'fine-tune {task.name}',
-            start=multi_fit.params).metrics[task.name]
+            start=multi_fit.params).metrics[task.name])
 
   primary = {t.name: t.primary_metric for t in tasks}
   higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}

@@ -21,9 +21,11 @@ def shown(quiet: bool = False) -> bool:
           and sys.stderr.isatty())
 
 
-def bar(total: int, desc: str, unit: str = 'step', quiet: bool = False) -> tqdm.tqdm:
-  """A tqdm bar (ETA, rate; live metrics through set_postfix) that is silent unless shown."""
-  return tqdm.tqdm(total=total, desc=desc, unit=unit, mininterval=1.0,
+def bar(total: int, desc: str, unit: str = 'step', quiet: bool = False,
+        initial: int = 0) -> tqdm.tqdm:
+  """A tqdm bar (ETA, rate; live metrics through set_postfix) that is silent unless shown;
+  `initial`: where a resumed run starts."""
+  return tqdm.tqdm(total=total, desc=desc, unit=unit, mininterval=1.0, initial=initial,
                    disable=not shown(quiet))
 
 
@@ -34,9 +36,9 @@ class Throughput:
   accelerator computes on. The first interval includes compilation.
   """
 
-  def __init__(self, tokens_per_step: int):
+  def __init__(self, tokens_per_step: int, first_step: int = 0):
     self._tokens_per_step = tokens_per_step
-    self._step, self._time = 0, time.perf_counter()
+    self._step, self._time = first_step, time.perf_counter()
 
   def update(self, step: int) -> dict[str, float]:
     """{'step_time', 'tokens_per_second'} since the previous update (or the start)."""

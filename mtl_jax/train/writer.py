@@ -48,9 +48,9 @@ def scalars(record: dict, prefix: str = '') -> dict[str, float]:
 class TensorBoardWriter:
   """TensorBoard event files through tensorboardX (no TensorFlow), flushed per record."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, purge_step: int | None = None):
     import tensorboardX  # only runs that ask for TensorBoard import it
-    self._summary = tensorboardX.SummaryWriter(logdir=logdir)
+    self._summary = tensorboardX.SummaryWriter(logdir=logdir, purge_step=purge_step)
 
   def write(self, record: dict) -> None:
     for name, value in scalars(record).items():
@@ -79,19 +79,46 @@ class NullWriter:
     del record
 
 
+def _records_until(path: str, step: int) -> list[str]:
+  """The lines of the log at `path` up to and including `step`'s record. A run killed
+  mid-write leaves a torn last line, after every step a checkpoint holds: reading stops
+  there."""
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)['step'] > step:
+          break
+      except json.JSONDecodeError:
+        break
+      kept.append(line)
+  return kept
+
+
 @contextlib.contextmanager
-def metric_writer(workdir: str, name: str = 'metrics', tensorboard: bool = False
-                  ) -> Iterator[MetricWriter]:
+def metric_writer(workdir: str, name: str = 'metrics', tensorboard: bool = False,
+                  resume_step: int = 0) -> Iterator[MetricWriter]:
   """workdir/<name>.jsonl (and, with `tensorboard`, event files in
-  workdir/tensorboard/<name>/) on process 0; a writer that drops everything elsewhere."""
+  workdir/tensorboard/<name>/) on process 0; a writer that drops everything elsewhere.
+
+  `resume_step` > 0 (a run resumed from that step's checkpoint): the log keeps its records
+  up to that step and the run appends to it, so it ends as an uninterrupted run's would;
+  TensorBoard purges its events after that step.
+  """
   if not is_writer():
     yield NullWriter()
     return
-  with open(os.path.join(workdir, f'{name}.jsonl'), 'w') as f:
+  path = os.path.join(workdir, f'{name}.jsonl')
+  kept = _records_until(path, resume_step) if resume_step and os.path.exists(path) else []
+  with open(path + '.tmp', 'w') as f:  # replaced in one step: a kill here loses nothing
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
+  with open(path, 'a') as f:
     if not tensorboard:
       yield JsonlWriter(f)
       return
-    board = TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR, name))
+    board = TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR, name),
+                              purge_step=resume_step + 1 if resume_step else None)
     try:
       yield FanOutWriter((JsonlWriter(f), board))
     finally:
