@@ -1,8 +1,15 @@
-"""python -m mtl_jax.train --config experiments/configs/default.py[:variant] --workdir DIR"""
+"""python -m mtl_jax.train --config experiments/configs/default.py[:variant] --workdir DIR
+
+The same command again after a kill or a preemption resumes the run (docs/checkpoints.md).
+A run stopped by SIGTERM saves its checkpoint first and exits with status 143.
+"""
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mtl_jax.train import checkpoint
 from mtl_jax.train.host_memory import keep_step_buffers_resident
 from mtl_jax.train.loop import train_and_evaluate
 
@@ -17,7 +24,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.ERROR)  # TFDS and JAX log routine notices as warnings
   keep_step_buffers_resident()
-  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except checkpoint.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(checkpoint.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,279 @@
+"""Checkpoints: exact resume (in-process crash and a real SIGKILL), SIGTERM saves and stops,
+restores onto other meshes, broken checkpoints are named and skipped, best-M retention."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import default
+from mtl_jax import config as config_lib
+from mtl_jax import weighting
+from mtl_jax.parallel import mesh as mesh_lib
+from mtl_jax.train import checkpoint, loop
+from mtl_jax.train.optimizer import make_optimizer
+from mtl_jax.train.state import TrainState
+
+NUM_STEPS, EVERY = 40, 10
+SUBPROCESS_TIMEOUT_S = 240
+
+
+def _config(data_dir: str) -> ml_collections.ConfigDict:
+  """The job every resume test runs: MTL on the smoke suite, with dropout (so the restored
+  RNG matters) and a checkpoint every EVERY steps."""
+  c = default.get_config('smoke')
+  c.data.data_dir, c.mode = data_dir, 'multi'
+  c.num_steps, c.checkpoint.every = NUM_STEPS, EVERY
+  return c
+
+
+def _flags(config) -> list[str]:
+  """The command-line form of _config's overrides."""
+  return [f'--config.data.data_dir={config.data.data_dir}', f'--config.mode={config.mode}',
+          f'--config.num_steps={config.num_steps}',
+          f'--config.checkpoint.every={config.checkpoint.every}']
+
+
+def _log(workdir: str) -> list[dict]:
+  """metrics.jsonl without the wall-clock field, the one thing a resumed run cannot match."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [{k: v for k, v in json.loads(line).items() if k != 'seconds'} for line in f]
+
+
+def _saved(workdir: str, step: int) -> dict:
+  """The state saved at `step`, read straight from orbax's files (a dict of arrays)."""
+  return ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step),
+                                                         checkpoint.STATE))
+
+
+def _assert_same_run(workdir: str, reference: str):
+  assert _log(workdir) == _log(reference)
+  for name in ('eval.json',):
+    with open(os.path.join(workdir, name)) as a, open(os.path.join(reference, name)) as b:
+      assert json.load(a) == json.load(b)
+  for x, y in zip(_host(_saved(workdir, NUM_STEPS)), _host(_saved(reference, NUM_STEPS)),
+                  strict=True):
+    np.testing.assert_array_equal(x, y)  # bitwise: floats compared exactly, NaN included
+
+
+def _wait_for(path: str, timeout_s: float = SUBPROCESS_TIMEOUT_S, proc=None):
+  """Polls until `path` exists (orbax renames a step folder into place once committed)."""
+  deadline = time.monotonic() + timeout_s
+  while not os.path.exists(path):
+    assert time.monotonic() < deadline, f'{path} did not appear'
+    assert proc is None or proc.poll() is None, proc.communicate()[0]
+    time.sleep(0.02)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(data_dir, tmp_path_factory) -> str:
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  loop.train_and_evaluate(_config(data_dir), workdir)
+  return workdir
+
+
+def test_resume_after_crash_is_bitwise_identical(data_dir, uninterrupted, tmp_path,
+                                                 monkeypatch):
+  workdir = str(tmp_path)
+
+  def crash(self, step):
+    if step == 2 * EVERY + 3:
+      _wait_for(os.path.join(workdir, 'checkpoints', str(2 * EVERY)))
+      raise KeyboardInterrupt('crash')
+    return False
+
+  with monkeypatch.context() as m:
+    m.setattr(checkpoint.PreemptionWatch, 'reached', crash)
+    with pytest.raises(KeyboardInterrupt):
+      loop.train_and_evaluate(_config(data_dir), workdir)
+  assert max(r['step'] for r in _log(workdir)) > 2 * EVERY  # the log ran past the checkpoint
+
+  starts = []
+  train_batches = loop.train_batches
+  monkeypatch.setattr(loop, 'train_batches',
+                      lambda *a, **k: (starts.append(a[4]), train_batches(*a, **k))[1])
+  loop.train_and_evaluate(_config(data_dir), workdir)
+  assert starts == [2 * EVERY]  # resumed, not started again
+  _assert_same_run(workdir, uninterrupted)
+
+
+def _train_command(config, workdir: str) -> list[str]:
+  return [sys.executable, '-m', 'mtl_jax.train',
+          '--config=experiments/configs/default.py:smoke', f'--workdir={workdir}',
+          *_flags(config)]
+
+
+def _popen(command):
+  return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_resume_after_sigkill_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
+  workdir, config = str(tmp_path), _config(data_dir)
+  proc = _popen(_train_command(config, workdir))
+  try:
+    _wait_for(os.path.join(workdir, 'checkpoints', str(2 * EVERY)), proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    proc.kill()
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(workdir, 'eval.json'))  # killed mid-run
+
+  out = subprocess.run(_train_command(config, workdir), capture_output=True, text=True,
+                       timeout=SUBPROCESS_TIMEOUT_S,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 0, out.stderr[-3000:]
+  _assert_same_run(workdir, uninterrupted)
+
+
+def test_sigterm_saves_the_current_step_and_exits(data_dir, tmp_path):
+  workdir, config = str(tmp_path), _config(data_dir)
+  config.num_steps, config.checkpoint.every = 2000, 5000  # no periodic save: only SIGTERM's
+  proc = _popen(_train_command(config, workdir))
+  try:
+    _wait_for(os.path.join(workdir, 'metrics.jsonl'), proc=proc)
+    while not open(os.path.join(workdir, 'metrics.jsonl')).read():  # first step compiled
+      assert proc.poll() is None
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+  finally:
+    proc.kill()
+  assert proc.returncode == checkpoint.PREEMPTED_EXIT_CODE, output[-3000:]
+  stopped = int(output.split('Preempted: stopped at step ')[1].split()[0])
+  assert 0 < stopped < config.num_steps
+  # The save finished before the exit: orbax lists it and it restores with its fingerprint.
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
+  with open(os.path.join(workdir, 'checkpoints', str(stopped), checkpoint.META,
+                         'metadata')) as f:
+    meta = json.load(f)
+  assert meta['step'] == int(_saved(workdir, stopped)['step']) == stopped
+
+
+def _mesh_state(config, devices):
+  """(state, abstract state with shardings) of the smoke model on `devices` under
+  config.mesh."""
+  tasks = config_lib.validate(config)
+  model = config_lib.build_model(config, tasks, tokenizer_vocab_size=100)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  create, shardings = loop.state_layout(
+      mesh, mesh_lib.axis_rules(config.mesh), model, make_optimizer(config.optimizer, 1e-3),
+      weighting.get('equal'), len(tasks), config.seed, config.data.seq_len)
+  return jax.jit(create, out_shardings=shardings)(), loop._placed(jax.eval_shape(create),
+                                                                   shardings)
+
+
+def _host(tree) -> list[np.ndarray]:
+  return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+                     else x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+@pytest.mark.parametrize('layout', [dict(data=1, fsdp=1, tensor=1, devices=1),
+                                    dict(data=2, fsdp=2, tensor=2, devices=8)])
+def test_restore_onto_another_mesh(smoke_config, tmp_path, layout):
+  smoke_config.mesh.update(data=1, fsdp=8, tensor=1)
+  saved_state, _ = _mesh_state(smoke_config, jax.devices())
+  # Distinct values everywhere, so a leaf put in the wrong place would show.
+  saved_state = jax.tree.map(lambda x: x + jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)
+                             if jnp.issubdtype(x.dtype, jnp.floating) else x, saved_state)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), smoke_config.checkpoint, {}, evaluate=None)
+  ckpt.save(7, saved_state)
+  ckpt.close()
+
+  target = ml_collections.ConfigDict(smoke_config.to_dict())
+  devices = layout.pop('devices')
+  target.mesh.update(**layout)
+  _, abstract = _mesh_state(target, jax.devices()[:devices])
+  restored = _restore(str(tmp_path), abstract)
+  for x, y in zip(_host(restored), _host(saved_state), strict=True):
+    np.testing.assert_array_equal(x, y)
+  for leaf, want in zip(jax.tree.leaves(restored), jax.tree.leaves(abstract), strict=True):
+    assert leaf.sharding.is_equivalent_to(want.sharding, leaf.ndim)
+
+
+def _small_state(value: float) -> TrainState:
+  params = {'w': jnp.full((64,), value), 'b': jnp.zeros(3)}
+  return TrainState(step=jnp.array(int(value), jnp.int32), params=params,
+                    opt_state=optax.adam(1e-3).init(params), weighting=(),
+                    rng=jax.random.key(0, impl='unsafe_rbg'))
+
+
+def _checkpointer(workdir, **fields):
+  evaluate = fields.pop('evaluate', None)
+  cfg = default.get_config('smoke').checkpoint
+  cfg.update({'keep': 0, **fields})
+  return checkpoint.Checkpointer(workdir, cfg, {}, evaluate)
+
+
+def _restore(workdir, abstract):
+  ckpt = _checkpointer(workdir)
+  try:
+    return ckpt.restore(abstract)
+  finally:
+    ckpt.close()
+
+
+def _save_steps(workdir, steps, **fields):
+  ckpt = _checkpointer(workdir, **fields)
+  for step in steps:
+    ckpt.save(step, _small_state(step))
+  ckpt.close()
+
+
+def _garble(path: str):
+  """Flips one byte in the middle of each of the state's data files (OCDBT's d/ folders)."""
+  for name in glob.glob(os.path.join(path, 'state', '**', 'd', '*'), recursive=True):
+    data = bytearray(open(name, 'rb').read())
+    data[len(data) // 2] ^= 0xFF
+    open(name, 'wb').write(bytes(data))
+
+
+@pytest.mark.parametrize('damage', [
+    _garble,
+    lambda path: os.remove(os.path.join(path, 'state', '_METADATA')),
+    lambda path: os.remove(os.path.join(path, 'meta', 'metadata')),
+])
+def test_broken_latest_checkpoint_falls_back_with_a_warning(tmp_path, damage):
+  _save_steps(str(tmp_path), [1, 2])
+  damage(str(tmp_path / 'checkpoints' / '2'))
+  abstract = jax.eval_shape(lambda: _small_state(0))
+  with pytest.warns(checkpoint.CheckpointWarning, match=r'checkpoints/2 is unusable'):
+    restored = _restore(str(tmp_path), abstract)
+  assert int(restored.step) == 1
+  np.testing.assert_array_equal(restored.params['w'], np.full(64, 1.0))
+
+
+def test_no_good_checkpoint_is_an_error(tmp_path):
+  _save_steps(str(tmp_path), [1])
+  _garble(str(tmp_path / 'checkpoints' / '1'))
+  with pytest.warns(checkpoint.CheckpointWarning), \
+      pytest.raises(checkpoint.CheckpointError, match=r'None of the checkpoints in .*steps \[1\]'):
+    _restore(str(tmp_path), jax.eval_shape(lambda: _small_state(0)))
+
+
+def test_keeps_the_latest_and_the_best(tmp_path):
+  accuracy = {1: 0.5, 2: 0.9, 3: 0.3, 4: 0.4}
+  evaluate = lambda state: {'sentiment': {'accuracy': accuracy[int(state.step)]}}
+  _save_steps(str(tmp_path), accuracy, keep=1, best_metric='sentiment/accuracy', keep_best=1,
+              evaluate=evaluate)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+
+
+def test_fingerprint_sees_one_flipped_bit():
+  x = jnp.arange(1000, dtype=jnp.float32)
+  flipped = jax.lax.bitcast_convert_type(x, jnp.uint32).at[517].add(1 << 20)
+  assert checkpoint.fingerprint(x) == checkpoint.fingerprint(jnp.array(x))
+  assert checkpoint.fingerprint(x) != checkpoint.fingerprint(
+      jax.lax.bitcast_convert_type(flipped, jnp.float32))
