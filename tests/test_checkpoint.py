@@ -88,7 +88,7 @@ def test_resume_after_crash_is_bitwise_identical(data_dir, uninterrupted, tmp_pa
   workdir = str(tmp_path)
 
   def crash(self, step):
-    if step == 2 * EVERY + 3:
+    if step == 2 * EVERY + 6:  # after the log record of step 25
       _wait_for(os.path.join(workdir, 'checkpoints', str(2 * EVERY)))
       raise KeyboardInterrupt('crash')
     return False
