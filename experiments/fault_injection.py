@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -45,7 +46,8 @@ def _logged_step(workdir: str) -> int:
 
 def _kill_at(flags, workdir: str, step: int, sig: signal.Signals) -> tuple[bool, str]:
   """Runs the job until its log reaches `step` (or it ends), then sends `sig`. Returns
-  (whether the signal interrupted it, what happened)."""
+  (whether the signal interrupted it, what happened: a signal that lands after the last
+  step lets the run finish)."""
   proc = subprocess.Popen(_command(flags, workdir), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   while proc.poll() is None and _logged_step(workdir) < step:
@@ -55,14 +57,15 @@ def _kill_at(flags, workdir: str, step: int, sig: signal.Signals) -> tuple[bool,
   proc.send_signal(sig)
   stderr = proc.communicate()[1]
   preempted = [line for line in stderr.splitlines() if line.startswith('Preempted')]
-  return True, f'{sig.name} at logged step {step}: exit {proc.returncode} {"".join(preempted)}'
+  return proc.returncode != 0, f'{sig.name} at logged step {step}: exit {proc.returncode} {"".join(preempted)}'
 
 
 def _final_state(workdir: str) -> list[np.ndarray]:
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
   state = ocp.StandardCheckpointer().restore(
       os.path.join(workdir, 'checkpoints', str(steps[-1]), checkpoint.STATE))
-  return [np.asarray(x) for x in jax.tree.leaves(state)]
+  return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+                     else x) for x in jax.tree.leaves(state)]
 
 
 def _comparable_log(workdir: str) -> list[dict]:
@@ -91,7 +94,8 @@ def main():
   root = args.workdir or tempfile.mkdtemp(prefix='fault_injection_')
   clean, faulty = os.path.join(root, 'uninterrupted'), os.path.join(root, 'interrupted')
 
-  subprocess.run(_command(flags, clean), check=True, stdout=subprocess.DEVNULL)
+  subprocess.run(_command(flags, clean), check=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
   rng = random.Random(args.seed)
   steps = sorted(rng.sample(range(1, num_steps), args.kills))
   survived = 0
@@ -100,7 +104,8 @@ def main():
     interrupted, what = _kill_at(flags, faulty, step, sig)
     survived += interrupted
     print(what, flush=True)
-  last = subprocess.run(_command(flags, faulty), stdout=subprocess.DEVNULL)
+  last = subprocess.run(_command(flags, faulty), stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
   if last.returncode:
     sys.exit(f'The resumed run failed (exit {last.returncode}).')
   same = _same(clean, faulty)
