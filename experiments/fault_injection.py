@@ -104,9 +104,10 @@ def main():
     interrupted, what = _kill_at(flags, faulty, step, sig)
     survived += interrupted
     print(what, flush=True)
-  last = subprocess.run(_command(flags, faulty), stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
-  if last.returncode:
+  finished = os.path.exists(os.path.join(faulty, 'eval.json'))  # a finished run is refused
+  last = None if finished else subprocess.run(_command(flags, faulty), stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL)
+  if last and last.returncode:
     sys.exit(f'The resumed run failed (exit {last.returncode}).')
   same = _same(clean, faulty)
   print(f'kills survived: {survived} of {len(steps)}')

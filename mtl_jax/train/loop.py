@@ -301,10 +301,10 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def _same_run(workdir: str, config_json: dict) -> bool:
-  """Whether `workdir` holds a run of this very config (the same command run again after a
-  kill or a preemption): it is then resumed instead of refused."""
+  """Whether `workdir` holds an unfinished run (no eval.json) of this very config (the same
+  command run again after a kill or a preemption): it is then resumed instead of refused."""
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  if not os.path.exists(path) or os.path.exists(os.path.join(workdir, 'eval.json')):
     return False
   with open(path) as f:
     return json.load(f) == config_json
