@@ -22,6 +22,7 @@ from mtl_jax.objectives import adversarial
 MODES = ('multi', 'single', 'both')
 SCHEDULES = ('linear', 'cosine', 'constant')
 PARALLELISMS = ('mesh', 'pmap')
+NONFINITE = ('skip', 'stop')  # config.faults.nonfinite
 # config.model fields a pretrained checkpoint fixes (resolve_pretrained).
 PRETRAINED_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                      'intermediate_size', 'max_len', 'layer_norm_eps')
@@ -122,6 +123,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
             allow_zero=True)
   _require(not config.finetune.num_steps or config.mode != 'single', 'finetune.num_steps',
            'fine-tuning starts from the multi-task model; mode \'single\' trains none.')
+  _require(config.faults.nonfinite in NONFINITE, 'faults.nonfinite',
+           f'{config.faults.nonfinite!r} is not one of {NONFINITE}.')
   _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
            f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
   _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',

@@ -121,6 +121,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.checkpoint.best_metric = ''  # e.g. 'sentiment/accuracy': evaluate at each save and
   c.checkpoint.keep_best = 1  # also keep the best this many by it
 
+  # Faults (docs/faults.md): a step whose loss or gradient is NaN/Inf is 'skip'ped (not
+  # applied, counted in metrics.jsonl's skipped_steps) or 'stop's the run with an error.
+  c.faults = ml_collections.ConfigDict()
+  c.faults.nonfinite = 'skip'
+
   c.batch_size = 32
   c.micro_batches = 1  # gradient accumulation: the batch runs as this many equal slices
   c.num_steps = 600

@@ -74,7 +74,7 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(model_params),
                     weighting=weighting.init_state(method, num_tasks, grads_like),
-                    rng=dropout_key,
+                    rng=dropout_key, skipped_steps=jnp.zeros((), jnp.int32),
                     adversary_opt_state=(None if adversary is None
                                          else adversary.optimizer.init(disc_params)))
 
@@ -156,6 +156,9 @@ def _log_record(step: int, metrics: dict, tasks: Sequence[Task], seconds: float,
   def by_task(values):  # NaN (a weight a gradient aggregator does not define) -> null
     return {n: None if np.isnan(v) else float(v) for n, v in zip(names, np.asarray(values))}
 
+  record['skipped_steps'] = int(m['skipped_steps'])
+  if m['nonfinite_tasks'].any():
+    record['nonfinite_tasks'] = [n for n, bad in zip(names, m['nonfinite_tasks']) if bad]
   for key in ('task_losses', 'task_counts', 'task_weights', 'task_grad_norms'):
     if key in m:
       record[key] = by_task(m[key])
@@ -180,6 +183,22 @@ def _initial_state(init: Callable[[], TrainState], abstract: TrainState, start) 
   params = start_from(state.params, start)
   return state.replace(params=jax.device_put(
       params, jax.tree.map(lambda a: a.sharding, abstract.params)))
+
+
+class NonFiniteError(FloatingPointError):
+  """A step's loss or gradient was NaN or Inf under config.faults.nonfinite='stop'."""
+
+
+def _stop_if_nonfinite(metrics: dict, tasks: Sequence[Task], step: int):
+  """Raises NonFiniteError naming the step and the non-finite task(s). Costs one host sync
+  per step. The step itself did not apply the update, so the state is the last good one."""
+  nonfinite, flags = jax.device_get((metrics['nonfinite'], metrics['nonfinite_tasks']))
+  if nonfinite:
+    bad = [t.name for t, flag in zip(tasks, flags) if flag]
+    where = (f'the loss or per-task gradient of task(s) {bad}' if bad
+             else 'the gradient (not attributable to one task)')
+    raise NonFiniteError(f'Step {step}: {where} is NaN or Inf '
+                         f'(config.faults.nonfinite=\'stop\'; \'skip\' skips such steps).')
 
 
 def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
@@ -252,14 +271,17 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
                      resume_step=first_step) as log, \
       metric_writer(workdir, EVAL_CURVE, config.logging.tensorboard, first_step) as curve, \
       checkpoint.PreemptionWatch() if checkpoints else contextlib.nullcontext() as preemption, \
+      contextlib.closing(checkpoints) if checkpoints else contextlib.nullcontext(), \
       progress.bar(config.num_steps, desc, quiet=not config.logging.progress,
                    initial=first_step) as bar:
     for step in range(first_step, config.num_steps):
       batch = next(batches)
       state, metrics = train_step(state, feed({k: batch[k] for k in TRAIN_KEYS}))
+      if config.parallelism == 'pmap':
+        metrics = pmap_lib.unreplicate(metrics)
+      if config.faults.nonfinite == 'stop':
+        _stop_if_nonfinite(metrics, tasks, step + 1)
       if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-        if config.parallelism == 'pmap':
-          metrics = pmap_lib.unreplicate(metrics)
         metrics = jax.device_get(metrics)  # waits for the step, so the times below are real
         record = _log_record(step + 1, metrics, tasks, time.perf_counter() - began,
                              speed.update(step + 1))
@@ -274,11 +296,8 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
         preempted = preemption.reached(step + 1)
         if preempted or checkpoints.due(step + 1, config.num_steps):
           checkpoints.save(step + 1, to_saved(state))
-        if preempted:
-          checkpoints.close()
+        if preempted:  # leaving the `with` waits for the save to finish
           raise checkpoint.Preempted(step + 1, checkpoints.directory)
-    if checkpoints:
-      checkpoints.close()
     params = host_params(to_saved(state))
     final = evaluate(predict_step, params, tasks, data.eval, config.eval_batch_size)
     curve.write({'step': config.num_steps, 'tasks': final})

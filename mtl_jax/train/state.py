@@ -13,4 +13,5 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: optax.OptState
   weighting: Any  # the weighting method's state (mtl_jax.weighting)
   rng: jax.Array  # base key; step k's randomness comes from fold_in(rng, k)
+  skipped_steps: jax.Array  # int32 scalar: steps whose update was skipped (non-finite)
   adversary_opt_state: optax.OptState = None  # the task discriminator's optimizer, if any

@@ -350,9 +350,40 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       metrics.update(gradient_diagnostics(gram))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               weighting=method_state, adversary_opt_state=disc_opt_state)
+    nonfinite_tasks, nonfinite = nonfinite_flags(losses, grads, gram)
+    new_state = unless_nonfinite(state, new_state, nonfinite)
+    metrics.update(nonfinite=nonfinite, nonfinite_tasks=nonfinite_tasks,
+                   skipped_steps=new_state.skipped_steps)
     return new_state, metrics
 
   return train_step
+
+
+def nonfinite_flags(losses: jax.Array, grads, gram: jax.Array | None
+                    ) -> tuple[jax.Array, jax.Array]:
+  """(which tasks are non-finite (N,), whether the step is). The tasks whose loss is NaN or
+  Inf; when every loss is finite and the step has per-task gradients, those whose gradient's
+  squared norm (the Gram diagonal) is not. (A NaN loss makes every task's VJP NaN, as its
+  zero cotangent times NaN is NaN: only the losses name the culprit then.) The step is
+  non-finite when a task is or any entry of the combined gradient is (a loss weighter's
+  gradient, the penalty's and the adversary's terms are not per task)."""
+  tasks = ~jnp.isfinite(losses)
+  if gram is not None:
+    tasks = jnp.where(tasks.any(), tasks, ~jnp.isfinite(jnp.diag(gram)))
+  finite_grads = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(grads)]))
+  return tasks, tasks.any() | ~finite_grads
+
+
+def unless_nonfinite(state: TrainState, new_state: TrainState, nonfinite: jax.Array
+                     ) -> TrainState:
+  """new_state; after a non-finite step, the old parameters, optimizer and weighting states
+  with the step counter advanced (the next step takes the next batch and dropout key) and
+  the skip counted. One jnp.where per leaf, so every route of the step is covered."""
+  kept = ('params', 'opt_state', 'weighting', 'adversary_opt_state')
+  old, new = ({k: getattr(s, k) for k in kept} for s in (state, new_state))
+  chosen = jax.tree.map(lambda o, n: jnp.where(nonfinite, o, n), old, new)
+  return new_state.replace(**chosen,
+                           skipped_steps=state.skipped_steps + nonfinite.astype(jnp.int32))
 
 
 def gradient_diagnostics(gram: jax.Array) -> dict:
