@@ -37,11 +37,27 @@ def _require(condition: bool, field: str, message: str):
     raise ConfigError(f'config.{field}: {message}')
 
 
+def _get(config, field: str):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  return value
+
+
+def _integers(config, fields: str):
+  """Counts must be ints (ConfigDict refuses 'a' for an int field, but not True, and a
+  config built from a plain dict has no field types)."""
+  for field in fields.split():
+    value = _get(config, field)
+    _require(isinstance(value, int) and not isinstance(value, bool), field,
+             f'must be an integer, got {value!r}.')
+
+
 def _positive(config, fields: str, allow_zero: bool = False):
   for field in fields.split():
-    value = config
-    for part in field.split('.'):
-      value = value[part]
+    value = _get(config, field)
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool), field,
+             f'must be a number, got {value!r}.')
     ok = value >= 0 if allow_zero else value > 0
     _require(ok, field, f'must be {">= 0" if allow_zero else "> 0"}, got {value!r}.')
 
@@ -68,11 +84,15 @@ def resolve_pretrained(config: ml_collections.ConfigDict):
     config.data.vocabulary = folder
 
 
-def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
+             ) -> tuple[task_lib.Task, ...]:
   """Checks the config (after resolve_pretrained); returns the run's task specs (depth
-  overrides applied)."""
+  overrides applied). With `num_devices` (the run's device count) the mesh must fit it."""
   resolve_pretrained(config)
   _require(config.mode in MODES, 'mode', f'{config.mode!r} is not one of {MODES}.')
+  _require(isinstance(config.tasks, (tuple, list))
+           and all(isinstance(t, str) for t in config.tasks), 'tasks',
+           f'must be a tuple of task names, got {config.tasks!r}.')
   _require(len(config.tasks) > 0, 'tasks', 'name at least one task.')
   _require(len(set(config.tasks)) == len(config.tasks), 'tasks',
            f'lists a task twice: {list(config.tasks)}.')
@@ -81,6 +101,11 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   known = task_lib.names() + tuple(sorted(set(local) - set(task_lib.names())))
   unknown = [t for t in config.tasks if t not in known]
   _require(not unknown, 'tasks', f'unknown task(s) {unknown}; known tasks: {list(known)}.')
+  for name in set(config.tasks) & set(local):  # a missing file fails here, not after compiling
+    paths = local[name].paths
+    _require('train' in paths, f'data.local.{name}.paths', 'a task needs a \'train\' file.')
+    for split, path in paths.items():
+      _require(os.path.isfile(path), f'data.local.{name}.paths.{split}', f'no file {path!r}.')
   n = len(config.tasks)
   for field in ('task_weights', 'task_depths'):
     _require(len(config[field]) in (0, n), field,
@@ -88,6 +113,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
              f'(give one per task, or none for the default).')
   _require(all(w >= 0 for w in config.task_weights), 'task_weights',
            f'weights must be >= 0, got {list(config.task_weights)}.')
+  _integers(config, 'batch_size num_steps log_every eval_batch_size micro_batches '
+            'data.seq_len model.num_layers finetune.num_steps')
   _positive(config, 'batch_size num_steps log_every eval_batch_size data.train_size '
             'data.eval_size data.seq_len data.vocab_size model.hidden_size model.num_layers '
             'model.num_heads model.intermediate_size optimizer.learning_rate')
@@ -112,8 +139,6 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
   _require(config.model.remat in REMAT, 'model.remat',
            f'{config.model.remat!r} is not one of {sorted(REMAT)}.')
   _positive(config, 'micro_batches')
-  _require(config.parallelism in PARALLELISMS, 'parallelism',
-           f'{config.parallelism!r} is not one of {PARALLELISMS}.')
   _require(config.parallelism != 'pmap' or config.sampling.strategy != 'grouped',
            'parallelism', 'pmap does not split grouped batches; use the mesh.')
   _require(config.batch_size % config.micro_batches == 0, 'micro_batches',
@@ -125,6 +150,12 @@ def validate(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, ...]:
            'fine-tuning starts from the multi-task model; mode \'single\' trains none.')
   _require(config.faults.nonfinite in NONFINITE, 'faults.nonfinite',
            f'{config.faults.nonfinite!r} is not one of {NONFINITE}.')
+  _require(config.parallelism in PARALLELISMS, 'parallelism',
+           f'{config.parallelism!r} is not one of {PARALLELISMS}.')
+  if num_devices is not None and config.parallelism == 'mesh':
+    from mtl_jax.parallel import mesh  # here: mesh.py imports ConfigError from this module
+    mesh.mesh_shape(config.mesh, num_devices)
+    mesh.axis_rules(config.mesh)
   _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
            f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
   _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',

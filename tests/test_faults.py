@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
 from conftest import build_step
@@ -112,3 +113,115 @@ def test_a_nan_parameter_is_caught_in_the_gradient_of_a_loss_weighter(config):
   assert bool(metrics['nonfinite']) and int(after.skipped_steps) == 1
   assert metrics['nonfinite_tasks'].all()
   chex.assert_trees_all_equal(after.params, state.params)
+
+
+def _run_config(config):
+  """A quick MTL run of the two-task config: three steps, each one logged."""
+  config.mode = 'multi'
+  config.num_steps, config.log_every = 3, 1
+  return config
+
+
+def _records(workdir):
+  return [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+@pytest.fixture
+def diverging(config):
+  """A learning rate of 1e30: step 1 is finite, its update makes every later loss non-finite."""
+  config = _run_config(config)
+  config.optimizer.learning_rate, config.optimizer.schedule = 1e30, 'constant'
+  return config
+
+
+def test_stop_names_the_tasks_and_step_and_logs_nothing_after(diverging, tmp_path):
+  diverging.faults.nonfinite = 'stop'
+  with pytest.raises(loop.NonFiniteError,
+                     match=r"Step 2: .*task\(s\) \['sentiment', 'similarity'\] is NaN or Inf"):
+    loop.train_and_evaluate(diverging, str(tmp_path))
+  assert [r['step'] for r in _records(tmp_path)] == [1]
+  assert not (tmp_path / 'eval.json').exists()
+
+
+def test_skip_counts_the_skipped_steps_in_the_log(diverging, tmp_path):
+  loop.train_and_evaluate(diverging, str(tmp_path))
+  records = _records(tmp_path)
+  assert [r['skipped_steps'] for r in records] == [0, 1, 2]
+  assert 'nonfinite_tasks' not in records[0]
+  assert records[2]['nonfinite_tasks'] == ['sentiment', 'similarity']
+
+
+BAD_CONFIGS = {  # field: (value, message)
+    'batch_size': ('a', "config.batch_size: must be an integer, got 'a'"),
+    'num_steps': (True, 'config.num_steps: must be an integer, got True'),
+    'tasks': ('sentiment', "config.tasks: must be a tuple of task names, got 'sentiment'"),
+    'mesh.fsdp': (3, 'config.mesh: data 1 x fsdp 3 x tensor 1 = 3 devices, but there are 8'),
+    'mesh.tensor': ('2', "config.mesh.tensor: must be a positive integer or -1, got '2'"),
+    'task_weights': ((1.0,), 'config.task_weights: has 1 entries for 2 tasks'),
+    'data.local.mine': (dict(format='jsonl', paths=dict(validation='/nonexistent.jsonl'),
+                             text_fields=('text',), label_field='label', regression=True),
+                        "config.data.local.mine.paths: a task needs a 'train' file"),
+}
+
+
+@pytest.mark.parametrize('field', BAD_CONFIGS)
+def test_a_bad_config_fails_naming_its_field_with_nothing_written(config, field, tmp_path):
+  """On a copy without ConfigDict's type checks (which refuse some of these values on
+  assignment, as the command line does): validate is what catches them then."""
+  value, message = BAD_CONFIGS[field]
+  config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+  *parents, leaf = field.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  if field == 'mesh.fsdp':
+    config.mesh.data = 1
+  if field.startswith('data.local'):
+    config.tasks = ('sentiment', 'mine')
+  workdir = tmp_path / 'run'
+  with pytest.raises(ConfigError, match=message):
+    loop.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_a_missing_local_file_is_named(config, tmp_path):
+  config.data.local.mine = dict(format='jsonl', paths=dict(train=str(tmp_path / 'nope.jsonl')),
+                                text_fields=('text',), label_field='label', regression=True)
+  config.tasks = ('mine',)
+  with pytest.raises(ConfigError, match=r'config.data.local.mine.paths.train: no file .*nope'):
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_an_unknown_field_on_the_command_line_is_named(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, '-m', 'mtl_jax.train', '--config',
+       os.path.join(root, 'experiments/configs/default.py:smoke'), '--config.no_such_key=1',
+       '--workdir', str(tmp_path / 'run')], cwd=root, capture_output=True, text=True,
+      timeout=120, env={**os.environ, 'PYTHONPATH': root})
+  assert result.returncode != 0
+  assert "the config has no field 'no_such_key'" in result.stderr.splitlines()[-1]
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_workdir_of_another_config_is_refused_unless_asked(config, tmp_path):
+  config = _run_config(config)
+  loop.train_and_evaluate(config, str(tmp_path))
+  written = {p: p.read_bytes() for p in tmp_path.iterdir()}
+  config.num_steps = 2
+  with pytest.raises(FileExistsError, match=r'num_steps: 3 -> 2.*overwrite_workdir=True'):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert {p: p.read_bytes() for p in tmp_path.iterdir()} == written
+  config.faults.overwrite_workdir = True
+  loop.train_and_evaluate(config, str(tmp_path))
+  assert [r['step'] for r in _records(tmp_path)] == [1, 2]
+
+
+def test_config_changes_name_each_differing_field():
+  stored = {'a': 1, 'b': {'c': [1, 2], 'd': 'x'}, 'faults': {'overwrite_workdir': False}}
+  new = {'a': 1, 'b': {'c': [1, 3], 'e': 0}, 'faults': {'overwrite_workdir': True}}
+  assert loop.config_changes(stored, new) == [
+      'b.c: [1, 2] -> [1, 3]', "b.d: 'x' -> '(absent)'", "b.e: '(absent)' -> 0"]
+  assert loop.config_changes(stored, stored) == []

@@ -100,10 +100,12 @@ def test_main_job_smoke_variant_end_to_end(data_dir, tmp_path):
   assert [r['step'] for r in records] == [5, 10, 15, 20]
   assert json.loads((workdir / 'config.json').read_text())['tasks'] == list(tasks)
   assert 'Δm%' in result.stdout and 'sentiment' in result.stdout
-  # The same workdir again: refused, and nothing written is lost.
+  # The same workdir with another config: refused, naming the field; nothing written is lost.
   before = (workdir / 'eval.json').read_text()
-  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(cmd + ['--config.num_steps=10'], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
   assert again.returncode != 0 and 'already holds a run' in again.stderr
+  assert 'num_steps: 20 -> 10' in again.stderr
   assert (workdir / 'eval.json').read_text() == before
 
 

@@ -125,6 +125,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # applied, counted in metrics.jsonl's skipped_steps) or 'stop's the run with an error.
   c.faults = ml_collections.ConfigDict()
   c.faults.nonfinite = 'skip'
+  # A workdir holding a run of another config is refused (naming the fields) unless True.
+  c.faults.overwrite_workdir = False
 
   c.batch_size = 32
   c.micro_batches = 1  # gradient accumulation: the batch runs as this many equal slices

@@ -6,6 +6,8 @@ A run stopped by SIGTERM saves its checkpoint first and exits with status 143.
 
 import sys
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -17,6 +19,18 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file (a get_c
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where metrics, evaluation and the config are written.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with its errors in one line, an override of a field the config
+  lacks included (ml_collections raises a bare AttributeError from inside the parser)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # a bad value, e.g. --config.batch_size=a
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  except AttributeError as e:
+    sys.exit(f'FATAL Flags parsing error: the config has no field {str(e).strip(chr(34))}; '
+             f'a --config.FIELD override must name a field of the config file (a typo?).')
 
 
 def main(argv):
@@ -32,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

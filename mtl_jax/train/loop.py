@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -39,7 +40,11 @@ from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
 from mtl_jax.train.writer import metric_writer
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
+# Everything a run writes in its workdir (what overwrite_workdir removes).
+RUN_ENTRIES = ('config.json', 'metrics.jsonl', 'eval.json', 'eval_curve.jsonl',
+               'representations.npz', 'single', 'finetune', 'checkpoints', 'tensorboard')
 EVAL_CURVE = 'eval_curve'  # workdir/eval_curve.jsonl: {'step', 'tasks': task -> metrics}
+OVERWRITE = 'faults.overwrite_workdir'  # the field that allows replacing another run
 TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
 # Logged when the run has them: the architecture's penalty and the adversary's state.
 SCALAR_TERMS = ('penalty', 'adversary_loss', 'adversary_accuracy', 'adversary_weight')
@@ -125,13 +130,49 @@ def start_from(params, start):
   return params
 
 
-def _check_workdir(workdir: str):
+def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """{'a.b': leaf} of a nested dict."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  return {k: v for key, sub in tree.items() for k, v in _flat(sub, f'{prefix}.{key}'
+                                                                  if prefix else key).items()}
+
+
+def config_changes(stored: dict, config: dict) -> list[str]:
+  """'field: stored -> new' for each field whose value differs (the overwrite switch aside)."""
+  old, new = _flat(stored), _flat(config)
+  missing = '(absent)'
+  return [f'{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}'
+          for k in sorted(old.keys() | new.keys())
+          if k != OVERWRITE and old.get(k, missing) != new.get(k, missing)]
+
+
+def _check_workdir(workdir: str, config: dict, overwrite: bool):
+  """Refuses (before anything is written) a workdir that holds a run of another config,
+  naming the differing fields, unless `overwrite`. The same config is the same run: it may
+  continue there."""
   if not distributed.is_writer():
     return
+  path = os.path.join(workdir, 'config.json')
   taken = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
-  if taken:
-    raise FileExistsError(f'{workdir} already holds a run ({", ".join(taken)}); '
-                          f'choose a new --workdir so nothing is overwritten.')
+  if os.path.exists(path):
+    with open(path) as f:
+      changes = config_changes(json.load(f), config)
+  else:
+    changes = [f'no config.json beside {", ".join(taken)}'] if taken else []
+  if changes and not overwrite:
+    shown = '; '.join(changes[:10]) + (f'; and {len(changes) - 10} more' if len(changes) > 10
+                                       else '')
+    raise FileExistsError(f'{workdir} already holds a run with another config ({shown}). '
+                          f'Choose a new --workdir, or pass --config.{OVERWRITE}=True to '
+                          f'replace that run.')
+  if changes:  # replacing another run: none of its results or checkpoints may be resumed
+    for entry in RUN_ENTRIES:
+      path = os.path.join(workdir, entry)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
   os.makedirs(workdir, exist_ok=True)
 
 
@@ -319,16 +360,6 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return ft
 
 
-def _same_run(workdir: str, config_json: dict) -> bool:
-  """Whether `workdir` holds an unfinished run (no eval.json) of this very config (the same
-  command run again after a kill or a preemption): it is then resumed instead of refused."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path) or os.path.exists(os.path.join(workdir, 'eval.json')):
-    return False
-  with open(path) as f:
-    return json.load(f) == config_json
-
-
 def _task_phase(task_dir: str, name: str, run: Callable[[], dict]) -> dict:
   """One task's metrics from a per-task phase (STL baseline, fine-tuning): its eval.json
   when an earlier attempt of this run finished the phase, else run()'s (then written)."""
@@ -345,25 +376,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The main job. Returns what it writes to workdir/eval.json.
 
   Run again with the same config in the same workdir, it resumes: finished phases are read
-  back, the others continue from their last checkpoint (docs/checkpoints.md).
+  back, the others continue from their last checkpoint (docs/checkpoints.md). Another config
+  there is refused unless config.faults.overwrite_workdir, which removes the old run first.
   """
   distributed.initialize(config.distributed)  # before anything touches a device
-  tasks = config_lib.validate(config)
+  tasks = config_lib.validate(config, jax.device_count())
   checkpoint.check_config(config.checkpoint, tasks)
-  config_json = json.loads(config.to_json_best_effort())
-  resume = _same_run(workdir, config_json)
-  check_workdir = (lambda d: None) if resume else _check_workdir  # a resumed run's own folders
-  check_workdir(workdir)
-  _write_json(os.path.join(workdir, 'config.json'), config_json)
   method = config_lib.build_weighting(config)
-
-  data = load_task_data(config.data, tasks)  # one tokenisation for every phase
+  # Before the workdir is touched: a task without data fails with nothing written. One
+  # tokenisation serves every phase.
+  data = load_task_data(config.data, tasks)
+  resolved = json.loads(config.to_json_best_effort())
+  _check_workdir(workdir, resolved, config.faults.overwrite_workdir)
+  _write_json(os.path.join(workdir, 'config.json'), resolved)
   single, multi, finetuned = None, None, None
   if config.mode in ('single', 'both'):
     single = {}
     for task in tasks:
       task_dir = os.path.join(workdir, 'single', task.name)
-      check_workdir(task_dir)
       single[task.name] = _task_phase(task_dir, task.name, lambda: fit(
           config, (task,), task_view(data, task.name), task_dir, weighting.get('equal'),
           desc=f'STL {task.name}').metrics[task.name])
@@ -374,7 +404,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       finetuned = {}
       for task in tasks:
         task_dir = os.path.join(workdir, 'finetune', task.name)
-        check_workdir(task_dir)
         finetuned[task.name] = _task_phase(task_dir, task.name, lambda: fit(
             finetune_config(config), (task,), task_view(data, task.name), task_dir,
             weighting.get('equal'), desc=f'fine-tune {task.name}',
