@@ -131,6 +131,7 @@ def diverging(config):
   """A learning rate of 1e30: step 1 is finite, its update makes every later loss non-finite."""
   config = _run_config(config)
   config.optimizer.learning_rate, config.optimizer.schedule = 1e30, 'constant'
+  config.optimizer.warmup_steps = 0
   return config
 
 
