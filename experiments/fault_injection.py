@@ -5,7 +5,7 @@ same command, and compares the result with an uninterrupted run.
 
 By default the job is default.py:smoke (MTL only, 60 steps, a checkpoint every 10); --full
 runs the real default config (STL baselines + MTL). Prints the kills survived and whether
-eval.json, metrics.jsonl (less its wall-clock 'seconds') and the final checkpoint's state are
+eval.json, metrics.jsonl (less its wall-clock entries) and the final checkpoint's state are
 identical to the uninterrupted run's.
 """
 
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtl_jax.train import checkpoint
+from mtl_jax.train import checkpoint, loop
 
 SMOKE = ['--config=experiments/configs/default.py:smoke', '--config.mode=multi',
          '--config.num_steps=60', '--config.checkpoint.every=10']
@@ -57,7 +57,8 @@ def _kill_at(flags, workdir: str, step: int, sig: signal.Signals) -> tuple[bool,
   proc.send_signal(sig)
   stderr = proc.communicate()[1]
   preempted = [line for line in stderr.splitlines() if line.startswith('Preempted')]
-  return proc.returncode != 0, f'{sig.name} at logged step {step}: exit {proc.returncode} {"".join(preempted)}'
+  return (proc.returncode != 0,
+          f'{sig.name} at logged step {step}: exit {proc.returncode} {"".join(preempted)}')
 
 
 def _final_state(workdir: str) -> list[np.ndarray]:
@@ -70,7 +71,8 @@ def _final_state(workdir: str) -> list[np.ndarray]:
 
 def _comparable_log(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k != 'seconds'} for line in f]
+    return [{k: v for k, v in json.loads(line).items() if k not in loop.TIMING_KEYS}
+            for line in f]
 
 
 def _same(a: str, b: str) -> dict[str, bool]:

@@ -48,7 +48,7 @@ def _flags(config) -> list[str]:
 def _log(workdir: str) -> list[dict]:
   """metrics.jsonl without the wall-clock field, the one thing a resumed run cannot match."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k != 'seconds'} for line in f]
+    return [{k: v for k, v in json.loads(line).items() if k not in loop.TIMING_KEYS} for line in f]
 
 
 def _saved(workdir: str, step: int) -> dict:
@@ -213,7 +213,8 @@ def _small_state(value: float) -> TrainState:
   params = {'w': _weights(value), 'b': jnp.zeros(3)}
   return TrainState(step=jnp.array(int(value), jnp.int32), params=params,
                     opt_state=optax.adam(1e-3).init(params), weighting=(),
-                    rng=jax.random.key(0, impl='unsafe_rbg'))
+                    rng=jax.random.key(0, impl='unsafe_rbg'),
+                    skipped_steps=jnp.zeros((), jnp.int32))
 
 
 def _checkpointer(workdir, **fields):

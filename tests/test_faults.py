@@ -210,14 +210,17 @@ def test_an_unknown_field_on_the_command_line_is_named(tmp_path):
 def test_a_workdir_of_another_config_is_refused_unless_asked(config, tmp_path):
   config = _run_config(config)
   loop.train_and_evaluate(config, str(tmp_path))
-  written = {p: p.read_bytes() for p in tmp_path.iterdir()}
+  files = lambda: {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+  written = files()
   config.num_steps = 2
   with pytest.raises(FileExistsError, match=r'num_steps: 3 -> 2.*overwrite_workdir=True'):
     loop.train_and_evaluate(config, str(tmp_path))
-  assert {p: p.read_bytes() for p in tmp_path.iterdir()} == written
+  assert files() == written
   config.faults.overwrite_workdir = True
   loop.train_and_evaluate(config, str(tmp_path))
+  # The old run's step-3 checkpoint was removed, not resumed.
   assert [r['step'] for r in _records(tmp_path)] == [1, 2]
+  assert '3' not in os.listdir(tmp_path / 'checkpoints')
 
 
 def test_config_changes_name_each_differing_field():
@@ -226,3 +229,5 @@ def test_config_changes_name_each_differing_field():
   assert loop.config_changes(stored, new) == [
       'b.c: [1, 2] -> [1, 3]', "b.d: 'x' -> '(absent)'", "b.e: '(absent)' -> 0"]
   assert loop.config_changes(stored, stored) == []
+  launched = {**stored, 'distributed': {'coordinator_address': 'host:1', 'process_id': 1}}
+  assert loop.config_changes(stored, launched) == []  # a resumed job may get a new port

@@ -1,6 +1,6 @@
 """Two processes × 4 CPU devices (gloo collectives over localhost) train exactly like one
-process with 8 devices: same per-step losses, same evaluation, and only process 0 writes
-(each process is given its own workdir here, so a write by process 1 would show)."""
+process with 8 devices: same per-step losses, same evaluation, and only process 0 writes;
+run again, the two processes resume from their shared checkpoint."""
 
 import json
 import os
@@ -27,8 +27,8 @@ def _free_port() -> int:
 def _run_processes(layout, workdir, data_dir, num_processes=2):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  procs = [subprocess.Popen([sys.executable, WORKER, layout, os.path.join(workdir, f'p{i}'),
-                             data_dir, str(port), str(i), str(num_processes)],
+  procs = [subprocess.Popen([sys.executable, WORKER, layout, workdir, data_dir, str(port),
+                             str(i), str(num_processes)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(num_processes)]
   outputs = []
@@ -56,8 +56,7 @@ def test_two_processes_train_like_one(layout, data_dir, tmp_path):
   train_and_evaluate(multihost_worker.config(layout, data_dir), str(tmp_path / 'one'))
   _run_processes(layout, str(tmp_path / 'two'), data_dir)
 
-  (steps, evals), (other_steps, other_evals) = (_read(tmp_path / 'one'),
-                                                _read(tmp_path / 'two' / 'p0'))
+  (steps, evals), (other_steps, other_evals) = _read(tmp_path / 'one'), _read(tmp_path / 'two')
   assert [s['step'] for s in other_steps] == [1, 2, 3, 4]
   for a, b in zip(steps, other_steps, strict=True):
     np.testing.assert_allclose(b['loss'], a['loss'], rtol=2e-5)
@@ -68,5 +67,13 @@ def test_two_processes_train_like_one(layout, data_dir, tmp_path):
     for name, value in metrics.items():
       np.testing.assert_allclose(other_evals[task][name], value, rtol=1e-4, atol=2e-4,
                                  err_msg=f'{task} {name}')
-  # Each process was given its own workdir: process 1 wrote nothing, not even the folder.
-  assert os.listdir(tmp_path / 'two') == ['p0']
+  # One shared workdir (orbax writes each process's shards of a checkpoint there): the log
+  # has each step once, so process 1 wrote no records, and the same files as one process.
+  assert sorted(os.listdir(tmp_path / 'two')) == sorted(os.listdir(tmp_path / 'one'))
+  if layout == 'mesh':  # the same command again: both processes restore the final checkpoint
+    with open(tmp_path / 'two' / 'eval.json') as f:
+      report = f.read()
+    _run_processes(layout, str(tmp_path / 'two'), data_dir)
+    with open(tmp_path / 'two' / 'eval.json') as f:
+      assert f.read() == report
+    assert [s['step'] for s in _read(tmp_path / 'two')[0]] == [1, 2, 3, 4]

@@ -8,6 +8,7 @@ transfer between hosts. Only process 0 writes files.
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -36,6 +37,14 @@ def initialize(cfg: ml_collections.ConfigDict):
 def is_writer() -> bool:
   """Whether this process writes logs, reports and progress (process 0 alone does)."""
   return jax.process_index() == 0
+
+
+def from_writer(flag: bool) -> bool:
+  """Process 0's `flag` on every process (a decision only process 0 can make, such as one
+  about the files it alone writes)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def process_rows(sharding: NamedSharding, batch_size: int) -> np.ndarray:

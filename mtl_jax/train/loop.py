@@ -45,7 +45,11 @@ RUN_ENTRIES = ('config.json', 'metrics.jsonl', 'eval.json', 'eval_curve.jsonl',
                'representations.npz', 'single', 'finetune', 'checkpoints', 'tensorboard')
 EVAL_CURVE = 'eval_curve'  # workdir/eval_curve.jsonl: {'step', 'tasks': task -> metrics}
 OVERWRITE = 'faults.overwrite_workdir'  # the field that allows replacing another run
+# How a run is launched, not what it computes: a resumed run may differ here (a new port).
+LAUNCH_FIELDS = (OVERWRITE, 'distributed.')
 TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
+# The wall-clock entries of a metrics.jsonl record: the rest is a pure function of the run.
+TIMING_KEYS = ('seconds', 'step_time', 'tokens_per_second')
 # Logged when the run has them: the architecture's penalty and the adversary's state.
 SCALAR_TERMS = ('penalty', 'adversary_loss', 'adversary_accuracy', 'adversary_weight')
 
@@ -139,33 +143,35 @@ def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
 
 
 def config_changes(stored: dict, config: dict) -> list[str]:
-  """'field: stored -> new' for each field whose value differs (the overwrite switch aside)."""
+  """'field: stored -> new' for each field whose value differs (LAUNCH_FIELDS aside)."""
   old, new = _flat(stored), _flat(config)
   missing = '(absent)'
   return [f'{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}'
           for k in sorted(old.keys() | new.keys())
-          if k != OVERWRITE and old.get(k, missing) != new.get(k, missing)]
+          if not k.startswith(LAUNCH_FIELDS) and old.get(k, missing) != new.get(k, missing)]
 
 
 def _check_workdir(workdir: str, config: dict, overwrite: bool):
   """Refuses (before anything is written) a workdir that holds a run of another config,
   naming the differing fields, unless `overwrite`. The same config is the same run: it may
-  continue there."""
-  if not distributed.is_writer():
-    return
-  path = os.path.join(workdir, 'config.json')
-  taken = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
-  if os.path.exists(path):
-    with open(path) as f:
-      changes = config_changes(json.load(f), config)
-  else:
-    changes = [f'no config.json beside {", ".join(taken)}'] if taken else []
-  if changes and not overwrite:
+  continue there. Process 0 decides, and every process follows its verdict."""
+  changes = []
+  if distributed.is_writer():
+    path = os.path.join(workdir, 'config.json')
+    taken = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
+    if os.path.exists(path):
+      with open(path) as f:
+        changes = config_changes(json.load(f), config)
+    else:
+      changes = [f'no config.json beside {", ".join(taken)}'] if taken else []
+  if distributed.from_writer(bool(changes) and not overwrite):
     shown = '; '.join(changes[:10]) + (f'; and {len(changes) - 10} more' if len(changes) > 10
                                        else '')
-    raise FileExistsError(f'{workdir} already holds a run with another config ({shown}). '
-                          f'Choose a new --workdir, or pass --config.{OVERWRITE}=True to '
-                          f'replace that run.')
+    raise FileExistsError(f'{workdir} already holds a run with another config '
+                          f'({shown or "see process 0"}). Choose a new --workdir, or pass '
+                          f'--config.{OVERWRITE}=True to replace that run.')
+  if not distributed.is_writer():
+    return
   if changes:  # replacing another run: none of its results or checkpoints may be resumed
     for entry in RUN_ENTRIES:
       path = os.path.join(workdir, entry)
@@ -382,6 +388,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   distributed.initialize(config.distributed)  # before anything touches a device
   tasks = config_lib.validate(config, jax.device_count())
   checkpoint.check_config(config.checkpoint, tasks)
+  if config.parallelism == 'pmap' and jax.process_count() > 1 and config.checkpoint.every:
+    raise config_lib.ConfigError(
+        'config.checkpoint.every: a pmap run over several processes cannot be checkpointed '
+        '(orbax saves global arrays; pmap keeps a copy per process); use parallelism=\'mesh\' '
+        'or checkpoint.every=0.')
   method = config_lib.build_weighting(config)
   # Before the workdir is touched: a task without data fails with nothing written. One
   # tokenisation serves every phase.
