@@ -213,3 +213,19 @@ def test_run_config_sets_seed_mode_and_method(tmp_path):
   stl, mtl = sweep.run_config(base, 1, None), sweep.run_config(base, 1, 'pcgrad')
   assert (stl.mode, stl.seed, mtl.mode, mtl.weighting.name) == ('single', 1, 'multi', 'pcgrad')
   assert base.mode == 'both'  # the base is left as it was
+
+
+def test_evaluation_shows_progress_on_a_terminal(capsys, monkeypatch):
+  from mtl_jax import tasks as task_lib
+  from mtl_jax.evaluation.evaluate import evaluate
+  monkeypatch.delenv(progress.QUIET_ENV, raising=False)
+  monkeypatch.setattr('sys.stderr.isatty', lambda: True)
+  task = task_lib.get('sentiment')
+  table = {'input_ids': np.zeros((5, 4), np.int32),
+           'labels': {'sentiment': np.array([0, 1, 1, 0, 1])},
+           'label_masks': {'sentiment': np.ones(5, np.float32)}}
+  predict = lambda params, batch: {'sentiment': batch['labels']['sentiment']}  # perfect
+  metrics = evaluate(predict, None, (task,), {'sentiment': {'validation': table}}, 2)
+  assert metrics['sentiment']['accuracy'] == 1.0
+  err = capsys.readouterr().err
+  assert 'evaluate' in err and '3/3' in err  # 5 rows in batches of 2

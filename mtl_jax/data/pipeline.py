@@ -22,6 +22,7 @@ from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sam
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer, load_wordpiece
 from mtl_jax.tasks import Task
 from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE
+from mtl_jax.train import progress
 
 
 class TaskData(NamedTuple):
@@ -122,23 +123,27 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
                     len(skipped), '; '.join(skipped[:3]))
   tokenizer = _tokenizer(data_cfg, train, len(builtin) == len(tasks), data_dir)
 
-  def encode(examples, where):
-    return encode_examples(examples, tasks, tokenizer, data_cfg.seq_len, where)
+  with progress.bar(len(train) + sum(len(splits) for splits in validation.values()),
+                    'tokenise', unit='table') as bar:
+    def encode(examples, where):
+      table = encode_examples(examples, tasks, tokenizer, data_cfg.seq_len, where)
+      bar.update()
+      return table
 
-  train_tables, names = [], []
-  for home, examples in train.items():
-    table = encode(examples, f'train split, {home} examples') if examples else None
-    if table is not None and any(m.any() for m in table['label_masks'].values()):
-      table['domain'] = np.full(num_rows(table), len(names), np.int32)
-      train_tables.append(table)
-      names.append(home)
-  untrained = [t.name for t in tasks
-               if not any(table['label_masks'][t.name].any() for table in train_tables)]
-  if untrained:
-    raise ValueError(f'Tasks {untrained} have no labelled training examples (glue_ax is '
-                     f'evaluation only; a local task needs a \'train\' path).')
-  eval_tables = {t.name: {split: encode(examples, f'{t.source} {split} split, {t.name}')
-                          for split, examples in validation[t.name].items()} for t in tasks}
+    train_tables, names = [], []
+    for home, examples in train.items():
+      table = encode(examples, f'train split, {home} examples') if examples else None
+      if table is not None and any(m.any() for m in table['label_masks'].values()):
+        table['domain'] = np.full(num_rows(table), len(names), np.int32)
+        train_tables.append(table)
+        names.append(home)
+    untrained = [t.name for t in tasks
+                 if not any(table['label_masks'][t.name].any() for table in train_tables)]
+    if untrained:
+      raise ValueError(f'Tasks {untrained} have no labelled training examples (glue_ax is '
+                       f'evaluation only; a local task needs a \'train\' path).')
+    eval_tables = {t.name: {split: encode(examples, f'{t.source} {split} split, {t.name}')
+                            for split, examples in validation[t.name].items()} for t in tasks}
   return TaskData(concat_tables(train_tables), tuple(num_rows(t) for t in train_tables),
                   tuple(names), tuple(t.name for t in tasks), eval_tables,
                   tokenizer.get_vocab_size(), skipped)

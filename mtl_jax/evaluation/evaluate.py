@@ -4,17 +4,22 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from mtl_jax.data.features import num_rows
 from mtl_jax.data.pipeline import eval_batches
 from mtl_jax.evaluation.metrics import compute_metrics
 from mtl_jax.tasks import Task, TaskKind
+from mtl_jax.train import progress
 
 
-def predictions(predict_step: Callable, params, task: Task, table: dict, batch_size: int
-                ) -> dict:
-  """{'pred', 'label', 'mask'} over the whole table for one task."""
+def predictions(predict_step: Callable, params, task: Task, table: dict, batch_size: int,
+                bar=None) -> dict:
+  """{'pred', 'label', 'mask'} over the whole table for one task; `bar` (a progress bar)
+  advances by one per batch."""
   preds = []
   for batch, valid in eval_batches(table, batch_size):
     preds.append(np.asarray(predict_step(params, batch)[task.name])[:valid])
+    if bar is not None:
+      bar.update()
   return {'pred': np.concatenate(preds), 'label': table['labels'][task.name],
           'mask': table['label_masks'][task.name] > 0}
 
@@ -39,10 +44,13 @@ def evaluate(predict_step: Callable, params, tasks: Sequence[Task],
   (MNLI: 'accuracy' on validation_matched, 'validation_mismatched/accuracy').
   """
   results = {}
-  for task in tasks:
-    results[task.name] = {}
-    for i, (split, table) in enumerate(tables[task.name].items()):
-      prefix = f'{split}/' if i else ''
-      scores = score(task, predictions(predict_step, params, task, table, batch_size))
-      results[task.name].update({prefix + name: value for name, value in scores.items()})
+  batches = sum(-(-num_rows(table) // batch_size)
+                for t in tasks for table in tables[t.name].values())
+  with progress.bar(batches, 'evaluate', unit='batch') as bar:
+    for task in tasks:
+      results[task.name] = {}
+      for i, (split, table) in enumerate(tables[task.name].items()):
+        prefix = f'{split}/' if i else ''
+        scores = score(task, predictions(predict_step, params, task, table, batch_size, bar))
+        results[task.name].update({prefix + name: value for name, value in scores.items()})
   return results

@@ -8,13 +8,12 @@ tables). The single-task baselines are trained once per seed and shared by every
     W/report.md
 
 A run is finished when its eval.json exists; running the command again skips finished runs
-and trains the rest again from scratch (a cut-short run's folder is removed first), so a
-sweep that was cut short resumes where it stopped.
+and runs the rest with the same config in the same folder, so a cut-short run continues from
+its last checkpoint (docs/checkpoints.md) and the sweep resumes where it stopped.
 """
 
 import json
 import os
-import shutil
 
 import ml_collections
 from absl import app, flags, logging
@@ -87,8 +86,6 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> str:
   from mtl_jax.train.loop import train_and_evaluate  # JAX only when something trains
   for method, seed in pending(workdir, sweep.methods, sweep.seeds):
     path = run_dir(workdir, method, seed)
-    if is_writer() and os.path.exists(path):
-      shutil.rmtree(path)  # cut short: its partial files would block the run
     print(f'== {method or "STL baselines"}, seed {seed} -> {path}', flush=True)
     train_and_evaluate(run_config(sweep.base, seed, method), path)
   report = tables.markdown(collect(workdir, sweep.methods, sweep.seeds), sweep.reference,
