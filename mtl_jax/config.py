@@ -4,6 +4,7 @@ Every problem names the config field it is in, so a typo on the command line fai
 second instead of after compilation.
 """
 
+import difflib
 import json
 import os
 
@@ -82,6 +83,27 @@ def resolve_pretrained(config: ml_collections.ConfigDict):
     config.model[field] = fields[field]
   if not config.data.vocabulary:  # the checkpoint's own tokenizer, from the same folder
     config.data.vocabulary = folder
+
+
+# Config dicts whose keys are free-form (an architecture's or method's own arguments, local
+# tasks by name): unknown_fields does not look inside them.
+OPEN_FIELDS = ('model.args', 'weighting.args', 'data.local')
+
+
+def unknown_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                   prefix: str = '') -> list[str]:
+  """The fields of `config` that `schema` (the default config) lacks, each with the closest
+  known field when there is one: a typo in a config file (`c.num_step = 5`) would otherwise
+  add a field that nothing reads."""
+  unknown = []
+  for key, value in config.items():
+    field = prefix + key
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      unknown.append(field + (f' (did you mean {prefix + close[0]}?)' if close else ''))
+    elif isinstance(value, ml_collections.ConfigDict) and field not in OPEN_FIELDS:
+      unknown += unknown_fields(value, schema[key], field + '.')
+  return unknown
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None

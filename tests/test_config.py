@@ -1,7 +1,12 @@
 """The config is validated before anything is built, with errors that name the field."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
+from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from experiments.configs import (bert_mini, default, gradient_aggregation, loss_weighting,
                                  representation_aggregation, sharing)
@@ -117,3 +122,34 @@ def test_vocabulary_smaller_than_the_tokenizer_s():
   config.model.vocab_size = 50
   with pytest.raises(ConfigError, match="config.model.vocab_size: 50 is smaller"):
     build_model(config, validate(config), 100)
+
+
+def test_unknown_fields_are_named_with_the_closest_known_one():
+  from experiments.configs import glue, mtdnn, scale, sharing
+  schema = default.get_config()
+  for config in (default.get_config('smoke'), glue.get_config(), mtdnn.get_config('smoke'),
+                 sharing.get_config('asp_mtl'), scale.get_config('1b')):
+    assert config_lib.unknown_fields(config, schema) == []
+  config = default.get_config()
+  config.num_step = 5
+  config.model.hiden_size = 3
+  config.model.args.anything = 1  # an architecture's own arguments are free-form
+  assert config_lib.unknown_fields(config, schema) == [
+      'model.hiden_size (did you mean model.hidden_size?)', 'num_step (did you mean num_steps?)']
+
+
+def test_a_config_file_with_a_typo_fails_before_anything_is_written(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config_file = tmp_path / 'typo.py'
+  config_file.write_text('from experiments.configs import default\n\n\n'
+                         'def get_config():\n'
+                         '  c = default.get_config("smoke")\n'
+                         '  c.num_step = 5\n'
+                         '  return c\n')
+  result = subprocess.run(
+      [sys.executable, '-m', 'mtl_jax.train', '--config', str(config_file),
+       '--workdir', str(tmp_path / 'run')], cwd=root, capture_output=True, text=True,
+      timeout=120, env={**os.environ, 'PYTHONPATH': root})
+  assert result.returncode != 0
+  assert 'num_step (did you mean num_steps?)' in result.stderr
+  assert not (tmp_path / 'run').exists()

@@ -6,11 +6,11 @@ A run stopped by SIGTERM saves its checkpoint first and exits with status 143.
 
 import sys
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.configs import default
+from mtl_jax import config as config_lib
 from mtl_jax.train import checkpoint
 from mtl_jax.train.host_memory import keep_step_buffers_resident
 from mtl_jax.train.loop import train_and_evaluate
@@ -38,6 +38,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.ERROR)  # TFDS and JAX log routine notices as warnings
   keep_step_buffers_resident()
+  unknown = config_lib.unknown_fields(flags.FLAGS.config, default.get_config())
+  if unknown:  # every experiment config extends default.py's, which names every field
+    sys.exit(f'FATAL config error: the config sets fields that experiments/configs/default.py '
+             f'does not have: {", ".join(unknown)}.')
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   except checkpoint.Preempted as e:
