@@ -118,8 +118,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
   _require(len(config.tasks) > 0, 'tasks', 'name at least one task.')
   _require(len(set(config.tasks)) == len(config.tasks), 'tasks',
            f'lists a task twice: {list(config.tasks)}.')
-  local = {name: local_source.local_spec(name, config.data.local[name])
-           for name in config.data.local}
+  local = local_source.local_specs(config.data)
   known = task_lib.names() + tuple(sorted(set(local) - set(task_lib.names())))
   unknown = [t for t in config.tasks if t not in known]
   _require(not unknown, 'tasks', f'unknown task(s) {unknown}; known tasks: {list(known)}.')

@@ -91,6 +91,11 @@ def local_spec(name: str, cfg: ml_collections.ConfigDict) -> LocalSpec:
   return spec
 
 
+def local_specs(data_cfg: ml_collections.ConfigDict) -> dict[str, LocalSpec]:
+  """Every task of config.data.local, by name."""
+  return {name: local_spec(name, data_cfg.local[name]) for name in data_cfg.local}
+
+
 def local_task(name: str, spec: LocalSpec) -> Task:
   """The task the files feed: the registered one, checked against the spec, or a new one."""
   where = f'config.data.local.{name}'

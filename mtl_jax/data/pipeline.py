@@ -46,10 +46,6 @@ def default_data_dir() -> str:
   return os.path.join(os.path.expanduser('~'), '.cache', 'mtl_jax')
 
 
-def _local_specs(data_cfg: ml_collections.ConfigDict) -> dict[str, local_source.LocalSpec]:
-  return {name: local_source.local_spec(name, data_cfg.local[name]) for name in data_cfg.local}
-
-
 def _builtin_examples(data_cfg, tasks: Sequence[Task], data_dir: str) -> _Examples:
   """Every home dataset of the suite (a sentence carries labels of several tasks)."""
   suite_cfg = _suite_config(data_cfg)
@@ -104,7 +100,7 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
   sees in MTL.
   """
   data_dir = data_cfg.data_dir or default_data_dir()
-  local = _local_specs(data_cfg)
+  local = local_source.local_specs(data_cfg)
   builtin = [t for t in tasks if t.name not in local and t.source == BUILTIN_SOURCE]
   sources = [_builtin_examples(data_cfg, builtin, data_dir)] if builtin else []
   for task in tasks:

@@ -37,7 +37,7 @@ from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
 from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
                                 split_discriminator, task_gradient_like)
-from mtl_jax.train.writer import metric_writer
+from mtl_jax.train.writer import flatten, metric_writer
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
 # Everything a run writes in its workdir (what overwrite_workdir removes).
@@ -134,17 +134,9 @@ def start_from(params, start):
   return params
 
 
-def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
-  """{'a.b': leaf} of a nested dict."""
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  return {k: v for key, sub in tree.items() for k, v in _flat(sub, f'{prefix}.{key}'
-                                                                  if prefix else key).items()}
-
-
 def config_changes(stored: dict, config: dict) -> list[str]:
   """'field: stored -> new' for each field whose value differs (LAUNCH_FIELDS aside)."""
-  old, new = _flat(stored), _flat(config)
+  old, new = flatten(stored, '.'), flatten(config, '.')
   missing = '(absent)'
   return [f'{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}'
           for k in sorted(old.keys() | new.keys())

@@ -342,15 +342,18 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       params = {**params, DISCRIMINATOR: disc_params}
     weights = (jnp.full((num_tasks,), jnp.nan) if method.needs is Needs.GRADS
                else jnp.asarray(out, jnp.float32))
+    grad_norm = optax.global_norm(model_grads)
     metrics = {'loss': joint_loss(losses, jnp.nan_to_num(weights, nan=1.0), objective),
                'task_losses': losses, 'task_counts': counts, 'task_weights': weights,
-               'grad_norm': optax.global_norm(model_grads),
+               'grad_norm': grad_norm,
                'learning_rate': learning_rate(state.step), **term_metrics}
     if diagnostics:
       metrics.update(gradient_diagnostics(gram))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               weighting=method_state, adversary_opt_state=disc_opt_state)
-    nonfinite_tasks, nonfinite = nonfinite_flags(losses, grads, gram)
+    grad_norms = jnp.stack([grad_norm] + ([] if disc_grads is None
+                                          else [optax.global_norm(disc_grads)]))
+    nonfinite_tasks, nonfinite = nonfinite_flags(losses, grad_norms, gram)
     new_state = unless_nonfinite(state, new_state, nonfinite)
     metrics.update(nonfinite=nonfinite, nonfinite_tasks=nonfinite_tasks,
                    skipped_steps=new_state.skipped_steps)
@@ -359,19 +362,20 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   return train_step
 
 
-def nonfinite_flags(losses: jax.Array, grads, gram: jax.Array | None
+def nonfinite_flags(losses: jax.Array, grad_norms: jax.Array, gram: jax.Array | None
                     ) -> tuple[jax.Array, jax.Array]:
   """(which tasks are non-finite (N,), whether the step is). The tasks whose loss is NaN or
   Inf; when every loss is finite and the step has per-task gradients, those whose gradient's
   squared norm (the Gram diagonal) is not. (A NaN loss makes every task's VJP NaN, as its
   zero cotangent times NaN is NaN: only the losses name the culprit then.) The step is
-  non-finite when a task is or any entry of the combined gradient is (a loss weighter's
-  gradient, the penalty's and the adversary's terms are not per task)."""
+  non-finite when a task is or a combined gradient is (a loss weighter's gradient, the
+  penalty's and the adversary's terms are not per task): read from the global norms the step
+  computes anyway (`grad_norms`: the model's, and the discriminator's if any), which are
+  non-finite exactly when an entry is (or when the squared norm overflows float32)."""
   tasks = ~jnp.isfinite(losses)
   if gram is not None:
     tasks = jnp.where(tasks.any(), tasks, ~jnp.isfinite(jnp.diag(gram)))
-  finite_grads = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(grads)]))
-  return tasks, tasks.any() | ~finite_grads
+  return tasks, tasks.any() | ~jnp.isfinite(grad_norms).all()
 
 
 def unless_nonfinite(state: TrainState, new_state: TrainState, nonfinite: jax.Array

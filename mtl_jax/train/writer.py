@@ -32,17 +32,20 @@ class JsonlWriter:
     self._file.flush()
 
 
-def scalars(record: dict, prefix: str = '') -> dict[str, float]:
+def flatten(tree: dict, sep: str = '/', prefix: str = '') -> dict:
+  """{'a<sep>b': leaf} of a nested dict."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    out.update(flatten(value, sep, name + sep) if isinstance(value, dict) else {name: value})
+  return out
+
+
+def scalars(record: dict) -> dict[str, float]:
   """The record's numbers by slash-joined path, without 'step'; None and text are left out
   (a weight a gradient aggregator does not define is None)."""
-  out = {}
-  for key, value in record.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(scalars(value, name + '/'))
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and name != 'step':
-      out[name] = float(value)
-  return out
+  return {name: float(value) for name, value in flatten(record).items()
+          if isinstance(value, (int, float)) and not isinstance(value, bool) and name != 'step'}
 
 
 class TensorBoardWriter:
