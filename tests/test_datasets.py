@@ -30,7 +30,9 @@ from mtl_jax.train.loop import train_and_evaluate
 
 
 def _fields(task):
-  templates = TFDS[task.name].templates or tuple(f'{{{f}}}' for f in task.input_fields)
+  data = TFDS[task.name]
+  templates = (data.templates or tuple(f'{{{f}}}' for f in task.input_fields)) + tuple(
+      t for choice in data.choices for t in choice)
   return {f for t in templates for _, f, _, _ in string.Formatter().parse(t) if f}
 
 
@@ -59,7 +61,7 @@ def test_superglue_specs_match_the_builder_configs(name):
 
 
 def test_task_names_and_official_metrics():
-  assert not [n for n in task_lib.names() if 'copa' in n]  # multiple choice: no head for it
+  assert task_lib.get('superglue_copa').kind is TaskKind.MULTIPLE_CHOICE
   assert task_lib.get('glue_rte').source != task_lib.get('superglue_rte').source
   metrics = {n: task_lib.get(n).metrics for n in TFDS}
   assert metrics['glue_cola'] == ('matthews',)
@@ -69,7 +71,7 @@ def test_task_names_and_official_metrics():
   assert metrics['glue_ax'] == ('matthews',)
   assert all(metrics[n] == ('accuracy',) for n in (
       'glue_sst2', 'glue_mnli', 'glue_qnli', 'glue_rte', 'glue_wnli', 'superglue_boolq',
-      'superglue_rte', 'superglue_wic', 'multi_nli'))
+      'superglue_copa', 'superglue_rte', 'superglue_wic', 'multi_nli'))
   assert TFDS['glue_mnli'].eval == ('validation_matched', 'validation_mismatched')
 
 

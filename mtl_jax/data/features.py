@@ -1,7 +1,9 @@
 """Examples -> fixed-shape numpy feature tables that batches are sliced from.
 
 A table is a dict of arrays with one leading row axis:
-  input_ids, segment_ids, attention_mask: (n, S) int32
+  input_ids, segment_ids, attention_mask: (n, S) int32; (n, C, S) when a task of the run is
+    multiple choice (C = mtl_jax.tasks.num_choices: a multiple-choice row fills its C
+    candidates, any other row the first, the rest are all zero, attended nowhere)
   labels[task]: (n,) int32 class, (n,) float32 value, or (n, S) int32 tag per token
   label_masks[task]: float32, same shape as labels[task]; 1 where the label is present.
 Every table carries labels and masks for every task of the run, so rows of several tasks
@@ -14,16 +16,19 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from mtl_jax.tasks import Task, TaskKind
+from mtl_jax.tasks import Task, TaskKind, num_choices
 
 
 class Example(NamedTuple):
   """One input (one text, or a pair) and the labels it carries; None marks a missing label.
 
   A text is a string, or a list of words when word-level labels must align with it.
+  A multiple-choice example has no `inputs` but `choices`: one input per candidate, and its
+  label is the index of the right one.
   """
   inputs: tuple[str | list[str], ...]
   labels: dict[str, Any]
+  choices: tuple[tuple[str, ...], ...] = ()
 
 
 def as_text(value: str | bytes) -> str:
@@ -41,13 +46,47 @@ def _label_arrays(task: Task, n: int, seq_len: int):
 def _check_label(task: Task, value, where: str):
   if task.kind is TaskKind.TAGGING:
     bad = [v for v in value if not 0 <= v < task.num_labels]
-  elif task.kind is TaskKind.CLASSIFICATION:
+  elif task.kind in (TaskKind.CLASSIFICATION, TaskKind.MULTIPLE_CHOICE):
     bad = [] if 0 <= value < task.num_labels else [value]
   else:
     bad = [] if np.isfinite(value) else [value]
   if bad:
     raise ValueError(f'{where}: task {task.name!r} has invalid label(s) {bad[:5]} '
                      f'(expected {task.num_labels} classes).')
+
+
+def _fits(task: Task, example: Example) -> bool:
+  """Whether `example` has the shape of `task`'s input (a label of another shape is ignored:
+  a built-in sentence carries no pair task's label, a COPA example no other task's)."""
+  if task.kind is TaskKind.MULTIPLE_CHOICE:
+    return len(example.choices) == task.num_labels
+  return not example.choices and len(example.inputs) == len(task.input_fields)
+
+
+def _encode(tokenizer, inputs: list, seq_len: int) -> tuple[dict, list]:
+  """Token arrays (n, S) of each row's input (a text, a pair, or None: an empty slot, all
+  zero), and the rows' encodings (None for an empty slot)."""
+  rows = [i for i, x in enumerate(inputs) if x is not None]
+  pretokenized = bool(rows) and isinstance(inputs[rows[0]][0], list)
+  batch = [inputs[i][0] if len(inputs[i]) == 1 else tuple(inputs[i]) for i in rows]
+  encoded = tokenizer.encode_batch(batch, is_pretokenized=pretokenized)
+  arrays = {}
+  for key, field in (('input_ids', 'ids'), ('segment_ids', 'type_ids'),
+                     ('attention_mask', 'attention_mask')):
+    arrays[key] = np.zeros((len(inputs), seq_len), np.int32)
+    arrays[key][rows] = np.asarray([getattr(e, field) for e in encoded],
+                                   np.int32).reshape(len(rows), seq_len)
+  encodings = [None] * len(inputs)
+  for i, enc in zip(rows, encoded):
+    encodings[i] = enc
+  return arrays, encodings
+
+
+def _candidates(example: Example, choice: int):
+  """The example's input in candidate slot `choice`, or None (an empty slot)."""
+  if example.choices:
+    return example.choices[choice] if choice < len(example.choices) else None
+  return example.inputs if choice == 0 else None
 
 
 def encode_examples(examples: Sequence[Example], tasks: Sequence[Task], tokenizer,
@@ -58,21 +97,17 @@ def encode_examples(examples: Sequence[Example], tasks: Sequence[Task], tokenize
   pieces, the special tokens, padding and truncated words are masked out.
   """
   n = len(examples)
-  pretokenized = bool(examples) and isinstance(examples[0].inputs[0], list)
-  batch_inputs = [ex.inputs[0] if len(ex.inputs) == 1 else tuple(ex.inputs) for ex in examples]
-  encodings = tokenizer.encode_batch(batch_inputs, is_pretokenized=pretokenized)
-  table = {
-      'input_ids': np.asarray([e.ids for e in encodings], np.int32).reshape(n, seq_len),
-      'segment_ids': np.asarray([e.type_ids for e in encodings], np.int32).reshape(n, seq_len),
-      'attention_mask': np.asarray([e.attention_mask for e in encodings],
-                                   np.int32).reshape(n, seq_len),
-      'labels': {}, 'label_masks': {},
-  }
+  slots = [_encode(tokenizer, [_candidates(ex, c) for ex in examples], seq_len)
+           for c in range(num_choices(tasks))]
+  encodings = slots[0][1]
+  table = {k: slots[0][0][k] if len(slots) == 1 else np.stack([a[k] for a, _ in slots], 1)
+           for k in slots[0][0]}
+  table.update(labels={}, label_masks={})
   for task in tasks:
     labels, masks = _label_arrays(task, n, seq_len)
     for row, (ex, enc) in enumerate(zip(examples, encodings)):
       value = ex.labels.get(task.name)
-      if value is None or len(ex.inputs) != len(task.input_fields):
+      if value is None or not _fits(task, ex):
         continue
       _check_label(task, value, f'{where}, row {row}')
       if task.kind is TaskKind.TAGGING:

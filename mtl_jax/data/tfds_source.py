@@ -66,7 +66,10 @@ def to_example(task: Task, data: TfdsData, record: dict) -> Example:
     label = None
   elif task.kind is TaskKind.REGRESSION:
     label = float(label)
-  return Example(tuple(t.format(**fields) for t in templates), {task.name: label})
+  fill = lambda templates: tuple(t.format(**fields) for t in templates)
+  if data.choices:
+    return Example((), {task.name: label}, tuple(fill(c) for c in data.choices))
+  return Example(fill(templates), {task.name: label})
 
 
 def read_split(task: Task, split: str, data_dir: str, download: bool = False

@@ -3,6 +3,10 @@
 A model maps token inputs to a ModelOutput in two halves:
   encode(input_ids, segment_ids, attention_mask) -> representation   (shared parameters only)
   decode(representation)                         -> ModelOutput       (the rest)
+Architectures implement both on rows of shape (R, S). Callers use encode_batch and
+decode_batch (or call the model), which also take batches of multiple-choice rows
+(B, C, S): the B·C candidate inputs go through the architecture as rows, and the outputs
+come back per example (mtl_jax.tasks.num_choices).
 `shared_params` names the top-level parameter collections that every task shares; gradient
 methods take per-task gradients with respect to them (or to the representation). An
 architecture that shares no parameters says so with `shared_params = ()`.
@@ -17,11 +21,12 @@ import jax.numpy as jnp
 
 from mtl_jax.models.encoder import EncoderConfig, EncoderOutput
 from mtl_jax.models.heads import Head
-from mtl_jax.tasks import Task, TaskKind
+from mtl_jax.tasks import Task, TaskKind, num_choices
 
 
 class ModelOutput(flax.struct.PyTreeNode):
   tasks: dict  # task name -> logits (B, C) | tag logits (B, S, C) | regression values (B,)
+  #              | choice scores (B, C)
   penalty: jax.Array  # scalar regulariser the architecture adds to the objective (0: none)
   shared: jax.Array | None  # (B, D) shared sentence features; the adversary reads these
 
@@ -75,7 +80,7 @@ class MultiTaskModel(nn.Module):
   shared_params: ClassVar[tuple[str, ...]] = ('encoder',)
 
   def setup_heads(self):
-    self.heads = {t.name: Head(t.num_labels, self.head_dropout_rate, name=f'head_{t.name}')
+    self.heads = {t.name: Head(t.num_outputs, self.head_dropout_rate, name=f'head_{t.name}')
                   for t in self.tasks}
     if self.num_domains:
       self.discriminator = Discriminator(self.num_domains, self.discriminator_hidden)
@@ -103,7 +108,7 @@ class MultiTaskModel(nn.Module):
     outputs = {}
     for task in self.tasks:
       out = self.heads[task.name](features[task.name], deterministic)
-      outputs[task.name] = out[..., 0] if task.kind is TaskKind.REGRESSION else out
+      outputs[task.name] = out if task.num_outputs > 1 else out[..., 0]
     return outputs
 
   def discriminate(self, shared: jax.Array, *, deterministic=True) -> jax.Array:
@@ -111,11 +116,41 @@ class MultiTaskModel(nn.Module):
     del deterministic  # the discriminator has no dropout
     return self.discriminator(shared)
 
+  @property
+  def num_choices(self) -> int:
+    return num_choices(self.tasks)
+
+  def example_inputs(self, batch_size: int, seq_len: int) -> jax.ShapeDtypeStruct:
+    """The shape of a batch's input_ids (and segment ids, attention mask)."""
+    choices = (self.num_choices,) if self.num_choices > 1 else ()
+    return jax.ShapeDtypeStruct((batch_size, *choices, seq_len), jnp.int32)
+
+  def encode_batch(self, input_ids, segment_ids, attention_mask, *, deterministic=True):
+    """encode() of a batch: (B, S) rows, or (B, C, S) choices encoded as B·C rows."""
+    inputs = (input_ids, segment_ids, attention_mask)
+    if input_ids.ndim == 3:
+      inputs = tuple(x.reshape((-1, x.shape[-1])) for x in inputs)
+    return self.encode(*inputs, deterministic=deterministic)
+
+  def decode_batch(self, representation, *, deterministic=True) -> ModelOutput:
+    """decode() of encode_batch's representation, with outputs per example: a multiple-choice
+    task's scores (B, C); any other task reads the example's first (only) input."""
+    output = self.decode(representation, deterministic=deterministic)
+    if self.num_choices == 1:
+      return output
+    per_example = lambda x: x.reshape((-1, self.num_choices) + x.shape[1:])
+    tasks = {}
+    for task in self.tasks:
+      out = per_example(output.tasks[task.name])
+      tasks[task.name] = out if task.kind is TaskKind.MULTIPLE_CHOICE else out[:, 0]
+    shared = None if output.shared is None else per_example(output.shared)[:, 0]
+    return output.replace(tasks=tasks, shared=shared)
+
   def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic=True
                ) -> ModelOutput:
-    representation = self.encode(input_ids, segment_ids, attention_mask,
-                                 deterministic=deterministic)
-    return self.decode(representation, deterministic=deterministic)
+    representation = self.encode_batch(input_ids, segment_ids, attention_mask,
+                                       deterministic=deterministic)
+    return self.decode_batch(representation, deterministic=deterministic)
 
 
 class Discriminator(nn.Module):

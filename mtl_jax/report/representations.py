@@ -24,14 +24,16 @@ FILENAME = 'representations.npz'
 def sample_rows(tasks: Sequence[Task], tables: dict[str, dict[str, dict]], per_task: int
                 ) -> tuple[dict, np.ndarray]:
   """(inputs of the first `per_task` labelled rows of each task's primary validation split,
-  the task index of each row). A fixed sample, so start and end are the same rows."""
+  the task index of each row). A fixed sample, so start and end are the same rows. A
+  multiple-choice example is represented by its first candidate input."""
   inputs, owner = {k: [] for k in INPUT_KEYS}, []
   for index, task in enumerate(tasks):
     table = next(iter(tables[task.name].values()))
     labelled = table['label_masks'][task.name] > 0
     rows = np.flatnonzero(labelled.reshape(len(labelled), -1).any(axis=1))[:per_task]
     for k in INPUT_KEYS:
-      inputs[k].append(table[k][rows])
+      x = table[k][rows]
+      inputs[k].append(x[:, 0] if x.ndim == 3 else x)
     owner.append(np.full(len(rows), index))
   return {k: np.concatenate(v) for k, v in inputs.items()}, np.concatenate(owner)
 

@@ -10,10 +10,9 @@ Wang et al. 2019, SuperGLUE, Table 1):
   CoLA: Matthews correlation.  MRPC, QQP: F1 of the positive class, then accuracy.
   STS-B: Pearson, then Spearman.  AX: R3, the multiclass Matthews correlation.
   CB: accuracy and macro F1.  MultiRC: F1a, the binary F1 over all answer options.
-  Every other task: accuracy.
-Not registered: SuperGLUE's COPA is multiple choice (one score per candidate, softmax over
-the candidates), which no head here computes; ReCoRD and WSC need span heads. MultiRC's
-second metric, exact match per question, needs the question grouping and is not computed.
+  Every other task (COPA, a multiple-choice task, included): accuracy.
+Not registered: ReCoRD and WSC need span heads. MultiRC's second metric, exact match per
+question, needs the question grouping and is not computed.
 """
 
 import dataclasses
@@ -32,11 +31,13 @@ class TfdsData:
     test: the test splits; their labels are -1 (withheld), so they are never scored.
     templates: str.format templates over a record's fields, one per encoder input; empty
       means the task's input_fields as they are.
+    choices: for a multiple-choice task, the templates of each candidate's input.
   """
   train: str | None
   eval: tuple[str, ...]
   test: tuple[str, ...]
   templates: tuple[str, ...] = ()
+  choices: tuple[tuple[str, ...], ...] = ()
 
 
 TFDS: dict[str, TfdsData] = {}  # task name -> its TFDS splits
@@ -51,8 +52,10 @@ _BOOL = ('False', 'True')
 
 def _add(name: str, source: str, inputs: tuple[str, ...], labels: tuple[str, ...],
          metrics: tuple[str, ...], data: TfdsData = _STANDARD) -> Task:
-  """Registers one TFDS task; no label names means regression."""
-  kind = TaskKind.CLASSIFICATION if labels else TaskKind.REGRESSION
+  """Registers one TFDS task; no label names means regression, choice templates multiple
+  choice."""
+  kind = (TaskKind.MULTIPLE_CHOICE if data.choices else
+          TaskKind.CLASSIFICATION if labels else TaskKind.REGRESSION)
   task = register(Task(name, kind, len(labels) or 1, inputs, 'label', metrics, source,
                        label_names=labels))
   TFDS[name] = data
@@ -82,6 +85,12 @@ GLUE = (
 
 SUPERGLUE = (
     _add('superglue_boolq', 'super_glue/boolq', ('question', 'passage'), _BOOL, _ACC),
+    # Each alternative is scored with the premise (Roemmele et al. 2011); the question is
+    # 'cause' or 'effect'.
+    _add('superglue_copa', 'super_glue/copa', ('premise', 'question'), ('choice1', 'choice2'),
+         _ACC, dataclasses.replace(_STANDARD, choices=(
+             ('{premise}', 'What was the {question}? {choice1}'),
+             ('{premise}', 'What was the {question}? {choice2}')))),
     _add('superglue_cb', 'super_glue/cb', ('premise', 'hypothesis'),
          ('entailment', 'contradiction', 'neutral'), ('accuracy', 'macro_f1')),
     _add('superglue_rte', 'super_glue/rte', ('premise', 'hypothesis'), _NLI2, _ACC),

@@ -8,12 +8,14 @@ class TaskKind(enum.Enum):
   CLASSIFICATION = 'classification'  # one label per input (single sentence or pair)
   REGRESSION = 'regression'  # one real value per input (STS-B)
   TAGGING = 'tagging'  # one label per word (POS, chunks, NER, slots)
+  MULTIPLE_CHOICE = 'multiple_choice'  # which of num_labels candidate inputs is right (COPA)
 
 
 LOSS_BY_KIND = {
     TaskKind.CLASSIFICATION: 'cross_entropy',
     TaskKind.REGRESSION: 'mse',
     TaskKind.TAGGING: 'cross_entropy',
+    TaskKind.MULTIPLE_CHOICE: 'cross_entropy',  # over the choices' scores
 }
 
 
@@ -24,8 +26,10 @@ class Task:
   Attributes:
     name: unique name, used as the key of its labels, head and metrics.
     kind: what the head predicts.
-    num_labels: classes (or tags); 1 for regression.
-    input_fields: the example fields fed to the encoder, one or two (a pair).
+    num_labels: classes (or tags); 1 for regression; the number of choices for multiple
+      choice.
+    input_fields: the example fields fed to the encoder, one or two (a pair); for multiple
+      choice, the fields that make up each choice's input (its data source builds them).
     label_field: the example field that holds this task's label.
     metrics: metric names (see mtl_jax.evaluation.metrics), the first is primary.
     source: the data source that yields this task's examples ('builtin', 'glue/sst2', ...).
@@ -63,9 +67,23 @@ class Task:
     return LOSS_BY_KIND[self.kind]
 
   @property
+  def num_outputs(self) -> int:
+    """Outputs of the task's head per input: one score per choice for multiple choice."""
+    return 1 if self.kind is TaskKind.MULTIPLE_CHOICE else self.num_labels
+
+  @property
   def primary_metric(self) -> str:
     return self.metrics[0]
 
   @property
   def is_pair(self) -> bool:
     return len(self.input_fields) == 2
+
+
+def num_choices(tasks) -> int:
+  """Candidate inputs per table row: the most choices of any multiple-choice task, else 1.
+
+  With more than one, every row holds that many inputs (n, C, S): a multiple-choice example
+  fills them all, any other example fills the first and leaves the rest empty.
+  """
+  return max((t.num_labels for t in tasks if t.kind is TaskKind.MULTIPLE_CHOICE), default=1)

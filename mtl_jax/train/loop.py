@@ -58,7 +58,8 @@ def init_params(model, seed: int, seq_len: int, adversary: Adversary | None = No
   """The model's (and the discriminator's) initial parameters, boxed with their logical
   axis names (nn.unbox gives the arrays; mtl_jax.parallel.mesh the shardings)."""
   init_key = jax.random.key(seed)
-  dummy = jnp.zeros((1, seq_len), jnp.int32)
+  inputs = model.example_inputs(1, seq_len)
+  dummy = jnp.zeros(inputs.shape, inputs.dtype)
   params = model.init(init_key, dummy, dummy, dummy)['params']
   if adversary is not None:  # the discriminator is only called by the train step
     shared = jax.eval_shape(lambda: model.apply({'params': params}, dummy, dummy, dummy).shared)

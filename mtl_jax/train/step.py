@@ -36,9 +36,9 @@ def task_gradient_like(model: nn.Module, params, mode: str, batch_size: int, seq
   shared = {k: v for k, v in params.items() if k in model.shared_params}
   if mode == 'params':
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shared)
-  ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
+  ids = model.example_inputs(batch_size, seq_len)
   representation = jax.eval_shape(
-      lambda s, *inputs: apply_model(model, s, {}, method='encode', inputs=inputs),
+      lambda s, *inputs: apply_model(model, s, {}, method='encode_batch', inputs=inputs),
       shared, ids, ids, ids)
   return Representation.split(representation).floats
 
@@ -282,11 +282,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
 
     shared, heads = split(params)
     representation, encoder_vjp = jax.vjp(
-        lambda s: apply_model(model, s, batch, dropout_key, method='encode'), shared)
+        lambda s: apply_model(model, s, batch, dropout_key, method='encode_batch'), shared)
     representation = Representation.split(representation)
 
     def decode(f, h):
-      output = apply_model(model, h, batch, dropout_key, method='decode',
+      output = apply_model(model, h, batch, dropout_key, method='decode_batch',
                            inputs=(representation.merge(f),))
       return terms(output, h, batch, adversary_weight, counts)
 
