@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
+from mtl_jax.models import pretrained
 from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train.host_memory import keep_step_buffers_resident
 from mtl_jax.train.loop import create_state
@@ -114,7 +115,8 @@ def main(argv):
 
   def compiled_step(method, mode, model=model):
     state = create_state(model, optimizer, method, len(tasks), config.seed,
-                         config.data.seq_len, mode, config.batch_size)
+                         config.data.seq_len, mode, config.batch_size,
+                         encoder=pretrained.load(model))
     step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule, mode,
                                    grouped=flags.FLAGS.grouped), donate_argnums=0)
     compile_s, step = _seconds(lambda: step.lower(state, batch).compile())

@@ -9,6 +9,7 @@ import pytest
 from experiments.configs import default
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
+from mtl_jax.models import pretrained
 from mtl_jax.data.pipeline import load_task_data
 from mtl_jax.train.loop import create_state
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -57,7 +58,7 @@ def build_step(config, method=None, mode='params', diagnostics=False, sgd_learni
                else optax.sgd(sgd_learning_rate))
   method = method or weighting.get('equal')
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
-                       mode, config.batch_size, adversary)
+                       mode, config.batch_size, adversary, pretrained.load(model))
   step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics,
                          grouped=config.sampling.strategy == 'grouped', adversary=adversary,
                          axis_name=axis_name, micro_batches=config.micro_batches)

@@ -14,14 +14,16 @@ import optax
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from experiments.configs import default
 from experiments.reference import bert_parity_reference as reference
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.models import architectures, pretrained
 from mtl_jax.models.encoder import Encoder
+from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.tasks import Task, TaskKind
-from mtl_jax.train.loop import create_state
+from mtl_jax.train.loop import create_state, sharded_state, state_layout
 from conftest import build_step
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
@@ -202,8 +204,8 @@ def test_create_state_starts_every_encoder_copy_from_the_checkpoint(architecture
 
   def params(encoder_config):
     model = architectures.build(architecture, encoder_config, TASKS, args)
-    state = create_state(model, optax.sgd(0.1),
-                         weighting.get('equal'), len(TASKS), seed=0, seq_len=8)
+    state = create_state(model, optax.sgd(0.1), weighting.get('equal'), len(TASKS), seed=0,
+                         seq_len=8, encoder=pretrained.load(model))
     return state.params
 
   loaded, random = params(cfg), params(dataclasses.replace(cfg, pretrained=''))
@@ -233,3 +235,18 @@ def test_training_starts_from_the_checkpoint(smoke_config, tmp_path):
   assert smoke_config.data.vocabulary == folder and data.vocab_size == 64
   _, metrics = jax.jit(step)(state, next(train_batches(data, smoke_config.sampling, 0, 16, 0, 1)))
   assert np.isfinite(float(metrics['loss']))
+
+
+def test_the_checkpoint_is_an_argument_of_the_compiled_initialiser():
+  """On the mesh the state is made by a compiled function; the checkpoint enters it as an
+  argument, so a large encoder is not baked into the program as constants."""
+  model = architectures.build('hard', pretrained.encoder_config(TINY_BERT), TASKS, {})
+  mesh_config = default.get_config().mesh
+  mesh, rules = mesh_lib.make_mesh(mesh_config), mesh_lib.axis_rules(mesh_config)
+  args = (model, optax.sgd(0.1), weighting.get('equal'), len(TASKS), 0, 8)
+  create, _ = state_layout(mesh, rules, *args)
+  encoder = pretrained.load(model)
+  smallest = min(np.size(x) for x in jax.tree.leaves(encoder))
+  assert not [c for c in jax.make_jaxpr(create)(encoder).consts if np.size(c) >= smallest]
+  state, _ = sharded_state(mesh, rules, *args)
+  jax.tree.map(np.testing.assert_array_equal, state.params['encoder'], encoder)

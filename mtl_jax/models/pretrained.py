@@ -191,15 +191,19 @@ def load_encoder(folder: str, cfg: EncoderConfig) -> dict:
   return convert(tensors, cfg, hf, path)
 
 
-def initialise(model, params: dict) -> dict:
-  """`params` (the model's unboxed init) with every encoder copy the architecture declares
-  (MultiTaskModel.with_encoder) set to the checkpoint of model.encoder_config.pretrained;
-  unchanged when that is ''. Heads and the other parts keep their random init."""
+def load(model) -> dict | None:
+  """The encoder parameters of model.encoder_config.pretrained (numpy, on the host), or None
+  when the encoder starts random. Pass them to the state's initialiser as an argument: read
+  inside a compiled function, they would become constants of its program."""
   folder = model.encoder_config.pretrained
-  if not folder:
-    return params
-  encoder = jax.tree.map(jnp.asarray, load_encoder(folder, model.encoder_config))
-  return model.with_encoder(params, encoder)
+  return load_encoder(folder, model.encoder_config) if folder else None
+
+
+def initialise(model, params: dict, encoder: dict | None) -> dict:
+  """`params` (the model's unboxed init) with every encoder copy the architecture declares
+  (MultiTaskModel.with_encoder) set to `encoder` (load's); unchanged when that is None.
+  Heads and the other parts keep their random init."""
+  return params if encoder is None else model.with_encoder(params, encoder)
 
 
 def minilm_folder() -> str:

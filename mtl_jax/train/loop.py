@@ -71,13 +71,16 @@ def init_params(model, seed: int, seq_len: int, adversary: Adversary | None = No
 
 def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
                  mode: str = 'params', batch_size: int = 1,
-                 adversary: Adversary | None = None) -> TrainState:
-  """`mode` and `batch_size` shape the state of methods that keep per-task gradients."""
+                 adversary: Adversary | None = None, encoder: dict | None = None
+                 ) -> TrainState:
+  """`mode` and `batch_size` shape the state of methods that keep per-task gradients.
+  `encoder`: the pretrained encoder's parameters (pretrained.load(model)), which replace the
+  encoder's random init; give them whenever model.encoder_config.pretrained is set."""
   # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
   # default model's layers. Still a pure function of (seed, step).
   dropout_key = jax.random.key(seed, impl='unsafe_rbg')
-  # A pretrained checkpoint (model.encoder_config.pretrained) replaces the encoder's init.
-  params = pretrained.initialise(model, nn.unbox(init_params(model, seed, seq_len, adversary)))
+  params = pretrained.initialise(model, nn.unbox(init_params(model, seed, seq_len, adversary)),
+                                 encoder)
   model_params, disc_params = split_discriminator(params)
   grads_like = (task_gradient_like(model, params, mode, batch_size, seq_len)
                 if method.needs is weighting.Needs.GRADS else None)
@@ -93,20 +96,22 @@ def state_layout(mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, model, optimize
                  num_tasks: int, seed: int, seq_len: int, mode: str = 'params',
                  batch_size: int = 1, adversary: Adversary | None = None
                  ) -> tuple[Callable[[], TrainState], TrainState]:
-  """(a function that runs create_state with these arguments, the state's shardings). The
-  shardings come from abstract shapes: nothing is allocated."""
-  create = lambda: create_state(model, optimizer, method, num_tasks, seed, seq_len, mode,
-                                batch_size, adversary)
+  """(a function of the pretrained encoder (or None) that runs create_state with these
+  arguments, the state's shardings). The shardings come from abstract shapes: nothing is
+  allocated."""
+  create = lambda encoder=None: create_state(model, optimizer, method, num_tasks, seed,
+                                             seq_len, mode, batch_size, adversary, encoder)
   boxed_params = jax.eval_shape(lambda: init_params(model, seed, seq_len, adversary))
   return create, mesh_lib.state_shardings(jax.eval_shape(create), boxed_params, mesh, rules)
 
 
-def sharded_state(*args, **kwargs) -> tuple[TrainState, TrainState]:
+def sharded_state(mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, model, *args, **kwargs
+                  ) -> tuple[TrainState, TrainState]:
   """(create_state's state, its shardings), for state_layout's arguments. The state is
   created in place on the mesh (jit with out_shardings): a large model is never whole on
   one device."""
-  create, shardings = state_layout(*args, **kwargs)
-  return jax.jit(create, out_shardings=shardings)(), shardings
+  create, shardings = state_layout(mesh, rules, model, *args, **kwargs)
+  return jax.jit(create, out_shardings=shardings)(pretrained.load(model)), shardings
 
 
 class Fitted(NamedTuple):
@@ -264,7 +269,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   if config.parallelism == 'pmap':  # replicated state, the batch split over local devices
     init = lambda: create_state(model, optimizer, method, len(tasks), config.seed,
                                 config.data.seq_len, config.weighting.mode, config.batch_size,
-                                adversary)
+                                adversary, pretrained.load(model))
     abstract = _placed(jax.eval_shape(init),
                        jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     to_saved, from_saved = pmap_lib.unreplicate, pmap_lib.replicate
@@ -277,7 +282,9 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
     create, shardings = state_layout(mesh, rules, model, optimizer, method, len(tasks),
                                      config.seed, config.data.seq_len, config.weighting.mode,
                                      config.batch_size, adversary)
-    init = jax.jit(create, out_shardings=shardings)  # made in place on the mesh
+    # Made in place on the mesh; the checkpoint (read only when no state is restored) is an
+    # argument, not a constant of the compile.
+    init = lambda: jax.jit(create, out_shardings=shardings)(pretrained.load(model))
     abstract = _placed(jax.eval_shape(create), shardings)
     to_saved = from_saved = lambda s: s
     batch_sharding = mesh_lib.batch_sharding(mesh, rules, config.batch_size)
