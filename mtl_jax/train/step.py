@@ -1,5 +1,6 @@
 """The compiled steps: train_step(state, batch) -> (state, metrics), and predictions."""
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -315,8 +316,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     mask = jnp.ones(batch['domain'].shape, jnp.float32)
     grads = total(jax.grad(lambda d: device_share(
         domain_loss(discriminate(d, shared), batch['domain'], mask)))(disc_params))
-    updates, disc_opt_state = adversary.optimizer.update(grads, disc_opt_state, disc_params)
-    return {**params, DISCRIMINATOR: optax.apply_updates(disc_params, updates)}, disc_opt_state
+    disc_params, disc_opt_state = apply_optimizer(adversary.optimizer, grads, disc_opt_state,
+                                                  disc_params)
+    return {**params, DISCRIMINATOR: disc_params}, disc_opt_state
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(state.rng, state.step)
@@ -332,17 +334,19 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         params, batch, dropout_key, method_key, state.weighting, state.step, adversary_weight)
     model_params, disc_params = split_discriminator(params)
     model_grads, disc_grads = split_discriminator(grads)
-    updates, opt_state = optimizer.update(model_grads, state.opt_state, model_params)
-    params = optax.apply_updates(model_params, updates)
+    grad_norm = optax.global_norm(model_grads)
+    grad_norms = jnp.stack([grad_norm] + ([] if disc_grads is None
+                                          else [optax.global_norm(disc_grads)]))
+    nonfinite_tasks, nonfinite = nonfinite_flags(losses, grad_norms, gram)
+    params, opt_state = optimizer_step(optimizer, model_grads, state.opt_state, model_params,
+                                       skip=nonfinite)
     if adversary is not None:
       if adversary.optimization == 'reversal':
-        disc_updates, disc_opt_state = adversary.optimizer.update(disc_grads, disc_opt_state,
-                                                                  disc_params)
-        disc_params = optax.apply_updates(disc_params, disc_updates)
+        disc_params, disc_opt_state = optimizer_step(adversary.optimizer, disc_grads,
+                                                     disc_opt_state, disc_params, nonfinite)
       params = {**params, DISCRIMINATOR: disc_params}
     weights = (jnp.full((num_tasks,), jnp.nan) if method.needs is Needs.GRADS
                else jnp.asarray(out, jnp.float32))
-    grad_norm = optax.global_norm(model_grads)
     metrics = {'loss': joint_loss(losses, jnp.nan_to_num(weights, nan=1.0), objective),
                'task_losses': losses, 'task_counts': counts, 'task_weights': weights,
                'grad_norm': grad_norm,
@@ -351,9 +355,6 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       metrics.update(gradient_diagnostics(gram))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               weighting=method_state, adversary_opt_state=disc_opt_state)
-    grad_norms = jnp.stack([grad_norm] + ([] if disc_grads is None
-                                          else [optax.global_norm(disc_grads)]))
-    nonfinite_tasks, nonfinite = nonfinite_flags(losses, grad_norms, gram)
     new_state = unless_nonfinite(state, new_state, nonfinite)
     metrics.update(nonfinite=nonfinite, nonfinite_tasks=nonfinite_tasks,
                    skipped_steps=new_state.skipped_steps)
@@ -378,16 +379,37 @@ def nonfinite_flags(losses: jax.Array, grad_norms: jax.Array, gram: jax.Array | 
   return tasks, tasks.any() | ~jnp.isfinite(grad_norms).all()
 
 
+def apply_optimizer(optimizer: optax.GradientTransformation, grads, opt_state, params):
+  """(params, opt_state) after one update by `optimizer`."""
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def optimizer_step(optimizer: optax.GradientTransformation, grads, opt_state, params,
+                   skip: jax.Array):
+  """apply_optimizer, or (params, opt_state) unchanged when `skip`. A lax.cond rather than a
+  select of old and new values: the select kept both optimizer states alive (+1.24 GiB of
+  step temporaries for bert_large on one device, docs/faults.md)."""
+  return jax.lax.cond(skip, lambda grads, opt_state, params: (params, opt_state),
+                      functools.partial(apply_optimizer, optimizer), grads, opt_state, params)
+
+
 def unless_nonfinite(state: TrainState, new_state: TrainState, nonfinite: jax.Array
                      ) -> TrainState:
-  """new_state; after a non-finite step, the old parameters, optimizer and weighting states
-  with the step counter advanced (the next step takes the next batch and dropout key) and
-  the skip counted. One jnp.where per leaf, so every route of the step is covered."""
-  kept = ('params', 'opt_state', 'weighting', 'adversary_opt_state')
-  old, new = ({k: getattr(s, k) for k in kept} for s in (state, new_state))
-  chosen = jax.tree.map(lambda o, n: jnp.where(nonfinite, o, n), old, new)
-  return new_state.replace(**chosen,
-                           skipped_steps=state.skipped_steps + nonfinite.astype(jnp.int32))
+  """new_state; after a non-finite step, the old weighting state, discriminator and its
+  optimizer state (small; the alternating adversary updates the discriminator before the
+  step knows), with the step counter advanced (the next step takes the next batch and
+  dropout key) and the skip counted. The model's parameters and optimizer state are kept by
+  optimizer_step."""
+  keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(nonfinite, o, n), old, new)
+  params = new_state.params
+  if DISCRIMINATOR in params:
+    params = {**params, DISCRIMINATOR: keep(state.params[DISCRIMINATOR],
+                                            params[DISCRIMINATOR])}
+  return new_state.replace(
+      params=params, weighting=keep(state.weighting, new_state.weighting),
+      adversary_opt_state=keep(state.adversary_opt_state, new_state.adversary_opt_state),
+      skipped_steps=state.skipped_steps + nonfinite.astype(jnp.int32))
 
 
 def gradient_diagnostics(gram: jax.Array) -> dict:
