@@ -24,11 +24,15 @@ class Example(NamedTuple):
 
   A text is a string, or a list of words when word-level labels must align with it.
   A multiple-choice example has no `inputs` but `choices`: one input per candidate, and its
-  label is the index of the right one.
+  label is the index of the right one. `idx` is the record's id in its dataset where it has
+  one (TFDS's 'idx': an int, or MultiRC's {'paragraph', 'question', 'answer'}): submission
+  files name rows by it, and it says which rows are scored together
+  (mtl_jax.data.tfds_source.group_ids).
   """
   inputs: tuple[str | list[str], ...]
   labels: dict[str, Any]
   choices: tuple[tuple[str, ...], ...] = ()
+  idx: Any = None
 
 
 def as_text(value: str | bytes) -> str:

@@ -9,7 +9,7 @@ reproducible and resume exactly.
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -20,6 +20,7 @@ from mtl_jax.data import builtin_tfds, local_source, tfds_source
 from mtl_jax.data.features import Example, concat_tables, encode_examples, num_rows
 from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sample_rows
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer, load_wordpiece
+from mtl_jax.evaluation.metrics import get_metric
 from mtl_jax.tasks import Task
 from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE
 from mtl_jax.train import progress
@@ -33,6 +34,7 @@ class TaskData(NamedTuple):
   eval: dict[str, dict[str, dict]]  # task -> validation split -> table, primary split first
   vocab_size: int
   skipped: tuple[str, ...] = ()  # 'file:line: reason' of each malformed local row skipped
+  tokenizer: Any = None  # what made the tables: it encodes other text (test splits) alike
 
 
 class _Examples(NamedTuple):
@@ -89,6 +91,20 @@ def _tokenizer(data_cfg, train: dict[str, list[Example]], builtin_only: bool, da
   return load_wordpiece(path, data_cfg.seq_len)
 
 
+def _with_groups(task: Task, examples: list[Example], table: dict) -> dict:
+  """`table` with a 'group' column, each row's group, when the task's records have one
+  (tfds_source.group_ids); a task whose metrics need groups and has none is an error."""
+  groups = tfds_source.group_ids(task, examples)
+  if groups is not None:
+    return {**table, 'group': groups}
+  grouped = [m for m in task.metrics if 'group' in get_metric(m).inputs]
+  if grouped:
+    raise ValueError(f'Task {task.name!r}: metric(s) {grouped} score groups of rows, named by '
+                     f'the TFDS records\' idx; its validation examples have none (read it from '
+                     f'TFDS rather than config.data.local.{task.name}).')
+  return table
+
+
 def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -> TaskData:
   """Tokenised train and validation tables for the run's tasks, from any mix of sources.
 
@@ -138,11 +154,12 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
     if untrained:
       raise ValueError(f'Tasks {untrained} have no labelled training examples (glue_ax is '
                        f'evaluation only; a local task needs a \'train\' path).')
-    eval_tables = {t.name: {split: encode(examples, f'{t.source} {split} split, {t.name}')
+    eval_tables = {t.name: {split: _with_groups(t, examples, encode(
+                                examples, f'{t.source} {split} split, {t.name}'))
                             for split, examples in validation[t.name].items()} for t in tasks}
   return TaskData(concat_tables(train_tables), tuple(num_rows(t) for t in train_tables),
                   tuple(names), tuple(t.name for t in tasks), eval_tables,
-                  tokenizer.get_vocab_size(), skipped)
+                  tokenizer.get_vocab_size(), skipped, tokenizer)
 
 
 def _labels_of(table: dict, task: str, rows=slice(None)) -> dict:

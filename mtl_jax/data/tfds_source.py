@@ -57,6 +57,13 @@ def data_source(name: str, split: str, data_dir: str, download: bool = False):
         f'(docs/datasets.md). TFDS said: {type(e).__name__}: {e}') from e
 
 
+def _plain_idx(idx):
+  """A record's idx as Python ints: an int, or a dict of them (MultiRC)."""
+  if isinstance(idx, dict):
+    return {k: int(np.asarray(v).item()) for k, v in idx.items()}
+  return int(np.asarray(idx).item())
+
+
 def to_example(task: Task, data: TfdsData, record: dict) -> Example:
   """A record -> Example; the label -1 of a test split becomes a missing label."""
   fields = {k: as_text(v) for k, v in record.items() if isinstance(v, (str, bytes))}
@@ -67,9 +74,22 @@ def to_example(task: Task, data: TfdsData, record: dict) -> Example:
   elif task.kind is TaskKind.REGRESSION:
     label = float(label)
   fill = lambda templates: tuple(t.format(**fields) for t in templates)
+  idx = _plain_idx(record.get('idx'))
   if data.choices:
-    return Example((), {task.name: label}, tuple(fill(c) for c in data.choices))
-  return Example(fill(templates), {task.name: label})
+    return Example((), {task.name: label}, tuple(fill(c) for c in data.choices), idx)
+  return Example(fill(templates), {task.name: label}, idx=idx)
+
+
+def group_ids(task: Task, examples: list[Example]) -> np.ndarray | None:
+  """(n,) int32: the group each example is scored in (TfdsData.group_by over its idx), as
+  ids numbered in order of first appearance; None when the task scores no groups or an
+  example has no idx (one not read from TFDS)."""
+  fields = TFDS[task.name].group_by if task.name in TFDS else ()
+  if not fields or any(ex.idx is None for ex in examples):
+    return None
+  ids = {}
+  return np.asarray([ids.setdefault(tuple(ex.idx[f] for f in fields), len(ids))
+                     for ex in examples], np.int32)
 
 
 def read_split(task: Task, split: str, data_dir: str, download: bool = False

@@ -13,15 +13,16 @@ from mtl_jax.train import progress
 
 def predictions(predict_step: Callable, params, task: Task, table: dict, batch_size: int,
                 bar=None) -> dict:
-  """{'pred', 'label', 'mask'} over the whole table for one task; `bar` (a progress bar)
-  advances by one per batch."""
+  """{'pred', 'label', 'mask', 'group'} over the whole table for one task ('group': the
+  table's group of each row, None when it has none); `bar` (a progress bar) advances by one
+  per batch."""
   preds = []
   for batch, valid in eval_batches(table, batch_size):
     preds.append(np.asarray(predict_step(params, batch)[task.name])[:valid])
     if bar is not None:
       bar.update()
   return {'pred': np.concatenate(preds), 'label': table['labels'][task.name],
-          'mask': table['label_masks'][task.name] > 0}
+          'mask': table['label_masks'][task.name] > 0, 'group': table.get('group')}
 
 
 def score(task: Task, outputs: dict) -> dict[str, float]:
@@ -31,7 +32,9 @@ def score(task: Task, outputs: dict) -> dict[str, float]:
     rows = mask.any(axis=1)
     inputs = {'pred': pred[rows], 'label': label[rows], 'mask': mask[rows]}
   else:
-    inputs = {'pred': pred[mask], 'label': label[mask]}
+    group = outputs.get('group')
+    inputs = {'pred': pred[mask], 'label': label[mask],
+              'group': None if group is None else group[mask]}
   inputs.update(num_classes=task.num_labels, tag_names=task.label_names)
   return compute_metrics(task.metrics, inputs)
 

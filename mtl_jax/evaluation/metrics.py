@@ -90,6 +90,22 @@ def f1(pred, label) -> float:
   return float(2 * tp / denom) if denom else 0.0
 
 
+def exact_match(pred, label, group) -> float:
+  """Fraction of groups whose rows are all predicted right: SuperGLUE's EM for MultiRC,
+  where a question counts only when each of its answer options is (Khashabi et al. 2018).
+
+  `group`: (n,) the group of each row, any values that compare equal within a group.
+  """
+  pred, label = _as_pair(pred, label)
+  group = np.asarray(group)
+  if group.shape != pred.shape:
+    raise ValueError(f'group must have one entry per row: shape {group.shape}, pred '
+                     f'{pred.shape}.')
+  _, inverse = np.unique(group, return_inverse=True)
+  wrong = np.bincount(inverse.ravel(), weights=pred != label)
+  return float(np.mean(wrong == 0))
+
+
 def _per_class_f1(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
   """Unweighted mean F1 over the classes that occur in pred or label."""
   pred = _check_classes(pred, num_classes, 'pred')
@@ -293,6 +309,7 @@ _TOKEN = ('pred', 'label', 'mask')
 METRICS: dict[str, Metric] = {
     'accuracy': Metric(accuracy, True),
     'f1': Metric(f1, True),
+    'exact_match': Metric(exact_match, True, ('pred', 'label', 'group')),
     'macro_f1': Metric(macro_f1, True, ('pred', 'label', 'num_classes')),
     'matthews': Metric(matthews_corrcoef, True),
     'pearson': Metric(pearson, True),
@@ -321,8 +338,8 @@ def compute_metrics(names: Sequence[str], outputs: Mapping[str, Any]) -> dict[st
   Args:
     names: metric names, keys of METRICS.
     outputs: 'pred' and 'label' (1-D, or (n, S) for token metrics), plus what the
-      metrics need: 'mask' for token metrics, 'num_classes' for macro F1s and
-      'tag_names' for chunk_f1.
+      metrics need: 'mask' for token metrics, 'num_classes' for macro F1s,
+      'tag_names' for chunk_f1 and 'group' (each row's group) for exact_match.
 
   Returns:
     {name: value}, in the order of `names`.

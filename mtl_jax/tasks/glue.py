@@ -9,10 +9,11 @@ Metrics, primary first, as the benchmarks score them (Wang et al. 2019, GLUE, Ta
 Wang et al. 2019, SuperGLUE, Table 1):
   CoLA: Matthews correlation.  MRPC, QQP: F1 of the positive class, then accuracy.
   STS-B: Pearson, then Spearman.  AX: R3, the multiclass Matthews correlation.
-  CB: accuracy and macro F1.  MultiRC: F1a, the binary F1 over all answer options.
+  CB: accuracy and macro F1.  MultiRC: F1a, the binary F1 over all answer options, then EM,
+  the fraction of questions whose answer options are all predicted right (the question of
+  an option is its record's idx {paragraph, question}; TfdsData.group_by).
   Every other task (COPA, a multiple-choice task, included): accuracy.
-Not registered: ReCoRD and WSC need span heads. MultiRC's second metric, exact match per
-question, needs the question grouping and is not computed.
+Not registered: ReCoRD and WSC need span heads.
 """
 
 import dataclasses
@@ -32,12 +33,15 @@ class TfdsData:
     templates: str.format templates over a record's fields, one per encoder input; empty
       means the task's input_fields as they are.
     choices: for a multiple-choice task, the templates of each candidate's input.
+    group_by: the fields of a record's idx that name the group its row is scored in (rows
+      of one group are right together or not at all: MultiRC's exact match); empty: none.
   """
   train: str | None
   eval: tuple[str, ...]
   test: tuple[str, ...]
   templates: tuple[str, ...] = ()
   choices: tuple[tuple[str, ...], ...] = ()
+  group_by: tuple[str, ...] = ()
 
 
 TFDS: dict[str, TfdsData] = {}  # task name -> its TFDS splits
@@ -98,8 +102,10 @@ SUPERGLUE = (
     _add('superglue_wic', 'super_glue/wic', ('sentence1', 'sentence2'), _BOOL, _ACC,
          dataclasses.replace(_STANDARD, templates=('{word}: {sentence1}', '{sentence2}'))),
     # One example per (paragraph, question, answer option): is the option correct?
-    _add('superglue_multirc', 'super_glue/multirc', ('paragraph', 'question'), _BOOL, ('f1',),
-         dataclasses.replace(_STANDARD, templates=('{paragraph}', '{question} {answer}'))),
+    _add('superglue_multirc', 'super_glue/multirc', ('paragraph', 'question'), _BOOL,
+         ('f1', 'exact_match'),
+         dataclasses.replace(_STANDARD, templates=('{paragraph}', '{question} {answer}'),
+                             group_by=('paragraph', 'question'))),
 )
 
 MULTI_NLI = _add('multi_nli', 'multi_nli', ('premise', 'hypothesis'), _NLI3, _ACC,

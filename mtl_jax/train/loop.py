@@ -246,6 +246,50 @@ def _stop_if_nonfinite(metrics: dict, tasks: Sequence[Task], step: int):
                          f'(config.faults.nonfinite=\'stop\'; \'skip\' skips such steps).')
 
 
+def _fit_parts(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData):
+  """(model, optimizer, learning-rate schedule, adversary or None) of a fit of `tasks`."""
+  adversary = config_lib.build_adversary(config)
+  num_domains = len(data.train_names) if adversary is not None else 0
+  model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
+  schedule = learning_rate_schedule(config.optimizer, config.num_steps)
+  return model, make_optimizer(config.optimizer, schedule), schedule, adversary
+
+
+def _one_device_layout(config: ml_collections.ConfigDict, num_tasks: int, method, model,
+                       optimizer, adversary) -> tuple[Callable[[], TrainState], TrainState]:
+  """(a function that creates the state, reading the pretrained encoder when it runs; the
+  state's layout whole on the first local device, which reads nothing)."""
+  create = lambda encoder=None: create_state(
+      model, optimizer, method, num_tasks, config.seed, config.data.seq_len,
+      config.weighting.mode, config.batch_size, adversary, encoder)
+  return (lambda: create(pretrained.load(model)),
+          _placed(jax.eval_shape(create),
+                  jax.sharding.SingleDeviceSharding(jax.local_devices()[0])))
+
+
+def trained_params(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
+                   workdir: str, method: weighting.Method) -> tuple[nn.Module, Any]:
+  """(model, trained parameters on the first local device) of the finished fit in
+  `workdir`, as `fit(config, tasks, data, workdir, method)` left them in its last
+  checkpoint. FileNotFoundError when it has none; ValueError when the fit did not finish."""
+  model, optimizer, _, adversary = _fit_parts(config, tasks, data)
+  _, abstract = _one_device_layout(config, len(tasks), method, model, optimizer, adversary)
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{directory} does not exist: the run kept no checkpoints '
+                            f'(config.checkpoint.every=0), so its parameters are lost.')
+  checkpoints = checkpoint.Checkpointer(workdir, config.checkpoint,
+                                        json.loads(config.to_json_best_effort()), None)
+  with contextlib.closing(checkpoints):
+    saved = checkpoints.restore(abstract)
+  if saved is None or int(saved.step) != config.num_steps:
+    raise ValueError(f'{directory}: the newest usable checkpoint is '
+                     f'{"none" if saved is None else f"step {int(saved.step)}"}, not the last '
+                     f'step {config.num_steps}: the run did not finish; run its training '
+                     f'command again to resume it.')
+  return model, saved.params
+
+
 def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
         workdir: str, method: weighting.Method, desc: str, start=None) -> Fitted:
   """Trains one model on `tasks`, logs to workdir/metrics.jsonl, evaluates it.
@@ -255,11 +299,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   """
   if distributed.is_writer():
     os.makedirs(workdir, exist_ok=True)
-  adversary = config_lib.build_adversary(config)
-  num_domains = len(data.train_names) if adversary is not None else 0
-  model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
-  schedule = learning_rate_schedule(config.optimizer, config.num_steps)
-  optimizer = make_optimizer(config.optimizer, schedule)
+  model, optimizer, schedule, adversary = _fit_parts(config, tasks, data)
   step_fn = functools.partial(
       make_train_step, model, optimizer, tasks, method, schedule, config.weighting.mode,
       config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
@@ -267,11 +307,8 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   # Per path: the state's layout when saved (abstract), and the conversions between the
   # state the step takes and the one saved (pmap saves device 0's copy).
   if config.parallelism == 'pmap':  # replicated state, the batch split over local devices
-    init = lambda: create_state(model, optimizer, method, len(tasks), config.seed,
-                                config.data.seq_len, config.weighting.mode, config.batch_size,
-                                adversary, pretrained.load(model))
-    abstract = _placed(jax.eval_shape(init),
-                       jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    init, abstract = _one_device_layout(config, len(tasks), method, model, optimizer,
+                                        adversary)
     to_saved, from_saved = pmap_lib.unreplicate, pmap_lib.replicate
     train_step = pmap_lib.pmap_step(step_fn(axis_name=pmap_lib.AXIS))
     positions = distributed.pmap_rows(config.batch_size)
@@ -366,6 +403,21 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return ft
 
 
+PHASES = ('multi', 'single', 'finetune')  # the fits of a run: MTL, and per task STL, fine-tuned
+
+
+def fit_args(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
+             workdir: str, phase: str, task: Task | None = None) -> tuple:
+  """fit's (config, tasks, data, workdir, method) for the run's fit of `phase`: 'multi'
+  (all tasks, in workdir), or `task`'s 'single' baseline or 'finetune' (in
+  workdir/<phase>/<task>)."""
+  if phase == 'multi':
+    return config, tasks, data, workdir, config_lib.build_weighting(config)
+  return (finetune_config(config) if phase == 'finetune' else config, (task,),
+          task_view(data, task.name), os.path.join(workdir, phase, task.name),
+          weighting.get('equal'))
+
+
 def _task_phase(task_dir: str, name: str, run: Callable[[], dict]) -> dict:
   """One task's metrics from a per-task phase (STL baseline, fine-tuning): its eval.json
   when an earlier attempt of this run finished the phase, else run()'s (then written)."""
@@ -404,21 +456,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.mode in ('single', 'both'):
     single = {}
     for task in tasks:
-      task_dir = os.path.join(workdir, 'single', task.name)
-      single[task.name] = _task_phase(task_dir, task.name, lambda: fit(
-          config, (task,), task_view(data, task.name), task_dir, weighting.get('equal'),
-          desc=f'STL {task.name}').metrics[task.name])
+      args = fit_args(config, tasks, data, workdir, 'single', task)
+      single[task.name] = _task_phase(args[3], task.name, lambda: fit(
+          *args, desc=f'STL {task.name}').metrics[task.name])
   if config.mode in ('multi', 'both'):
     multi_fit = fit(config, tasks, data, workdir, method, desc='MTL')
     multi = multi_fit.metrics
     if config.finetune.num_steps:
       finetuned = {}
       for task in tasks:
-        task_dir = os.path.join(workdir, 'finetune', task.name)
-        finetuned[task.name] = _task_phase(task_dir, task.name, lambda: fit(
-            finetune_config(config), (task,), task_view(data, task.name), task_dir,
-            weighting.get('equal'), desc=f'fine-tune {task.name}',
-            start=multi_fit.params).metrics[task.name])
+        args = fit_args(config, tasks, data, workdir, 'finetune', task)
+        finetuned[task.name] = _task_phase(args[3], task.name, lambda: fit(
+            *args, desc=f'fine-tune {task.name}', start=multi_fit.params).metrics[task.name])
 
   primary = {t.name: t.primary_metric for t in tasks}
   higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}
