@@ -40,9 +40,10 @@ from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
 from mtl_jax.train.writer import flatten, metric_writer
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
-# Everything a run writes in its workdir (what overwrite_workdir removes).
+# Everything a run (and its submission files) writes in its workdir: what overwrite_workdir removes.
 RUN_ENTRIES = ('config.json', 'metrics.jsonl', 'eval.json', 'eval_curve.jsonl',
-               'representations.npz', 'single', 'finetune', 'checkpoints', 'tensorboard')
+               'representations.npz', 'single', 'finetune', 'checkpoints', 'tensorboard',
+               'submission')
 EVAL_CURVE = 'eval_curve'  # workdir/eval_curve.jsonl: {'step', 'tasks': task -> metrics}
 OVERWRITE = 'faults.overwrite_workdir'  # the field that allows replacing another run
 # How a run is launched, not what it computes: a resumed run may differ here (a new port).
