@@ -286,7 +286,8 @@ def test_compute_metrics():
 
 def test_registry():
   assert set(M.METRICS) == {'accuracy', 'f1', 'macro_f1', 'matthews', 'pearson', 'spearman',
-                            'token_accuracy', 'token_macro_f1', 'chunk_f1', 'mse'}
+                            'token_accuracy', 'token_macro_f1', 'chunk_f1', 'mse',
+                            'exact_match'}
   assert M.HIGHER_IS_BETTER['mse'] is False
   assert all(v for k, v in M.HIGHER_IS_BETTER.items() if k != 'mse')
   x = np.array([0, 1, 1])

@@ -14,10 +14,11 @@ from mtl_jax import config as config_lib
 from mtl_jax import tasks as task_lib
 from mtl_jax.data import tfds_source
 from mtl_jax.data.features import Example
+from mtl_jax.data.pipeline import load_task_data
 from mtl_jax.data.tokenizer import load_pretrained_tokenizer
 from mtl_jax.evaluation import submit
 from mtl_jax.evaluation.metrics import exact_match
-from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.train import loop
 
 MULTIRC = task_lib.get('superglue_multirc')
 
@@ -100,7 +101,7 @@ def run(tmp_path_factory):
   config.data.data_dir = str(tmp / 'data')
   config.finetune.num_steps = 1
   with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-    report = train_and_evaluate(config, str(tmp / 'run'))
+    report = loop.train_and_evaluate(config, str(tmp / 'run'))
   return str(tmp / 'run'), report
 
 
@@ -182,3 +183,21 @@ def test_multirc_exact_match_end_to_end(run):
     right[key] = right.get(key, True) and int(p) == int(r['label'])
   assert report['multi'][MULTIRC.name]['exact_match'] == pytest.approx(
       np.mean(list(right.values())))
+
+
+def test_trained_params_are_the_finished_fits_last_checkpoint(run):
+  workdir, _ = run
+  config = submit.run_config(workdir)
+  tasks = config_lib.validate(config)
+  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+    data = load_task_data(config.data, tasks)
+  args = loop.fit_args(config, tasks, data, workdir, 'multi')
+  _, params = loop.trained_params(*args)
+  raw = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(config.num_steps), 'state'))
+  jax.tree.map(np.testing.assert_array_equal, params, raw['params'])
+  config.num_steps += 1  # as if the run had stopped one step short
+  with pytest.raises(ValueError, match=f'step {config.num_steps - 1}, not the last step'):
+    loop.trained_params(*args)
+  with pytest.raises(FileNotFoundError, match='checkpoint.every=0'):
+    loop.trained_params(*loop.fit_args(config, tasks, data, workdir, 'single', tasks[0]))

@@ -58,7 +58,10 @@ def data_source(name: str, split: str, data_dir: str, download: bool = False):
 
 
 def _plain_idx(idx):
-  """A record's idx as Python ints: an int, or a dict of them (MultiRC)."""
+  """A record's idx as Python ints: an int, a dict of them (MultiRC), or None (MultiNLI's
+  records have no idx)."""
+  if idx is None:
+    return None
   if isinstance(idx, dict):
     return {k: int(np.asarray(v).item()) for k, v in idx.items()}
   return int(np.asarray(idx).item())
