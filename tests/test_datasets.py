@@ -94,7 +94,7 @@ def test_record_to_example_decodes_bytes_and_drops_withheld_labels():
   ex = tfds_source.to_example(cola, TFDS['glue_cola'],
                               {'sentence': 'Caf\u00e9 ok.'.encode(), 'label': np.int64(1),
                                'idx': np.int32(3)})
-  assert ex == Example(('Caf\u00e9 ok.',), {'glue_cola': 1}, 3) and type(ex.idx) is int
+  assert ex == Example(('Caf\u00e9 ok.',), {'glue_cola': 1}, idx=3) and type(ex.idx) is int
   ex = tfds_source.to_example(cola, TFDS['glue_cola'], {'sentence': b'x', 'label': -1})
   assert ex.labels == {'glue_cola': None}
   ex = tfds_source.to_example(stsb, TFDS['glue_stsb'],

@@ -41,7 +41,7 @@ def test_multirc_rows_are_grouped_by_paragraph_and_question():
                                                          'answer': 0},
          {'paragraph': 0, 'question': 1, 'answer': 1}, {'paragraph': 0, 'question': 2,
                                                          'answer': 0}]
-  examples = [Example(('p', 'q a'), {}, i) for i in idx]
+  examples = [Example(('p', 'q a'), {}, idx=i) for i in idx]
   np.testing.assert_array_equal(tfds_source.group_ids(MULTIRC, examples), [0, 1, 0, 2])
   assert tfds_source.group_ids(task_lib.get('superglue_boolq'), examples) is None
   assert tfds_source.group_ids(MULTIRC, [ex._replace(idx=None) for ex in examples]) is None
@@ -62,13 +62,14 @@ def test_ax_needs_the_mnli_head():
 
 
 def test_label_strings(tmp_path):
-  """SuperGLUE's spellings: BoolQ and WiC 'true'/'false', CB and RTE label names; GLUE's
-  binary tasks write class ids and STS-B a score clipped to [0, 5]."""
-  examples = [Example(('a', 'b'), {}, i) for i in (7, 3)]
+  """SuperGLUE's spellings: BoolQ and WiC 'true'/'false', CB and RTE label names, COPA the
+  choice's index; GLUE's binary tasks write class ids and STS-B a score clipped to [0, 5]."""
+  examples = [Example(('a', 'b'), {}, idx=i) for i in (7, 3)]
   for name, preds, labels in (('superglue_boolq', [1, 0], ['true', 'false']),
                               ('superglue_wic', [0, 1], ['false', 'true']),
                               ('superglue_cb', [2, 1], ['neutral', 'contradiction']),
                               ('superglue_rte', [1, 0], ['not_entailment', 'entailment']),
+                              ('superglue_copa', [1, 0], [1, 0]),
                               ('glue_wnli', [1, 0], ['1', '0']),
                               ('glue_stsb', [5.25, -0.1234], ['5.0', '0.0']),
                               ('glue_stsb', [2.71828, 0.5], ['2.718', '0.5'])):

@@ -12,7 +12,8 @@ WORKDIR/submission/<phase>), named by the records' idx:
              tasks write label names, the other classifiers class ids, STS-B a score in
              [0, 5]. AX (the diagnostic set, 'glue_ax') is predicted by the MNLI head.
   SuperGLUE  <Task>.jsonl: {"idx": ..., "label": ...} per example; BoolQ and WiC write
-             "true"/"false", CB and RTE label names. MultiRC writes one line per paragraph,
+             "true"/"false", CB and RTE label names, COPA the chosen alternative's index
+             (0 or 1). MultiRC writes one line per paragraph,
              {"idx": p, "passage": {"questions": [{"idx": q, "answers": [{"idx": a,
              "label": 0 or 1}, ...]}, ...]}}.
 """
@@ -125,6 +126,7 @@ SUBMISSIONS: dict[str, Submission] = {
     'superglue_cb': Submission(('CB.jsonl',), label_name, write_jsonl),
     'superglue_rte': Submission(('RTE.jsonl',), label_name, write_jsonl),
     'superglue_wic': Submission(('WiC.jsonl',), lower_name, write_jsonl),
+    'superglue_copa': Submission(('COPA.jsonl',), class_id, write_jsonl),  # 0 or 1: the choice
     'superglue_multirc': Submission(('MultiRC.jsonl',), class_id, write_multirc),
 }
 
@@ -199,7 +201,8 @@ def submit(workdir: str, phase: str = 'multi', out: str | None = None,
   data = load_task_data(config.data, run_tasks)  # the run's tokenizer and vocabulary
   out = out or os.path.join(workdir, 'submission', phase)
   os.makedirs(out, exist_ok=True)
-  fits = [None] if phase == 'multi' else run_tasks
+  heads_used = {head_of(t.name) for t in targets}
+  fits = [None] if phase == 'multi' else [t for t in run_tasks if t.name in heads_used]
   written = []
   for task in fits:
     fit_config, fit_tasks, fit_data, fit_dir, method = loop.fit_args(
@@ -212,7 +215,9 @@ def submit(workdir: str, phase: str = 'multi', out: str | None = None,
       for split, name in zip(TFDS[target.name].test, SUBMISSIONS[target.name].files):
         examples = tfds_source.read_split(target, split, config.data.data_dir
                                           or default_data_dir(), config.data.download)
-        table = encode_examples(examples, (head,), data.tokenizer, config.data.seq_len,
+        # Encoded for all the fit's tasks, as its validation tables were (a run with a
+        # multiple-choice task holds C inputs per row).
+        table = encode_examples(examples, fit_tasks, data.tokenizer, config.data.seq_len,
                                 f'{target.source} {split} split')
         preds = predictions(predict_step, params, head, table, config.eval_batch_size)['pred']
         written.append(os.path.join(out, name))
