@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import build_step
-from training_equivalence import assert_same_training
+from training_equivalence import assert_same_training, use_shared_private
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
@@ -79,6 +79,14 @@ def test_micro_batches_with_the_adversary_and_a_parameter_penalty(config, method
 def test_micro_batches_under_pmap(config):
   config.batch_size = 4 * jax.local_device_count()
   _assert_same_run(config, 'mgda', 2, pmapped=True)
+
+
+@pytest.mark.parametrize('method_name,pmapped', [('equal', False), ('mgda', False),
+                                                ('equal', True)])
+def test_micro_batches_with_shared_private(config, method_name, pmapped):
+  use_shared_private(config)
+  config.batch_size = 4 * jax.local_device_count() if pmapped else config.batch_size
+  _assert_same_run(config, method_name, 2, pmapped)
 
 
 def test_bad_micro_batches_are_config_errors(smoke_config):

@@ -83,8 +83,9 @@ def _expected_step(model, tasks, params, batch, adversary: adversarial.Adversary
 
   def task_objective(t):
     out = outputs(t, params['discriminator'])
+    penalty = model.statistics_penalty(out.statistics) if model.has_statistics else 0.0
     return loss_vector(tasks, out.tasks, batch['labels'], batch['label_masks'])[0].sum() + (
-        out.penalty)
+        out.penalty + penalty)
 
   def domain_ce(t, phi):
     log_p = jax.nn.log_softmax(logits(t, phi))

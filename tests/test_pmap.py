@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import build_step
-from training_equivalence import assert_same_training
+from training_equivalence import assert_same_training, use_shared_private
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.parallel import pmap as pmap_lib
@@ -82,6 +82,12 @@ def test_pmap_matches_one_device_with_the_adversary(config, optimization, method
   config.adversary.enabled = True
   config.adversary.optimization = optimization
   config.adversary.hidden = 8
+  _assert_same_run(config, method_name)
+
+
+@pytest.mark.parametrize('method_name', ['equal', 'mgda'])
+def test_pmap_matches_one_device_with_shared_private(config, method_name):
+  use_shared_private(config)
   _assert_same_run(config, method_name)
 
 

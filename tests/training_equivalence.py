@@ -1,4 +1,5 @@
-"""One check for "this way of running the step trains exactly like the plain one"."""
+"""One check for "this way of running the step trains exactly like the plain one", and the
+configs that need it most."""
 
 import chex
 import jax
@@ -21,3 +22,15 @@ def assert_same_training(reference, candidate, initial_params):
   assert max(moved) > 1e-3, 'the parameters did not move: the comparison is vacuous'
   chex.assert_trees_all_close(other.params, state.params, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(other.weighting, state.weighting, rtol=1e-4, atol=1e-5)
+
+
+def use_shared_private(config, optimization='alternating'):
+  """Shared-private with a strong orthogonality penalty and the adversary, on one encoder
+  layer. The penalty Σ_k ‖Sᵀ P_k‖²_F / B² is not a sum over rows, so a slice of the batch
+  has no share of it: a mean of the slices' penalties differs in value and gradient."""
+  config.model.architecture = 'shared_private'
+  config.model.num_layers = 1
+  config.model.args = {'orthogonality': 1.0, 'private_hidden_size': 8, 'private_heads': 2}
+  config.adversary.enabled = True
+  config.adversary.optimization = optimization
+  config.adversary.hidden = 8

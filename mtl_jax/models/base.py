@@ -29,6 +29,9 @@ class ModelOutput(flax.struct.PyTreeNode):
   #              | choice scores (B, C)
   penalty: jax.Array  # scalar regulariser the architecture adds to the objective (0: none)
   shared: jax.Array | None  # (B, D) shared sentence features; the adversary reads these
+  # Batch sums (a pytree) that a regulariser is a nonlinear function of: the step sums them
+  # over the whole batch (every device and micro-batch) and calls model.statistics_penalty.
+  statistics: dict | None = None
 
 
 def task_depth(task: Task, num_layers: int) -> int:
@@ -95,8 +98,19 @@ class MultiTaskModel(nn.Module):
 
   @property
   def regularized(self) -> bool:
-    """Whether ModelOutput.penalty can be nonzero (the step then differentiates it)."""
+    """Whether the model adds a regulariser, ModelOutput.penalty or `statistics_penalty`
+    (the step then differentiates it)."""
+    return self.has_statistics
+
+  @property
+  def has_statistics(self) -> bool:
+    """Whether ModelOutput.statistics holds batch sums for `statistics_penalty`."""
     return False
+
+  def statistics_penalty(self, statistics: dict) -> jax.Array:
+    """The regulariser on the whole batch's statistics (ModelOutput.statistics summed over
+    every slice of the batch). A mean over rows divides by a row count summed among them."""
+    raise NotImplementedError(f'{type(self).__name__} returns no batch statistics.')
 
   def keys(self) -> dict[str, str]:
     """task name -> the representation_key its head reads."""

@@ -31,16 +31,22 @@ class _PrivateEncoders(nn.Module):
     return stacked(Encoder(self.cfg, name='encoder'), input_ids, segment_ids, attention_mask)
 
 
-def orthogonality_penalty(shared: jax.Array, private: jax.Array) -> jax.Array:
-  """Σ_k ‖Sᵀ P_k‖²_F / B² for shared features S (B, D) and private ones P (N, B, d).
+def cross_statistics(shared: jax.Array, private: jax.Array) -> dict:
+  """The batch sums the orthogonality penalty reads, for shared features S (B, D) and
+  private ones P (N, B, d): the cross matrices Sᵀ P_k (N, D, d) and the row count B."""
+  cross = jnp.einsum('bd,nbp->ndp', shared.astype(jnp.float32), private.astype(jnp.float32))
+  return {'cross': cross, 'rows': jnp.asarray(shared.shape[0], jnp.float32)}
+
+
+def orthogonality_penalty(statistics: dict) -> jax.Array:
+  """Σ_k ‖Sᵀ P_k‖²_F / B² from the whole batch's `cross_statistics`.
 
   ASP-MTL's L_diff, divided by the squared batch size so the strength does not depend on B.
   Every private encoder sees every row here, so the sum runs over the whole batch for each
-  task (ASP-MTL sums over task k's own examples).
+  task (ASP-MTL sums over task k's own examples). Not a sum over rows: it is computed once
+  from the statistics summed over all devices and micro-batches (mtl_jax.train.step).
   """
-  batch = shared.shape[0]
-  cross = jnp.einsum('bd,nbp->ndp', shared.astype(jnp.float32), private.astype(jnp.float32))
-  return jnp.square(cross).sum() / batch ** 2
+  return jnp.square(statistics['cross']).sum() / statistics['rows'] ** 2
 
 
 class SharedPrivate(MultiTaskModel):
@@ -63,8 +69,11 @@ class SharedPrivate(MultiTaskModel):
       raise ValueError(f'orthogonality must be >= 0, got {self.orthogonality}.')
 
   @property
-  def regularized(self) -> bool:
+  def has_statistics(self) -> bool:
     return self.orthogonality > 0
+
+  def statistics_penalty(self, statistics: dict) -> jax.Array:
+    return self.orthogonality * orthogonality_penalty(statistics)
 
   def setup(self):
     self.encoder = Encoder(self.encoder_config)
@@ -91,6 +100,7 @@ class SharedPrivate(MultiTaskModel):
       own = private[i] if task.kind is TaskKind.TAGGING else private[i][:, 0]
       features[task.name] = jnp.concatenate([shared[self.keys()[task.name]], own], axis=-1)
     sentence = shared[sentence_key(self.encoder_config)]
-    penalty = self.orthogonality * orthogonality_penalty(sentence, private[:, :, 0])
-    return ModelOutput(self.head_outputs(features, deterministic), penalty,
-                       sentence if self.num_domains else None)
+    statistics = (cross_statistics(sentence, private[:, :, 0]) if self.has_statistics
+                  else None)
+    return ModelOutput(self.head_outputs(features, deterministic), jnp.zeros(()),
+                       sentence if self.num_domains else None, statistics)

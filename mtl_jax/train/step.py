@@ -75,12 +75,6 @@ def _second(terms):
   return extra, aux
 
 
-def _without_extra(terms):
-  """((losses, extra), aux) -> (losses, aux)."""
-  (losses, _), aux = terms
-  return losses, aux
-
-
 def split_discriminator(params) -> tuple[dict, dict | None]:
   """(the parameters the main optimizer updates, the discriminator's or None)."""
   return ({k: v for k, v in params.items() if k != DISCRIMINATOR},
@@ -111,15 +105,20 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   Each task's loss is its global masked mean (global sums over global counts); losses,
   gradients, per-task gradients and Gram matrices are summed over devices before the method
   sees them, so every device takes the same update as one device on the whole batch. The
-  penalty and the adversary's term are averaged over devices. Not supported there:
+  adversary's term (a mean over rows) and a parameter penalty are averaged over devices; a
+  penalty on batch statistics (ModelOutput.statistics, e.g. shared-private's
+  orthogonality) is computed from the statistics summed over devices, and each device
+  contributes its exact share of the gradient (statistics_terms). Not supported there:
   `grouped` batches, and GRADS methods in mode 'representation' (their per-example
   gradients would need gathering).
 
   With `micro_batches` = k > 1 the batch is split into k micro-batches, run one after another
   (lax.scan), and their contributions are summed: the same update as the whole batch at
   about 1/k of the activation memory. A loss weighter then needs the losses before its
-  backward passes, so it runs the k forward passes twice. Per-task methods accumulate the
-  per-task gradients (mode 'params' only, not on grouped batches).
+  backward passes, so it runs the k forward passes twice; so does a per-task method for a
+  penalty on batch statistics, which needs the whole batch's first. Per-task methods
+  accumulate the per-task gradients (mode 'params' only, not on grouped batches). The
+  alternating adversary's discriminator update accumulates over the micro-batches too.
   """
   if axis_name is not None and (grouped or (mode == 'representation'
                                             and method.needs is Needs.GRADS)):
@@ -141,14 +140,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   def average(x):
     return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
-  def device_share(x):
-    """A whole-batch mean's share on this device: its `total` is the mean (the devices'
-    slices are equal in size)."""
-    return x if axis_name is None else x / jax.lax.psum(1, axis_name)
-
   def slice_share(x):
-    """A whole-batch mean's share on this device and micro-batch."""
-    return device_share(x) / micro_batches
+    """A whole-batch mean's share on this device and micro-batch: its `total`, summed over
+    the micro-batches, is the mean (the slices are equal in size)."""
+    devices = 1 if axis_name is None else jax.lax.psum(1, axis_name)
+    return x / (devices * micro_batches)
 
   def over_batch(fn, batch, dropout_key):
     """Σ over the micro-batches of fn(micro_batch, dropout_key): fn(batch, dropout_key) for
@@ -183,15 +179,38 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     return apply_model(model, {DISCRIMINATOR: disc_params}, {}, method='discriminate',
                        inputs=(shared,))
 
-  def terms(output: ModelOutput, params, batch, adversary_weight, counts):
+  def task_losses(output: ModelOutput, batch, counts):
+    """The slice's shares of the batch's masked means (N,), given the batch's label counts."""
+    return loss_vector(tasks, output.tasks, batch['labels'], batch['label_masks'], counts)[0]
+
+  def statistics_terms(statistics, whole):
+    """(penalty, surrogate) of the model's `statistics_penalty` g on a slice of the batch with
+    batch statistics `statistics`. `whole` holds the whole batch's, or is None on one
+    micro-batch: the slice's totalled over the devices (stop_gradient first, so no gradient
+    is taken through the psum). g is no sum over rows, so a slice has no share of it, but its
+    gradient is linear in the statistics': ∇g(C) = Σ_s ⟨∇g(C), ∇C_s⟩ for C = Σ_s C_s. So
+    the surrogate ⟨sg(∇g(C)), C_s⟩, summed over the slices, has the gradient of g (its value
+    means nothing)."""
+    if whole is None:
+      whole = total(jax.lax.stop_gradient(statistics))
+    penalty, slope = jax.value_and_grad(model.statistics_penalty)(whole)
+    surrogate = sum(jnp.sum(g * c) for g, c in zip(jax.tree.leaves(slope),
+                                                   jax.tree.leaves(statistics)))
+    return penalty, surrogate
+
+  def terms(output: ModelOutput, params, batch, adversary_weight, counts, whole=None):
     """(losses (N,), extra), (objective's extra, metrics) of one model output on a slice of
-    the batch whose label counts are `counts`: the losses are the slice's shares of the
-    batch's masked means, and the extra is the scalar whose gradient the non-task terms
-    contribute. Summed over slices, all of them are the whole batch's."""
-    losses, _ = loss_vector(tasks, output.tasks, batch['labels'], batch['label_masks'],
-                            counts)
+    the batch whose label counts are `counts` (and statistics `whole`, see
+    statistics_terms): the losses are the slice's shares of the batch's masked means, and
+    the extra is the scalar whose gradient the non-task terms contribute. Summed over
+    slices, all of them are the whole batch's."""
+    losses = task_losses(output, batch, counts)
     extra = objective = output.penalty
-    metrics = {'penalty': jax.lax.stop_gradient(output.penalty)} if model.regularized else {}
+    surrogate = jnp.zeros((), jnp.float32)
+    if model.has_statistics:
+      penalty, surrogate = statistics_terms(output.statistics, whole)
+      objective = objective + penalty
+    metrics = {'penalty': jax.lax.stop_gradient(objective)} if model.regularized else {}
     if adversary is not None:
       term, adv_objective, adv_metrics = adversarial_terms(
           adversary, discriminate, params[DISCRIMINATOR], output.shared, batch['domain'],
@@ -200,7 +219,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       metrics.update(adv_metrics)
     objective = total(slice_share(jax.lax.stop_gradient(objective)))
     metrics = jax.tree.map(lambda m: average(m) / micro_batches, metrics)
-    return (losses, slice_share(extra)), (objective, metrics)
+    return (losses, slice_share(extra) + surrogate), (objective, metrics)
 
   def with_extra(vjp):
     """The VJP's per-task gradients (vmapped over one-hot cotangents of the losses), and
@@ -238,24 +257,36 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     counts = total(label_counts(tasks, batch['label_masks']))
     one = jnp.ones((), jnp.float32)
 
+    def first_pass(mb, key):
+      """A micro-batch's forward pass for what its backward pass needs from every
+      micro-batch: its shares of the losses (a loss weighter's input) and its statistics."""
+      output = apply_model(model, params, mb, key)
+      return task_losses(output, mb, counts), output.statistics
+
+    losses = whole = None  # with micro-batches, the first pass's (when needed)
+    if micro_batches > 1 and (model.has_statistics or not per_task):
+      losses, whole = over_batch(first_pass, batch, dropout_key)
+      whole = None if whole is None else total(whole)
+
     def forward(p, mb, key):
-      return terms(apply_model(model, p, mb, key), p, mb, adversary_weight, counts)
+      return terms(apply_model(model, p, mb, key), p, mb, adversary_weight, counts, whole)
+
+    def backward(cotangent, mb, key):
+      """(the gradient for `cotangent` of forward's (losses, extra) on `mb`, its aux)."""
+      _, vjp, aux = jax.vjp(lambda p: forward(p, mb, key), params, has_aux=True)
+      return vjp(cotangent)[0], aux
 
     if not per_task:
       if micro_batches == 1:
         (losses, _), vjp, aux = jax.vjp(lambda p: forward(p, batch, dropout_key), params,
                                         has_aux=True)
-      else:  # the weights need every micro-batch's losses before any backward pass
-        losses, aux = over_batch(lambda mb, key: _without_extra(forward(params, mb, key)),
-                                 batch, dropout_key)
-        vjp = lambda cotangent: (over_batch(
-            lambda mb, key: jax.vjp(lambda p: forward(p, mb, key), params,
-                                    has_aux=True)[1](cotangent)[0], batch, dropout_key),)
+        backward = lambda cotangent, *_: (vjp(cotangent)[0], aux)  # of the pass just run
       losses = total(losses)
       weights, method_state = method.update(info_for(losses, counts, method_key, step),
                                             method_state)
-      grads = total(vjp((weights, one))[0])
-      return grads, losses, counts, weights, method_state, None, aux
+      grads, aux = over_batch(lambda mb, key: backward((weights, one), mb, key), batch,
+                              dropout_key)
+      return total(grads), losses, counts, weights, method_state, None, aux
 
     if mode == 'params':
       if grouped:
@@ -310,12 +341,16 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
 
   def discriminator_step(params, batch, dropout_key, disc_opt_state):
     """Alternating optimisation, first half: one update of the discriminator on the
-    current shared features (the model is fixed)."""
-    shared = jax.lax.stop_gradient(apply_model(model, params, batch, dropout_key).shared)
+    current shared features (the model is fixed), accumulated over the micro-batches."""
     disc_params = params[DISCRIMINATOR]
-    mask = jnp.ones(batch['domain'].shape, jnp.float32)
-    grads = total(jax.grad(lambda d: device_share(
-        domain_loss(discriminate(d, shared), batch['domain'], mask)))(disc_params))
+
+    def disc_grads(mb, key):
+      shared = jax.lax.stop_gradient(apply_model(model, params, mb, key).shared)
+      mask = jnp.ones(mb['domain'].shape, jnp.float32)
+      return jax.grad(lambda d: slice_share(
+          domain_loss(discriminate(d, shared), mb['domain'], mask)))(disc_params)
+
+    grads = total(over_batch(disc_grads, batch, dropout_key))
     disc_params, disc_opt_state = apply_optimizer(adversary.optimizer, grads, disc_opt_state,
                                                   disc_params)
     return {**params, DISCRIMINATOR: disc_params}, disc_opt_state
