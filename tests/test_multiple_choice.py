@@ -35,7 +35,7 @@ def test_copa_is_a_two_choice_task_read_from_its_records():
   ex = tfds_source.to_example(COPA, TFDS['superglue_copa'], record)
   assert ex == Example((), {'superglue_copa': 0}, (
       ('The man broke his toe.', 'What was the cause? He dropped a hammer.'),
-      ('The man broke his toe.', 'What was the cause? He got a hole in his sock.')))
+      ('The man broke his toe.', 'What was the cause? He got a hole in his sock.')), idx=4)
   ex = tfds_source.to_example(COPA, TFDS['superglue_copa'], {**record, 'label': -1})
   assert ex.labels == {'superglue_copa': None}
 
