@@ -23,7 +23,6 @@ def config(layout: str, data_dir: str):
     c.weighting.name = 'pcgrad'
   else:  # pmap, a loss weighter and the adversary
     c.parallelism = 'pmap'
-    c.checkpoint.every = 0  # orbax cannot save pmap's per-process copies (loop refuses it)
     c.weighting.name = 'uncertainty'
     c.adversary.enabled, c.adversary.weight = True, 0.3
   return c

@@ -83,10 +83,8 @@ def uninterrupted(data_dir, tmp_path_factory) -> str:
   return workdir
 
 
-def test_resume_after_crash_is_bitwise_identical(data_dir, uninterrupted, tmp_path,
-                                                 monkeypatch):
-  workdir = str(tmp_path)
-
+def _crash_and_resume(config, workdir: str, monkeypatch):
+  """Runs `config` until just after step 25 (past the step-20 checkpoint), then again."""
   def crash(self, step):
     if step == 2 * EVERY + 6:  # after the log record of step 25
       _wait_for(os.path.join(workdir, 'checkpoints', str(2 * EVERY)))
@@ -96,16 +94,31 @@ def test_resume_after_crash_is_bitwise_identical(data_dir, uninterrupted, tmp_pa
   with monkeypatch.context() as m:
     m.setattr(checkpoint.PreemptionWatch, 'reached', crash)
     with pytest.raises(KeyboardInterrupt):
-      loop.train_and_evaluate(_config(data_dir), workdir)
+      loop.train_and_evaluate(config, workdir)
   assert max(r['step'] for r in _log(workdir)) > 2 * EVERY  # the log ran past the checkpoint
 
   starts = []
   train_batches = loop.train_batches
   monkeypatch.setattr(loop, 'train_batches',
                       lambda *a, **k: (starts.append(a[4]), train_batches(*a, **k))[1])
-  loop.train_and_evaluate(_config(data_dir), workdir)
+  loop.train_and_evaluate(config, workdir)
   assert starts == [2 * EVERY]  # resumed, not started again
-  _assert_same_run(workdir, uninterrupted)
+
+
+def test_resume_after_crash_is_bitwise_identical(data_dir, uninterrupted, tmp_path,
+                                                 monkeypatch):
+  _crash_and_resume(_config(data_dir), str(tmp_path), monkeypatch)
+  _assert_same_run(str(tmp_path), uninterrupted)
+
+
+def test_pmap_resume_after_crash_is_bitwise_identical(data_dir, tmp_path, monkeypatch):
+  """pmap's per-device copies are saved as one global array and handed back to every
+  device on restore (mtl_jax.parallel.pmap.to_global / from_global)."""
+  config = _config(data_dir)
+  config.parallelism = 'pmap'
+  loop.train_and_evaluate(config, str(tmp_path / 'uninterrupted'))
+  _crash_and_resume(config, str(tmp_path / 'resumed'), monkeypatch)
+  _assert_same_run(str(tmp_path / 'resumed'), str(tmp_path / 'uninterrupted'))
 
 
 def _train_command(config, workdir: str) -> list[str]:

@@ -15,18 +15,51 @@ import numpy as np
 AXIS = 'batch'
 
 
+def _stacked(devices) -> jax.sharding.NamedSharding:
+  """A leading axis with one entry per device of `devices`."""
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                    jax.sharding.PartitionSpec(AXIS))
+
+
 def replicate(tree):
   """One copy of `tree` on each local device, stacked on a leading device axis."""
   devices = jax.local_devices()
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
   return jax.device_put(
-      jax.tree.map(lambda x: jnp.broadcast_to(x, (len(devices),) + x.shape), tree), sharding)
+      jax.tree.map(lambda x: jnp.broadcast_to(x, (len(devices),) + x.shape), tree),
+      _stacked(devices))
 
 
 def unreplicate(tree):
   """Device 0's copy (all copies are equal)."""
   return jax.tree.map(lambda x: x[0], tree)
+
+
+def everywhere() -> jax.sharding.NamedSharding:
+  """Whole on every device of every process: the layout a pmap state is saved in."""
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), (AXIS,)),
+                                    jax.sharding.PartitionSpec())
+
+
+def to_global(tree):
+  """The replicated state (a copy per local device) as global arrays whole on every device
+  of every process, assembled from the local copies in place: orbax saves global arrays
+  (and writes a replicated one once), not pmap's per-process copies."""
+  def one(x):
+    return jax.make_array_from_single_device_arrays(
+        x.shape[1:], everywhere(), [shard.data[0] for shard in x.addressable_shards])
+  return jax.tree.map(one, tree)
+
+
+def from_global(tree):
+  """to_global's inverse: this process's copy of each global array (a restored
+  checkpoint's), one per local device, stacked as pmap takes them."""
+  devices = jax.local_devices()
+
+  def one(x):
+    shards = {shard.device: shard.data for shard in x.addressable_shards}
+    return jax.make_array_from_single_device_arrays(
+        (len(devices),) + x.shape, _stacked(devices), [shards[d][None] for d in devices])
+  return jax.tree.map(one, tree)
 
 
 def split_batch(batch: dict, num_devices: int) -> dict:

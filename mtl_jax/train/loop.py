@@ -256,16 +256,12 @@ def _fit_parts(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: T
   return model, make_optimizer(config.optimizer, schedule), schedule, adversary
 
 
-def _one_device_layout(config: ml_collections.ConfigDict, num_tasks: int, method, model,
-                       optimizer, adversary) -> tuple[Callable[[], TrainState], TrainState]:
-  """(a function that creates the state, reading the pretrained encoder when it runs; the
-  state's layout whole on the first local device, which reads nothing)."""
-  create = lambda encoder=None: create_state(
+def _state_maker(config: ml_collections.ConfigDict, num_tasks: int, method, model, optimizer,
+                 adversary) -> Callable[..., TrainState]:
+  """create_state for this fit, as a function of the pretrained encoder (or None)."""
+  return lambda encoder=None: create_state(
       model, optimizer, method, num_tasks, config.seed, config.data.seq_len,
       config.weighting.mode, config.batch_size, adversary, encoder)
-  return (lambda: create(pretrained.load(model)),
-          _placed(jax.eval_shape(create),
-                  jax.sharding.SingleDeviceSharding(jax.local_devices()[0])))
 
 
 def trained_params(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
@@ -274,7 +270,9 @@ def trained_params(config: ml_collections.ConfigDict, tasks: Sequence[Task], dat
   `workdir`, as `fit(config, tasks, data, workdir, method)` left them in its last
   checkpoint. FileNotFoundError when it has none; ValueError when the fit did not finish."""
   model, optimizer, _, adversary = _fit_parts(config, tasks, data)
-  _, abstract = _one_device_layout(config, len(tasks), method, model, optimizer, adversary)
+  abstract = _placed(jax.eval_shape(_state_maker(config, len(tasks), method, model, optimizer,
+                                                  adversary)),
+                     jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'{directory} does not exist: the run kept no checkpoints '
@@ -306,11 +304,13 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
       config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
       adversary=adversary, micro_batches=config.micro_batches)
   # Per path: the state's layout when saved (abstract), and the conversions between the
-  # state the step takes and the one saved (pmap saves device 0's copy).
+  # state the step takes and the one saved.
   if config.parallelism == 'pmap':  # replicated state, the batch split over local devices
-    init, abstract = _one_device_layout(config, len(tasks), method, model, optimizer,
-                                        adversary)
-    to_saved, from_saved = pmap_lib.unreplicate, pmap_lib.replicate
+    # Saved as global arrays whole on every device (orbax saves only global arrays).
+    create = _state_maker(config, len(tasks), method, model, optimizer, adversary)
+    init = lambda: pmap_lib.to_global(pmap_lib.replicate(create(pretrained.load(model))))
+    abstract = _placed(jax.eval_shape(create), pmap_lib.everywhere())
+    to_saved, from_saved = pmap_lib.to_global, pmap_lib.from_global
     train_step = pmap_lib.pmap_step(step_fn(axis_name=pmap_lib.AXIS))
     positions = distributed.pmap_rows(config.batch_size)
     feed = functools.partial(pmap_lib.split_batch, num_devices=jax.local_device_count())
@@ -441,11 +441,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   distributed.initialize(config.distributed)  # before anything touches a device
   tasks = config_lib.validate(config, jax.device_count())
   checkpoint.check_config(config.checkpoint, tasks)
-  if config.parallelism == 'pmap' and jax.process_count() > 1 and config.checkpoint.every:
-    raise config_lib.ConfigError(
-        'config.checkpoint.every: a pmap run over several processes cannot be checkpointed '
-        '(orbax saves global arrays; pmap keeps a copy per process); use parallelism=\'mesh\' '
-        'or checkpoint.every=0.')
   method = config_lib.build_weighting(config)
   # Before the workdir is touched: a task without data fails with nothing written. One
   # tokenisation serves every phase.
