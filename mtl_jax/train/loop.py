@@ -407,16 +407,25 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 PHASES = ('multi', 'single', 'finetune')  # the fits of a run: MTL, and per task STL, fine-tuned
 
 
+class FitArgs(NamedTuple):
+  """fit's first five arguments."""
+  config: ml_collections.ConfigDict
+  tasks: tuple[Task, ...]
+  data: TaskData
+  workdir: str
+  method: weighting.Method
+
+
 def fit_args(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
-             workdir: str, phase: str, task: Task | None = None) -> tuple:
+             workdir: str, phase: str, task: Task | None = None) -> FitArgs:
   """fit's (config, tasks, data, workdir, method) for the run's fit of `phase`: 'multi'
   (all tasks, in workdir), or `task`'s 'single' baseline or 'finetune' (in
   workdir/<phase>/<task>)."""
   if phase == 'multi':
-    return config, tasks, data, workdir, config_lib.build_weighting(config)
-  return (finetune_config(config) if phase == 'finetune' else config, (task,),
-          task_view(data, task.name), os.path.join(workdir, phase, task.name),
-          weighting.get('equal'))
+    return FitArgs(config, tuple(tasks), data, workdir, config_lib.build_weighting(config))
+  return FitArgs(finetune_config(config) if phase == 'finetune' else config, (task,),
+                 task_view(data, task.name), os.path.join(workdir, phase, task.name),
+                 weighting.get('equal'))
 
 
 def _task_phase(task_dir: str, name: str, run: Callable[[], dict]) -> dict:
@@ -453,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     single = {}
     for task in tasks:
       args = fit_args(config, tasks, data, workdir, 'single', task)
-      single[task.name] = _task_phase(args[3], task.name, lambda: fit(
+      single[task.name] = _task_phase(args.workdir, task.name, lambda: fit(
           *args, desc=f'STL {task.name}').metrics[task.name])
   if config.mode in ('multi', 'both'):
     multi_fit = fit(config, tasks, data, workdir, method, desc='MTL')
@@ -462,7 +471,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       finetuned = {}
       for task in tasks:
         args = fit_args(config, tasks, data, workdir, 'finetune', task)
-        finetuned[task.name] = _task_phase(args[3], task.name, lambda: fit(
+        finetuned[task.name] = _task_phase(args.workdir, task.name, lambda: fit(
             *args, desc=f'fine-tune {task.name}', start=multi_fit.params).metrics[task.name])
 
   primary = {t.name: t.primary_metric for t in tasks}
