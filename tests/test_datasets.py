@@ -17,9 +17,9 @@ from tokenizers import BertWordPieceTokenizer, Tokenizer
 from experiments.configs import default
 from mtl_jax import config as config_lib
 from mtl_jax import tasks as task_lib
-from mtl_jax.data import local_source, tfds_source
+from mtl_jax.data import local_source, mixture, tfds_source
 from mtl_jax.data.features import Example
-from mtl_jax.data.pipeline import load_task_data
+from mtl_jax.data.pipeline import load_task_data, train_batches, train_table
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
@@ -114,7 +114,7 @@ def test_reader_reads_mock_glue_and_superglue(tmp_path):
     for name, split in (('glue_mrpc', 'train'), ('glue_mnli', 'validation_mismatched'),
                         ('glue_stsb', 'test'), ('superglue_multirc', 'validation')):
       task = task_lib.get(name)
-      examples = tfds_source.read_split(task, split, str(tmp_path))
+      examples = list(tfds_source.split_examples(task, split, str(tmp_path)))
       assert len(examples) == 5
       for ex in examples:
         assert len(ex.inputs) == 2 and all(isinstance(t, str) for t in ex.inputs)
@@ -128,7 +128,7 @@ def test_reader_reads_mock_glue_and_superglue(tmp_path):
 def test_a_missing_dataset_says_how_to_get_it(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'glue/cola.*tfds build glue/cola.*'
                      r'config\.data\.download=True.*config\.data\.local'):
-    tfds_source.read_split(task_lib.get('glue_cola'), 'train', str(tmp_path))
+    list(tfds_source.split_examples(task_lib.get('glue_cola'), 'train', str(tmp_path)))
 
 
 class _FakeBoolq(tfds.core.GeneratorBasedBuilder):
@@ -156,10 +156,10 @@ def test_a_prepared_dataset_is_read_without_its_builder(tmp_path):
   os.makedirs(tmp_path / 'super_glue' / 'boolq')
   os.rename(builder.data_dir, tmp_path / 'super_glue' / 'boolq' / '1.0.2')
   task = task_lib.get('superglue_boolq')
-  train = tfds_source.read_split(task, 'train', str(tmp_path))
+  train = list(tfds_source.split_examples(task, 'train', str(tmp_path)))
   assert sorted((ex.inputs, ex.labels['superglue_boolq']) for ex in train) == [
       (('q0?', 'p0.'), 0), (('q1?', 'p1.'), 1), (('q2?', 'p2.'), 1)]
-  test = tfds_source.read_split(task, 'test', str(tmp_path))
+  test = list(tfds_source.split_examples(task, 'test', str(tmp_path)))
   assert [ex.labels for ex in test] == [{'superglue_boolq': None}] * 2
 
 
@@ -180,14 +180,15 @@ def test_load_task_data_from_mock_glue(tmp_path):
   tasks = config_lib.validate(config)
   with tfds.testing.mock_data(num_examples=7):
     data = load_task_data(config.data, tasks)
+    table = train_table(data, np.arange(21))
   assert data.train_names == ('glue_cola', 'glue_mnli', 'glue_stsb')
   assert data.train_sizes == (7, 7, 7)
-  masks = data.train['label_masks']
+  masks = table['label_masks']
   for i, name in enumerate(data.train_names):
-    rows = data.train['domain'] == i
+    rows = table['domain'] == i
     assert masks[name][rows].all() and not masks[name][~rows].any()
-  assert (data.train['segment_ids'][data.train['domain'] == 0] == 0).all()  # single sentence
-  assert (data.train['segment_ids'][data.train['domain'] == 1] == 1).any()  # pairs
+  assert (table['segment_ids'][table['domain'] == 0] == 0).all()  # single sentence
+  assert (table['segment_ids'][table['domain'] == 1] == 1).any()  # pairs
   assert list(data.eval['glue_mnli']) == ['validation_matched', 'validation_mismatched']
   assert list(data.eval['glue_cola']) == ['validation']
   assert data.eval['glue_stsb']['validation']['labels']['glue_stsb'].dtype == np.float32
@@ -374,7 +375,7 @@ def test_a_local_task_trains_and_reports_skipped_rows(tmp_path, caplog):
   assert 'Skipped 1 malformed row' in caplog.text
   assert data.train_names[-1] == 'mine' and data.train_sizes[-1] == 2
   assert 'sentiment' in data.train_names  # the built-in suite's home dataset
-  mine = data.train['label_masks']['mine']
+  mine = train_table(data, np.arange(sum(data.train_sizes)))['label_masks']['mine']
   assert mine.sum() == 2 and mine[-2:].all()
   assert set(data.eval) == {'mine', 'sentiment'}
 
@@ -464,3 +465,30 @@ def test_train_and_evaluate_on_mock_glue(tmp_path):
   assert set(multi['glue_stsb']) == {'pearson', 'spearman'}
   assert report['primary_metric']['glue_cola'] == 'matthews'
   assert all(np.isfinite(v) for m in multi.values() for v in m.values())
+
+
+def test_tfds_training_records_are_read_only_when_a_batch_needs_them(tmp_path, monkeypatch):
+  """With a pretrained vocabulary nothing reads the training text up front: a record is read
+  when a fit first gathers it, and only the rows this process feeds."""
+  config = _glue_config(str(tmp_path), ('glue_cola', 'glue_stsb'))
+  config.data.vocabulary = str(_vocab_txt(tmp_path / 'vocab', WORDS))
+  tasks = config_lib.validate(config)
+  read, to_example = [], tfds_source.to_example
+  monkeypatch.setattr(tfds_source, 'to_example',
+                      lambda task, data, record: read.append(task.name) or to_example(
+                          task, data, record))
+  probabilities = mixture.mixture_probabilities((40, 40), 'proportional')
+  positions = np.arange(2)  # process 0 of 4: the first quarter of each batch of 8
+  fed = [mixture.sample_rows(0, step, 8, (40, 40), probabilities)[positions]
+         for step in range(3)]
+  with tfds.testing.mock_data(num_examples=40):
+    data = load_task_data(config.data, tasks)
+    assert len(read) == 80  # the two validation splits
+    batches = list(train_batches(data, config.sampling, 0, 8, 0, 3, positions))
+    assert len(read) == 80 + len(np.unique(fed))  # at most 6 of the 80 training records
+    everything = train_table(data, np.arange(80))
+  assert len(read) == 160  # the others, once each
+  for batch, rows in zip(batches, fed, strict=True):
+    np.testing.assert_array_equal(batch['input_ids'], everything['input_ids'][rows])
+    np.testing.assert_array_equal(batch['labels']['glue_stsb'],
+                                  everything['labels']['glue_stsb'][rows])

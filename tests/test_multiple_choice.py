@@ -11,9 +11,11 @@ import pytest
 import scipy.special
 import tensorflow_datasets as tfds
 
+from mtl_jax import config as config_lib
 from mtl_jax import tasks as task_lib
 from mtl_jax.data import tfds_source
 from mtl_jax.data.features import Example, encode_examples
+from mtl_jax.data.pipeline import load_task_data, task_view, train_batches
 from mtl_jax.data.tokenizer import load_wordpiece
 from mtl_jax.models import architectures
 from mtl_jax.models.encoder import EncoderConfig
@@ -192,3 +194,21 @@ def test_the_copa_loss_is_cross_entropy_over_the_candidates():
   nll = -scipy.special.log_softmax(scores, axis=1)[np.arange(3), labels]
   np.testing.assert_allclose(losses[0], nll[:2].mean(), rtol=1e-6)
   assert counts[0] == 2
+
+
+def test_single_task_baselines_of_a_run_with_copa_read_their_own_inputs(copa_config, tmp_path):
+  """A run with COPA holds two inputs per row; a baseline of another task reads the first
+  (the one MTL gave it) as (n, S) rows, and COPA's baseline both."""
+  config = copa_config
+  config.mode, config.num_steps = 'single', 2
+  data = load_task_data(config.data, config_lib.validate(config))
+  seq = config.data.seq_len
+  pos = task_view(data, 'pos')
+  assert pos.eval['pos']['validation']['input_ids'].shape[1:] == (seq,)
+  np.testing.assert_array_equal(pos.eval['pos']['validation']['input_ids'],
+                                data.eval['pos']['validation']['input_ids'][:, 0])
+  assert next(train_batches(pos, config.sampling, 0, 8, 0, 1))['input_ids'].shape == (8, seq)
+  copa = task_view(data, 'superglue_copa')
+  assert next(train_batches(copa, config.sampling, 0, 8, 0, 1))['input_ids'].shape == (8, 2, seq)
+  report = train_and_evaluate(config, str(tmp_path / 'run'))
+  assert set(report['single']) == set(config.tasks)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from mtl_jax import tasks as task_lib
-from mtl_jax.data import builtin_suite, builtin_tfds
-from mtl_jax.data.pipeline import eval_batches, load_task_data, train_batches
+from mtl_jax.data import builtin_suite, builtin_tfds, mixture
+from mtl_jax.data.features import concat_tables, encode_examples
+from mtl_jax.data.pipeline import (eval_batches, load_task_data, task_view, train_batches,
+                                   train_table)
 
 SIZES = dict(train_size=24, eval_size=8, relatedness=0.5, seed=3)
 
@@ -45,6 +47,10 @@ def _data_cfg(smoke_config):
   return smoke_config.data
 
 
+def _all_rows(data):
+  return train_table(data, np.arange(sum(data.train_sizes)))
+
+
 def test_tables_hold_every_task_label_under_masks(smoke_config):
   tasks = tuple(task_lib.get(n) for n in ('pos', 'sentiment', 'entailment', 'similarity'))
   data = load_task_data(_data_cfg(smoke_config), tasks)
@@ -52,8 +58,10 @@ def test_tables_hold_every_task_label_under_masks(smoke_config):
   assert data.train_names == builtin_suite.TASKS
   assert data.train_sizes == (24,) * 7
   seq = smoke_config.data.seq_len
-  assert data.train['input_ids'].shape == (24 * 7, seq)
-  masks = data.train['label_masks']
+  table = _all_rows(data)
+  assert table['input_ids'].shape == (24 * 7, seq)
+  np.testing.assert_array_equal(table['domain'], np.repeat(np.arange(7), 24))
+  masks = table['label_masks']
   single, pair = slice(0, 24 * 5), slice(24 * 5, 24 * 7)
   assert masks['sentiment'][single].all() and not masks['sentiment'][pair].any()
   assert masks['entailment'][pair].all() and not masks['entailment'][single].any()
@@ -64,7 +72,7 @@ def test_tables_hold_every_task_label_under_masks(smoke_config):
 def test_single_task_sees_only_its_labelled_datasets(smoke_config):
   data = load_task_data(_data_cfg(smoke_config), (task_lib.get('entailment'),))
   assert data.train_names == ('entailment', 'similarity')
-  assert set(data.train['labels']) == {'entailment'}
+  assert set(_all_rows(data)['labels']) == {'entailment'}
 
 
 def test_batches_are_static_deterministic_and_resumable(smoke_config):
@@ -107,11 +115,12 @@ def test_grouped_batches_hold_each_task_from_its_own_dataset(smoke_config):
                                start_step=0, num_steps=3))
   # Every input row is recognised by the home dataset whose rows hold it.
   offsets = np.concatenate([[0], np.cumsum(data.train_sizes)])
+  inputs = _all_rows(data)['input_ids']
   for batch in batches:
     for i, task in enumerate(data.tasks):
       group = slice(2 * i, 2 * i + 2)
       home = data.train_names.index(task)
-      home_rows = data.train['input_ids'][offsets[home]:offsets[home + 1]]
+      home_rows = inputs[offsets[home]:offsets[home + 1]]
       for row in batch['input_ids'][group]:
         assert (home_rows == row).all(axis=1).any()
       for other in data.tasks:
@@ -122,3 +131,45 @@ def test_grouped_batches_hold_each_task_from_its_own_dataset(smoke_config):
   np.testing.assert_array_equal(again['input_ids'], batches[0]['input_ids'])
   with pytest.raises(ValueError, match='divisible by the number of tasks'):
     next(train_batches(data, smoke_config.sampling, 1, 6, 0, 1))
+
+
+def test_a_process_reads_only_the_rows_it_feeds_and_views_reuse_them(smoke_config, data_dir):
+  tasks = tuple(task_lib.get(n) for n in ('pos', 'sentiment', 'entailment'))
+  data = load_task_data(_data_cfg(smoke_config), tasks)
+  assert not any(len(data.train.read(h)) for h in range(7))
+  # A second implementation: every training example tokenised at once, in home order.
+  train = builtin_tfds.load_split(builtin_tfds.data_sources(
+      builtin_tfds.suite_config(**SIZES), data_dir)['train'])
+  whole = concat_tables([encode_examples(train[home], tasks, data.tokenizer,
+                                         smoke_config.data.seq_len)
+                         for home in data.train_names])
+  offsets = np.concatenate([[0], np.cumsum(data.train_sizes)])
+
+  def check(batch, rows, names):
+    for key in ('input_ids', 'segment_ids', 'attention_mask'):
+      np.testing.assert_array_equal(batch[key], whole[key][rows])
+    assert set(batch['labels']) == set(names)
+    for name in names:
+      np.testing.assert_array_equal(batch['labels'][name], whole['labels'][name][rows])
+      np.testing.assert_array_equal(batch['label_masks'][name],
+                                    whole['label_masks'][name][rows])
+
+  positions = np.arange(4, 8)  # process 1 of 2: the second half of each batch of 8
+  batches = list(train_batches(data, smoke_config.sampling, 2, 8, 1, 4, positions))
+  probabilities = mixture.mixture_probabilities(data.train_sizes, 'proportional')
+  fed = [mixture.sample_rows(2, step, 8, data.train_sizes, probabilities)[positions]
+         for step in range(1, 4)]
+  for batch, rows in zip(batches, fed, strict=True):
+    check(batch, rows, [t.name for t in tasks])
+    np.testing.assert_array_equal(batch['domain'],
+                                  np.searchsorted(offsets, rows, side='right') - 1)
+  read = np.concatenate([data.train.read(h) + offsets[h] for h in range(7)])
+  np.testing.assert_array_equal(read, np.unique(fed))  # at most 12 of the 168 rows
+
+  # entailment alone draws from the pair datasets, with rows numbered within them.
+  view = task_view(data, 'entailment')
+  assert view.train_names == ('entailment', 'similarity')
+  batch = next(train_batches(view, smoke_config.sampling, 2, 8, 0, 1))
+  rows = mixture.sample_rows(2, 0, 8, view.train_sizes, mixture.mixture_probabilities(
+      view.train_sizes, 'proportional'))
+  check(batch, rows + offsets[data.train_names.index('entailment')], ['entailment'])

@@ -67,6 +67,11 @@ def _fits(task: Task, example: Example) -> bool:
   return not example.choices and len(example.inputs) == len(task.input_fields)
 
 
+def carries(task: Task, example: Example) -> bool:
+  """Whether `example` is labelled for `task` (its table row gets the task's label)."""
+  return example.labels.get(task.name) is not None and _fits(task, example)
+
+
 def _encode(tokenizer, inputs: list, seq_len: int) -> tuple[dict, list]:
   """Token arrays (n, S) of each row's input (a text, a pair, or None: an empty slot, all
   zero), and the rows' encodings (None for an empty slot)."""
@@ -94,8 +99,11 @@ def _candidates(example: Example, choice: int):
 
 
 def encode_examples(examples: Sequence[Example], tasks: Sequence[Task], tokenizer,
-                    seq_len: int, where: str = 'examples') -> dict:
+                    seq_len: int, where: str = 'examples',
+                    row_ids: Sequence[int] | None = None) -> dict:
   """Tokenises examples and aligns every task's labels with the tokens.
+
+  `row_ids`: each example's row in its dataset, which errors name (default: its position).
 
   Word-level tags go on the first word piece of each word in the first text; the other
   pieces, the special tokens, padding and truncated words are masked out.
@@ -110,14 +118,15 @@ def encode_examples(examples: Sequence[Example], tasks: Sequence[Task], tokenize
   for task in tasks:
     labels, masks = _label_arrays(task, n, seq_len)
     for row, (ex, enc) in enumerate(zip(examples, encodings)):
-      value = ex.labels.get(task.name)
-      if value is None or not _fits(task, ex):
+      if not carries(task, ex):
         continue
-      _check_label(task, value, f'{where}, row {row}')
+      value = ex.labels[task.name]
+      at = f'{where}, row {row if row_ids is None else row_ids[row]}'
+      _check_label(task, value, at)
       if task.kind is TaskKind.TAGGING:
         words = ex.inputs[0]
         if not isinstance(words, list) or len(words) != len(value):
-          raise ValueError(f'{where}, row {row}: task {task.name!r} needs one tag per word '
+          raise ValueError(f'{at}: task {task.name!r} needs one tag per word '
                            f'of a pre-split text.')
         seen = set()
         for pos, (word, seq) in enumerate(zip(enc.word_ids, enc.sequence_ids)):

@@ -1,9 +1,12 @@
 """Config -> feature tables -> a stream of static-shape training batches.
 
-Examples are tokenised once into numpy tables (mtl_jax.data.features); each step's batch is
-a gather of rows chosen by the mixture sampler from (seed, step) alone, served by a grain
-MapDataset indexed by step. So batch k is the same whenever it is asked for: runs are
-reproducible and resume exactly.
+Each step's batch is a gather of rows chosen by the mixture sampler from (seed, step) alone,
+served by a grain MapDataset indexed by step. So batch k is the same whenever it is asked
+for: runs are reproducible and resume exactly, and every process of a multi-host run
+agrees on it without talking to the others. Validation examples are tokenised into numpy
+tables (mtl_jax.data.features) up front; a training row is read and tokenised only when a
+fit first needs it (mtl_jax.data.train_rows), so a process reads only the rows its devices
+are fed.
 """
 
 import logging
@@ -17,20 +20,24 @@ import ml_collections
 import numpy as np
 
 from mtl_jax.data import builtin_tfds, local_source, tfds_source
-from mtl_jax.data.features import Example, concat_tables, encode_examples, num_rows
+from mtl_jax.data.features import Example, carries, concat_tables, encode_examples, num_rows
 from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sample_rows
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer, load_wordpiece
+from mtl_jax.data.train_rows import TrainRows
 from mtl_jax.evaluation.metrics import get_metric
-from mtl_jax.tasks import Task
+from mtl_jax.tasks import Task, num_choices
 from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE
 from mtl_jax.train import progress
 
 
 class TaskData(NamedTuple):
-  train: dict  # all training rows, one table, grouped by home dataset ('domain': its index)
-  train_sizes: tuple[int, ...]  # rows of each home dataset, in table order
-  train_names: tuple[str, ...]  # the home datasets (the mixture's components)
-  tasks: tuple[str, ...]  # the run's tasks, in order
+  """What a fit trains and is scored on. Its training rows are the concatenation, in
+  order, of its home datasets (the mixture's components): `train_homes` of `train`."""
+  train: TrainRows  # every home dataset of the run, read and tokenised on demand
+  train_homes: tuple[int, ...]  # this fit's home datasets: indices into train's
+  train_sizes: tuple[int, ...]  # rows of each of this fit's home datasets
+  train_names: tuple[str, ...]  # their names
+  tasks: tuple[str, ...]  # this fit's tasks, in order
   eval: dict[str, dict[str, dict]]  # task -> validation split -> table, primary split first
   vocab_size: int
   skipped: tuple[str, ...] = ()  # 'file:line: reason' of each malformed local row skipped
@@ -39,7 +46,8 @@ class TaskData(NamedTuple):
 
 class _Examples(NamedTuple):
   """One source's examples before tokenisation."""
-  train: dict[str, list[Example]]  # home dataset -> its training examples
+  train: dict[str, Sequence[Example]]  # home dataset -> its training examples (random access)
+  carries: dict[str, frozenset[str]]  # home dataset -> the tasks it has labels of
   eval: dict[str, dict[str, list[Example]]]  # task -> validation split -> examples
   skipped: tuple[str, ...] = ()
 
@@ -48,20 +56,30 @@ def default_data_dir() -> str:
   return os.path.join(os.path.expanduser('~'), '.cache', 'mtl_jax')
 
 
+def _carried(tasks: Sequence[Task], examples: Sequence[Example]) -> frozenset[str]:
+  return frozenset(t.name for t in tasks if any(carries(t, ex) for ex in examples))
+
+
 def _builtin_examples(data_cfg, tasks: Sequence[Task], data_dir: str) -> _Examples:
-  """Every home dataset of the suite (a sentence carries labels of several tasks)."""
+  """Every home dataset of the suite (a sentence carries labels of several tasks). The
+  suite is small and generated, so it is read whole, which tells which tasks each home
+  dataset has labels of."""
   suite_cfg = _suite_config(data_cfg)
   split_sources = builtin_tfds.data_sources(suite_cfg, data_dir)
   validation = builtin_tfds.load_split(split_sources['validation'])
-  return _Examples(builtin_tfds.load_split(split_sources['train']),
+  train = builtin_tfds.load_split(split_sources['train'])
+  return _Examples(train, {home: _carried(tasks, ex) for home, ex in train.items()},
                    {t.name: {'validation': validation[t.name]} for t in tasks})
 
 
 def _tfds_examples(data_cfg, task: Task, data_dir: str) -> _Examples:
+  """A TFDS task's training split stays unread (each record carries the task's label);
+  its validation splits are read."""
   data = tfds_source.tfds_data(task)
-  read = lambda split: tfds_source.read_split(task, split, data_dir, data_cfg.download)
-  return _Examples({task.name: read(data.train)} if data.train else {},
-                   {task.name: {split: read(split) for split in data.eval}})
+  examples = lambda split: tfds_source.split_examples(task, split, data_dir, data_cfg.download)
+  return _Examples({task.name: examples(data.train)} if data.train else {},
+                   {task.name: frozenset({task.name})},
+                   {task.name: {split: list(examples(split)) for split in data.eval}})
 
 
 def _local_examples(data_cfg, task: Task, spec: local_source.LocalSpec) -> _Examples:
@@ -69,7 +87,8 @@ def _local_examples(data_cfg, task: Task, spec: local_source.LocalSpec) -> _Exam
   read = {split: local_source.read_split(task, spec, split, bad_rows)
           for split in ('train', *spec.eval_splits) if split in spec.paths}
   skipped = tuple(where for _, rows in read.values() for where in rows)
-  return _Examples({task.name: read['train'][0]} if 'train' in read else {},
+  train = {task.name: read['train'][0]} if 'train' in read else {}
+  return _Examples(train, {home: _carried((task,), ex) for home, ex in train.items()},
                    {task.name: {split: read[split][0] for split in spec.eval_splits}}, skipped)
 
 
@@ -78,9 +97,11 @@ def _suite_config(data_cfg) -> builtin_tfds.SuiteConfig:
                                    data_cfg.relatedness, data_cfg.seed)
 
 
-def _tokenizer(data_cfg, train: dict[str, list[Example]], builtin_only: bool, data_dir: str):
+def _tokenizer(data_cfg, train: dict[str, Sequence[Example]], builtin_only: bool,
+               data_dir: str):
   """config.data.vocabulary: a pretrained tokenizer's folder, or '' to learn a WordPiece
-  vocabulary: the built-in suite's own, or one from the run's training text."""
+  vocabulary: the built-in suite's own, or one from the run's training text (which reads
+  all of it, on every process)."""
   if data_cfg.vocabulary:
     return load_pretrained_tokenizer(data_cfg.vocabulary, data_cfg.seq_len)
   if builtin_only:
@@ -113,7 +134,7 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
   are the home datasets that carry a label of at least one of the run's tasks: each TFDS or
   local task's training file is one; in the built-in suite a sentence is labelled for every
   single-sentence task, so a task alone (STL) trains on exactly the labelled rows that it
-  sees in MTL.
+  sees in MTL. Training rows are read and tokenised later, by the fits that draw them.
   """
   data_dir = data_cfg.data_dir or default_data_dir()
   local = local_source.local_specs(data_cfg)
@@ -125,6 +146,7 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
     elif task.source != BUILTIN_SOURCE:
       sources.append(_tfds_examples(data_cfg, task, data_dir))
   train = {home: ex for source in sources for home, ex in source.train.items()}
+  carried = {home: c for source in sources for home, c in source.carries.items()}
   validation = {task: splits for source in sources for task, splits in source.eval.items()}
   for task in tasks:
     if not validation[task.name]:
@@ -135,39 +157,63 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
                     len(skipped), '; '.join(skipped[:3]))
   tokenizer = _tokenizer(data_cfg, train, len(builtin) == len(tasks), data_dir)
 
-  with progress.bar(len(train) + sum(len(splits) for splits in validation.values()),
-                    'tokenise', unit='table') as bar:
-    def encode(examples, where):
-      table = encode_examples(examples, tasks, tokenizer, data_cfg.seq_len, where)
+  homes = [home for home, examples in train.items() if len(examples) and carried[home]]
+  untrained = [t.name for t in tasks if not any(t.name in carried[home] for home in homes)]
+  if untrained:
+    raise ValueError(f'Tasks {untrained} have no labelled training examples (glue_ax is '
+                     f'evaluation only; a local task needs a \'train\' path).')
+  rows = TrainRows(homes, [train[h] for h in homes], [carried[h] for h in homes], tasks,
+                   tokenizer, data_cfg.seq_len)
+
+  with progress.bar(sum(len(splits) for splits in validation.values()), 'tokenise',
+                    unit='table') as bar:
+    def encode(task, split, examples):
+      table = encode_examples(examples, tasks, tokenizer, data_cfg.seq_len,
+                              f'{task.source} {split} split, {task.name}')
       bar.update()
-      return table
+      return _with_groups(task, examples, table)
 
-    train_tables, names = [], []
-    for home, examples in train.items():
-      table = encode(examples, f'train split, {home} examples') if examples else None
-      if table is not None and any(m.any() for m in table['label_masks'].values()):
-        table['domain'] = np.full(num_rows(table), len(names), np.int32)
-        train_tables.append(table)
-        names.append(home)
-    untrained = [t.name for t in tasks
-                 if not any(table['label_masks'][t.name].any() for table in train_tables)]
-    if untrained:
-      raise ValueError(f'Tasks {untrained} have no labelled training examples (glue_ax is '
-                       f'evaluation only; a local task needs a \'train\' path).')
-    eval_tables = {t.name: {split: _with_groups(t, examples, encode(
-                                examples, f'{t.source} {split} split, {t.name}'))
+    eval_tables = {t.name: {split: encode(t, split, examples)
                             for split, examples in validation[t.name].items()} for t in tasks}
-  return TaskData(concat_tables(train_tables), tuple(num_rows(t) for t in train_tables),
-                  tuple(names), tuple(t.name for t in tasks), eval_tables,
-                  tokenizer.get_vocab_size(), skipped, tokenizer)
+  return TaskData(rows, tuple(range(len(homes))), rows.sizes, tuple(homes),
+                  tuple(t.name for t in tasks), eval_tables, tokenizer.get_vocab_size(),
+                  skipped, tokenizer)
 
 
-def _labels_of(table: dict, task: str, rows=slice(None)) -> dict:
-  """`table`'s `rows` with the labels of `task` alone."""
-  only = {k: v[rows] for k, v in table.items() if k not in ('labels', 'label_masks')}
-  only['labels'] = {task: table['labels'][task][rows]}
-  only['label_masks'] = {task: table['label_masks'][task][rows]}
-  return only
+_INPUTS = ('input_ids', 'segment_ids', 'attention_mask')
+
+
+def _for_tasks(table: dict, tasks: Sequence[Task]) -> dict:
+  """`table` with the labels of `tasks` alone, and only the inputs they read: a table of a
+  run with a multiple-choice task holds C inputs per row, and any other task reads the
+  first."""
+  view = {k: v for k, v in table.items() if k not in ('labels', 'label_masks')}
+  if num_choices(tasks) == 1 and table['input_ids'].ndim == 3:
+    view.update({k: table[k][:, 0] for k in _INPUTS})
+  for key in ('labels', 'label_masks'):
+    view[key] = {t.name: table[key][t.name] for t in tasks}
+  return view
+
+
+def _specs(data: TaskData) -> list[Task]:
+  return [t for t in data.train.tasks if t.name in data.tasks]
+
+
+def train_table(data: TaskData, rows: np.ndarray) -> dict:
+  """The fit's training rows `rows` (sorted indices into the concatenation of its home
+  datasets) as one table labelled for its tasks, with 'domain': each row's home dataset
+  (its index in data.train_names). Reads and tokenises the rows not read before."""
+  offsets = np.concatenate([[0], np.cumsum(data.train_sizes)]).astype(np.int64)
+  domain = np.searchsorted(offsets, rows, side='right') - 1
+  per_home = [rows[domain == d] - offsets[d] for d in range(len(data.train_homes))]
+  wanted = [np.zeros(0, np.int64)] * len(data.train.homes)
+  for d, home in enumerate(data.train_homes):
+    wanted[home] = per_home[d]
+  data.train.fill(wanted)
+  table = concat_tables([data.train.table(home, per_home[d])
+                         for d, home in enumerate(data.train_homes) if len(per_home[d])])
+  table['domain'] = domain.astype(np.int32)
+  return _for_tasks(table, _specs(data))
 
 
 def task_view(data: TaskData, task: str) -> TaskData:
@@ -175,38 +221,43 @@ def task_view(data: TaskData, task: str) -> TaskData:
   datasets that carry its labels, its labels only, and its validation tables. The tokens
   are the multi-task run's, so single-task baselines and per-task fine-tuning read exactly
   the inputs, and the vocabulary, that MTL did."""
-  labelled = data.train['label_masks'][task]
-  labelled = labelled.reshape(labelled.shape[0], -1).any(axis=1)
-  keep = [i for i in range(len(data.train_names)) if labelled[data.train['domain'] == i].any()]
-  table = _labels_of(data.train, task, np.isin(data.train['domain'], keep))
-  table['domain'] = np.searchsorted(keep, table['domain']).astype(np.int32)
-  return data._replace(train=table, train_sizes=tuple(data.train_sizes[i] for i in keep),
-                       train_names=tuple(data.train_names[i] for i in keep), tasks=(task,),
-                       eval={task: {split: _labels_of(t, task)
-                                    for split, t in data.eval[task].items()}})
+  keep = [d for d, home in enumerate(data.train_homes) if task in data.train.carries[home]]
+  view = data._replace(train_homes=tuple(data.train_homes[d] for d in keep),
+                       train_sizes=tuple(data.train_sizes[d] for d in keep),
+                       train_names=tuple(data.train_names[d] for d in keep), tasks=(task,))
+  return view._replace(eval={task: {split: _for_tasks(table, _specs(view))
+                                    for split, table in data.eval[task].items()}})
 
 
 class _BatchAt:
   """step -> this process's rows of the global batch: picklable, so grain may run it in
-  worker threads or processes."""
+  worker threads or processes. `load` first reads the rows of the steps it will serve."""
 
-  def __init__(self, table, sizes, probabilities, seed, batch_size, positions):
-    self.table, self.sizes, self.probabilities = table, sizes, probabilities
+  def __init__(self, sizes, probabilities, seed, batch_size, positions):
+    self.sizes, self.probabilities = sizes, probabilities
     self.seed, self.batch_size, self.positions = seed, batch_size, positions
+    self.rows, self.table = None, None  # sorted row indices, and their table
 
   def global_rows(self, step: int) -> np.ndarray:
     return sample_rows(self.seed, step, self.batch_size, self.sizes, self.probabilities)
 
+  def local_rows(self, step: int) -> np.ndarray:
+    return self.global_rows(step)[self.positions]
+
+  def load(self, data: TaskData, steps: range):
+    self.rows = np.unique(np.concatenate([self.local_rows(step) for step in steps]))
+    self.table = train_table(data, self.rows)
+
   def __call__(self, step: int) -> dict:
-    rows = self.global_rows(step)[self.positions]
-    return jax.tree.map(lambda a: a[rows], self.table)
+    where = np.searchsorted(self.rows, self.local_rows(step))
+    return jax.tree.map(lambda a: a[where], self.table)
 
 
 class _GroupedBatchAt(_BatchAt):
   """step -> N equal groups of rows, group i from task i's own dataset, labelled for it only."""
 
-  def __init__(self, table, sizes, components, tasks, seed, batch_size, positions):
-    super().__init__(table, sizes, None, seed, batch_size, positions)
+  def __init__(self, sizes, components, tasks, seed, batch_size, positions):
+    super().__init__(sizes, None, seed, batch_size, positions)
     self.components, self.tasks = components, tasks
 
   def global_rows(self, step: int) -> np.ndarray:
@@ -228,7 +279,8 @@ def train_batches(data: TaskData, sampling: ml_collections.ConfigDict, seed: int
   """Batches for steps [start_step, num_steps), prefetched in a background thread.
 
   `positions`: the rows of each global batch that this process feeds to its devices
-  (mtl_jax.parallel.distributed); by default all of them. Only those rows are gathered.
+  (mtl_jax.parallel.distributed); by default all of them. Only the training rows at those
+  positions of these steps' batches are read and tokenised, before the first batch.
   """
   positions = np.arange(batch_size) if positions is None else positions
   if sampling.strategy == 'grouped':
@@ -236,14 +288,17 @@ def train_batches(data: TaskData, sampling: ml_collections.ConfigDict, seed: int
     if missing:
       raise ValueError(f'Grouped sampling draws each task from its own dataset; tasks '
                        f'{missing} have none among {data.train_names}.')
-    batch_at = _GroupedBatchAt(data.train, data.train_sizes,
+    batch_at = _GroupedBatchAt(data.train_sizes,
                                [data.train_names.index(t) for t in data.tasks], data.tasks,
                                seed, batch_size, positions)
   else:
     probabilities = mixture_probabilities(data.train_sizes, sampling.strategy,
                                           sampling.temperature)
-    batch_at = _BatchAt(data.train, data.train_sizes, probabilities, seed, batch_size,
-                        positions)
+    batch_at = _BatchAt(data.train_sizes, probabilities, seed, batch_size, positions)
+  if start_step < num_steps:
+    batch_at.load(data, range(start_step, num_steps))
+    logging.info('Process %d reads %d of the %d training rows of %s.', jax.process_index(),
+                 len(batch_at.rows), sum(data.train_sizes), ', '.join(data.train_names))
   steps = grain.MapDataset.range(start_step, num_steps).map(batch_at)
   return iter(steps.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 

@@ -95,9 +95,9 @@ def group_ids(task: Task, examples: list[Example]) -> np.ndarray | None:
                      for ex in examples], np.int32)
 
 
-def read_split(task: Task, split: str, data_dir: str, download: bool = False
-               ) -> list[Example]:
-  """All examples of one split of a TFDS task, in stored order."""
+def split_examples(task: Task, split: str, data_dir: str, download: bool = False
+                   ) -> grain.MapDataset:
+  """One split of a TFDS task as random-access Examples: a record is read when indexed."""
   data = tfds_data(task)
   source = data_source(task.source, split, data_dir, download)
-  return list(grain.MapDataset.source(source).map(lambda r: to_example(task, data, r)))
+  return grain.MapDataset.source(source).map(lambda r: to_example(task, data, r))

@@ -213,8 +213,8 @@ def submit(workdir: str, phase: str = 'multi', out: str | None = None,
     for target in (t for t in targets if head_of(t.name) in heads):
       head = heads[head_of(target.name)]
       for split, name in zip(TFDS[target.name].test, SUBMISSIONS[target.name].files):
-        examples = tfds_source.read_split(target, split, config.data.data_dir
-                                          or default_data_dir(), config.data.download)
+        examples = list(tfds_source.split_examples(target, split, config.data.data_dir
+                                                   or default_data_dir(), config.data.download))
         # Encoded for all the fit's tasks, as its validation tables were (a run with a
         # multiple-choice task holds C inputs per row).
         table = encode_examples(examples, fit_tasks, data.tokenizer, config.data.seq_len,
