@@ -9,11 +9,16 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import build_step
 # The smoke config without dropout (its bits depend on the layout) or clipping.
+from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.config import ConfigError
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.parallel import mesh as mesh_lib
+from mtl_jax.evaluation.evaluate import evaluate, predictions
+from mtl_jax.tasks import TaskKind
+from mtl_jax.train import loop
 from mtl_jax.train.loop import TRAIN_KEYS, create_state, init_params, sharded_state
+from mtl_jax.train.step import make_predict_step
 
 LEARNING_RATE = 0.3  # SGD: every layout must form the same gradient
 STEPS = 3
@@ -160,10 +165,39 @@ def test_bad_mesh_is_a_config_error(config, sizes, message):
     _mesh(config, *sizes)
 
 
+def test_sharded_evaluation_equals_one_device(config):
+  """The mesh's predictor (sharded parameters, each process feeding its rows, the last batch
+  padded) predicts and scores as the one-device predictor does."""
+  tasks, data, state, model, _ = build_step(config)
+  one_device = jax.jit(make_predict_step(model, tasks))
+  expected = evaluate(one_device, state.params, tasks, data.eval, 24)
+  for layout in ((4, 2, 1), (2, 1, 4)):
+    mesh, rules = _mesh(config, *layout)
+    shardings = _shardings(config, model, state, mesh, rules)
+    params = jax.device_put(state.params, shardings.params)
+    predict = loop.mesh_predictor(make_predict_step(model, tasks), mesh, rules,
+                                    shardings.params, 24)
+    for task in tasks:
+      table = data.eval[task.name]['validation']
+      assert len(table['input_ids']) % 24  # a padded last batch
+      got = predictions(predict, params, task, table, 24)['pred']
+      want = predictions(one_device, state.params, task, table, 24)['pred']
+      if task.kind is TaskKind.REGRESSION:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+      else:
+        np.testing.assert_array_equal(got, want)
+    scores = evaluate(predict, params, tasks, data.eval, 24)  # a correlation near 0: atol
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4),
+                 scores, expected)
+
+
 def test_bad_rule_and_indivisible_batch_are_config_errors(config):
   mesh, rules = _mesh(config, 4, 2, 1)
   with pytest.raises(ConfigError, match=r'config\.batch_size: 12 does not split over the 8'):
     mesh_lib.batch_sharding(mesh, rules, 12)
+  config.eval_batch_size = 20
+  with pytest.raises(ConfigError, match=r'config\.eval_batch_size: 20 does not split over '):
+    config_lib.validate(config, 8)
   config.mesh.rules = (('mlp', 'model'),)
   with pytest.raises(ConfigError, match=r'config\.mesh\.rules: \(\'mlp\', \'model\'\)'):
     mesh_lib.axis_rules(config.mesh)

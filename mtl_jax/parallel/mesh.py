@@ -75,14 +75,22 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, batch_size: int) -> NamedSharding:
-  """Every batch array is split along its leading (batch) axis."""
+def check_batch_size(shape: dict[str, int], rules: Rules, batch_size: int, field: str):
+  """ConfigError unless `batch_size` (set by config field `field`) splits over the devices
+  that share a batch on a mesh of `shape` (axis -> size)."""
   spec = nn.logical_to_mesh_axes(('batch',), rules)
-  parts = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))
+  parts = math.prod(shape[a] for a in jax.tree.leaves(tuple(spec)))
   if batch_size % parts:
-    raise ConfigError(f'config.batch_size: {batch_size} does not split over the {parts} '
-                      f'devices that share the batch ({spec}, mesh {dict(mesh.shape)}).')
-  return NamedSharding(mesh, spec)
+    raise ConfigError(f'{field}: {batch_size} does not split over the {parts} '
+                      f'devices that share the batch ({spec}, mesh {shape}).')
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, batch_size: int,
+                   field: str = 'config.batch_size') -> NamedSharding:
+  """Every batch array is split along its leading (batch) axis; `field` names the config
+  field that set `batch_size`."""
+  check_batch_size(dict(mesh.shape), rules, batch_size, field)
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(('batch',), rules))
 
 
 def _is_box(x) -> bool:
@@ -110,6 +118,14 @@ def state_shardings(state_shape, boxed_params, mesh: jax.sharding.Mesh, rules: R
     return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(sharding, state_shape)
+
+
+def shard_predict(predict: Callable, mesh: jax.sharding.Mesh, param_shardings,
+                  batch: NamedSharding) -> Callable:
+  """The predict step jitted for the mesh: the parameters stay sharded as in training, the
+  batch is split like a training batch, and the predictions come back whole everywhere."""
+  return jax.jit(predict, in_shardings=(param_shardings, batch),
+                 out_shardings=replicated(mesh))
 
 
 def shard_step(step: Callable, mesh: jax.sharding.Mesh, shardings, batch: NamedSharding

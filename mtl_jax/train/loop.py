@@ -289,6 +289,17 @@ def trained_params(config: ml_collections.ConfigDict, tasks: Sequence[Task], dat
   return model, saved.params
 
 
+def mesh_predictor(predict: Callable, mesh: jax.sharding.Mesh, rules, param_shardings,
+                     batch_size: int) -> Callable:
+  """(sharded params, a whole evaluation batch on every process) -> predictions on every
+  process, computed by all devices: each process feeds the rows its devices hold."""
+  sharding = mesh_lib.batch_sharding(mesh, rules, batch_size, 'config.eval_batch_size')
+  rows = distributed.process_rows(sharding, batch_size)
+  sharded = mesh_lib.shard_predict(predict, mesh, param_shardings, sharding)
+  return lambda params, batch: sharded(params, distributed.global_batch(
+      {k: batch[k][rows] for k in INPUT_KEYS}, sharding, batch_size))
+
+
 def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
         workdir: str, method: weighting.Method, desc: str, start=None) -> Fitted:
   """Trains one model on `tasks`, logs to workdir/metrics.jsonl, evaluates it.
@@ -315,6 +326,8 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
     positions = distributed.pmap_rows(config.batch_size)
     feed = functools.partial(pmap_lib.split_batch, num_devices=jax.local_device_count())
     host_params = lambda s: jax.device_get(s.params)
+    # Evaluation: the parameters on one device, the whole table on every process.
+    predict_step, eval_params = jax.jit(make_predict_step(model, tasks)), host_params
   else:
     mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
     create, shardings = state_layout(mesh, rules, model, optimizer, method, len(tasks),
@@ -331,8 +344,11 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
     feed = functools.partial(distributed.global_batch, sharding=batch_sharding,
                              batch_size=config.batch_size)
     host_params = lambda s: distributed.fetch(s.params, mesh)
-  predict_step = jax.jit(make_predict_step(model, tasks))
-  evaluate_state = lambda s: evaluate(predict_step, host_params(s), tasks, data.eval,
+    # Evaluation: the sharded parameters, and each process feeds its rows of every batch.
+    predict_step = mesh_predictor(make_predict_step(model, tasks), mesh, rules,
+                                    shardings.params, config.eval_batch_size)
+    eval_params = lambda s: s.params
+  evaluate_state = lambda s: evaluate(predict_step, eval_params(s), tasks, data.eval,
                                       config.eval_batch_size)
 
   checkpoints = (checkpoint.Checkpointer(workdir, config.checkpoint,
@@ -383,8 +399,8 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
           checkpoints.save(step + 1, to_saved(state))
         if preempted:  # leaving the `with` waits for the save to finish
           raise checkpoint.Preempted(step + 1, checkpoints.directory)
+    final = evaluate_state(to_saved(state))
     params = host_params(to_saved(state))
-    final = evaluate(predict_step, params, tasks, data.eval, config.eval_batch_size)
     curve.write({'step': config.num_steps, 'tasks': final})
 
   if probe:
