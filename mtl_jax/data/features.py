@@ -19,6 +19,9 @@ import numpy as np
 from mtl_jax.tasks import Task, TaskKind, num_choices
 
 
+INPUT_KEYS = ('input_ids', 'segment_ids', 'attention_mask')  # what the model reads of a table
+
+
 class Example(NamedTuple):
   """One input (one text, or a pair) and the labels it carries; None marks a missing label.
 

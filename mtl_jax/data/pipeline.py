@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 from mtl_jax.data import builtin_tfds, local_source, tfds_source
-from mtl_jax.data.features import Example, carries, concat_tables, encode_examples, num_rows
+from mtl_jax.data.features import (INPUT_KEYS, Example, carries, concat_tables, encode_examples,
+                                   num_rows)
 from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sample_rows
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer, load_wordpiece
 from mtl_jax.data.train_rows import TrainRows
@@ -180,16 +181,13 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
                   skipped, tokenizer)
 
 
-_INPUTS = ('input_ids', 'segment_ids', 'attention_mask')
-
-
 def _for_tasks(table: dict, tasks: Sequence[Task]) -> dict:
   """`table` with the labels of `tasks` alone, and only the inputs they read: a table of a
   run with a multiple-choice task holds C inputs per row, and any other task reads the
   first."""
   view = {k: v for k, v in table.items() if k not in ('labels', 'label_masks')}
   if num_choices(tasks) == 1 and table['input_ids'].ndim == 3:
-    view.update({k: table[k][:, 0] for k in _INPUTS})
+    view.update({k: table[k][:, 0] for k in INPUT_KEYS})
   for key in ('labels', 'label_masks'):
     view[key] = {t.name: table[key][t.name] for t in tasks}
   return view

@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.models.base import sentence_key
 from mtl_jax.parallel.distributed import is_writer
 from mtl_jax.tasks import Task
-from mtl_jax.train.step import INPUT_KEYS, apply_model
+from mtl_jax.train.step import apply_model
 
 FILENAME = 'representations.npz'
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
+from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.data.pipeline import TaskData, load_task_data, task_view, train_batches
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
@@ -35,8 +36,8 @@ from mtl_jax.tasks import Task
 from mtl_jax.train import checkpoint, progress
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
-from mtl_jax.train.step import (INPUT_KEYS, make_predict_step, make_train_step,
-                                split_discriminator, task_gradient_like)
+from mtl_jax.train.step import (make_predict_step, make_train_step, split_discriminator,
+                                task_gradient_like)
 from mtl_jax.train.writer import flatten, metric_writer
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.models.base import ModelOutput
 from mtl_jax.objectives.adversarial import Adversary, adversarial_terms, domain_loss
 from mtl_jax.objectives.joint import joint_loss
@@ -19,7 +20,6 @@ from mtl_jax.train.state import TrainState
 from mtl_jax.weighting import (Method, Needs, StepInfo, combine, gram_matrix, head_weights,
                                needs_task_gradients)
 
-INPUT_KEYS = ('input_ids', 'segment_ids', 'attention_mask')
 DISCRIMINATOR = 'discriminator'  # its parameters have their own optimizer (adversarial MTL)
 
 
