@@ -4,6 +4,7 @@
 runs the main job on `config(LAYOUT, DATA_DIR)` with 4 CPU devices in this process.
 """
 
+import logging
 import os
 import sys
 
@@ -31,6 +32,7 @@ def config(layout: str, data_dir: str):
 def main(layout, workdir, data_dir, port, process_id, num_processes):
   os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={LOCAL_DEVICES}'
   os.environ['JAX_PLATFORMS'] = 'cpu'
+  logging.basicConfig(level=logging.INFO, format='%(message)s', force=True)  # rows read
   from mtl_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
   c = config(layout, data_dir)
   c.distributed.initialize = True

@@ -4,6 +4,7 @@ run again, the two processes resume from their shared checkpoint."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def _run_processes(layout, workdir, data_dir, num_processes=2):
       p.kill()
   for i, (p, out) in enumerate(zip(procs, outputs)):
     assert p.returncode == 0, f'process {i} failed:\n{out[-3000:]}'
+  return outputs
 
 
 def _read(workdir):
@@ -54,7 +56,11 @@ def test_two_processes_train_like_one(layout, data_dir, tmp_path):
   import jax
   assert jax.device_count() == 2 * multihost_worker.LOCAL_DEVICES
   train_and_evaluate(multihost_worker.config(layout, data_dir), str(tmp_path / 'one'))
-  _run_processes(layout, str(tmp_path / 'two'), data_dir)
+  outputs = _run_processes(layout, str(tmp_path / 'two'), data_dir)
+  # Each process read only the rows it fed: at most 4 steps x 8 of the 448 training rows.
+  for i, out in enumerate(outputs):
+    (read, total), = re.findall(rf'Process {i} reads (\d+) of the (\d+) training rows', out)
+    assert 0 < int(read) <= 32 and int(total) == 448, out[-3000:]
 
   (steps, evals), (other_steps, other_evals) = _read(tmp_path / 'one'), _read(tmp_path / 'two')
   assert [s['step'] for s in other_steps] == [1, 2, 3, 4]
