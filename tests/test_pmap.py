@@ -6,6 +6,8 @@ means, so the tasks' label counts differ between the devices' slices and a mean 
 per-device means would not match.
 """
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -98,15 +100,23 @@ def test_uneven_batch_is_a_clear_error():
 
 def test_main_job_trains_the_same_under_pmap_and_the_mesh(smoke_config, tmp_path):
   smoke_config.mode = 'multi'
-  smoke_config.num_steps = 8
+  smoke_config.num_steps, smoke_config.log_every = 8, 1
   smoke_config.optimizer.warmup_steps, smoke_config.optimizer.schedule = 0, 'constant'
   smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
   smoke_config.model.head_dropout_rate = 0.0
-  reports = {}
+  reports, logs = {}, {}
   for parallelism in ('mesh', 'pmap'):
     smoke_config.parallelism = parallelism
     reports[parallelism] = train_and_evaluate(smoke_config, str(tmp_path / parallelism))
+    with open(tmp_path / parallelism / 'metrics.jsonl') as f:
+      logs[parallelism] = [json.loads(line) for line in f]
+  for a, b in zip(logs['mesh'], logs['pmap'], strict=True):
+    np.testing.assert_allclose(list(b['task_losses'].values()),
+                               list(a['task_losses'].values()), rtol=2e-5, err_msg=a['step'])
+  # The mesh evaluates on 8 devices, pmap on one: their predictions differ in rounding
+  # (tests/test_mesh.py compares them), which moves a rank correlation of the nearly equal
+  # scores of an 8-step model by up to ~3e-3; one of 32 rows classified otherwise is 3e-2.
   for task, metrics in reports['mesh']['multi'].items():
     for name, value in metrics.items():
-      np.testing.assert_allclose(reports['pmap']['multi'][task][name], value, rtol=1e-4,
-                                 atol=1e-5, err_msg=f'{task} {name}')
+      np.testing.assert_allclose(reports['pmap']['multi'][task][name], value, rtol=0,
+                                 atol=1e-2, err_msg=f'{task} {name}')
