@@ -18,8 +18,9 @@ from mtl_jax.train import progress
 
 
 class TrainRows:
-  """The run's home datasets; `table(home, rows)` tokenises a row the first time it is asked
-  for. `carries[h]`: the names of the run's tasks that home dataset h has labels of."""
+  """The run's home datasets: `fill` reads and tokenises rows the first time they are
+  wanted, `table` hands them out. `carries[h]`: the names of the run's tasks that home
+  dataset h has labels of."""
 
   def __init__(self, names: Sequence[str], homes: Sequence[Sequence[Example]],
                carries: Sequence[frozenset[str]], tasks: Sequence[Task], tokenizer,
