@@ -176,9 +176,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
   if num_devices is not None and config.parallelism == 'mesh':
     from mtl_jax.parallel import mesh  # here: mesh.py imports ConfigError from this module
     shape = dict(zip(mesh.MESH_AXES, mesh.mesh_shape(config.mesh, num_devices)))
+    rules = mesh.axis_rules(config.mesh)
     for field in ('batch_size', 'eval_batch_size'):  # evaluation is sharded like training
-      mesh.check_batch_size(shape, mesh.axis_rules(config.mesh), config[field],
-                            f'config.{field}')
+      mesh.check_batch_size(shape, rules, config[field], f'config.{field}')
   _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
            f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
   _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',

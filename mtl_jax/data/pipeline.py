@@ -36,13 +36,20 @@ class TaskData(NamedTuple):
   order, of its home datasets (the mixture's components): `train_homes` of `train`."""
   train: TrainRows  # every home dataset of the run, read and tokenised on demand
   train_homes: tuple[int, ...]  # this fit's home datasets: indices into train's
-  train_sizes: tuple[int, ...]  # rows of each of this fit's home datasets
-  train_names: tuple[str, ...]  # their names
   tasks: tuple[str, ...]  # this fit's tasks, in order
   eval: dict[str, dict[str, dict]]  # task -> validation split -> table, primary split first
   vocab_size: int
   skipped: tuple[str, ...] = ()  # 'file:line: reason' of each malformed local row skipped
   tokenizer: Any = None  # what made the tables: it encodes other text (test splits) alike
+
+  @property
+  def train_sizes(self) -> tuple[int, ...]:
+    """Rows of each of this fit's home datasets."""
+    return tuple(self.train.sizes[home] for home in self.train_homes)
+
+  @property
+  def train_names(self) -> tuple[str, ...]:
+    return tuple(self.train.names[home] for home in self.train_homes)
 
 
 class _Examples(NamedTuple):
@@ -176,9 +183,8 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
 
     eval_tables = {t.name: {split: encode(t, split, examples)
                             for split, examples in validation[t.name].items()} for t in tasks}
-  return TaskData(rows, tuple(range(len(homes))), rows.sizes, tuple(homes),
-                  tuple(t.name for t in tasks), eval_tables, tokenizer.get_vocab_size(),
-                  skipped, tokenizer)
+  return TaskData(rows, tuple(range(len(homes))), tuple(t.name for t in tasks), eval_tables,
+                  tokenizer.get_vocab_size(), skipped, tokenizer)
 
 
 def _for_tasks(table: dict, tasks: Sequence[Task]) -> dict:
@@ -204,10 +210,6 @@ def train_table(data: TaskData, rows: np.ndarray) -> dict:
   offsets = np.concatenate([[0], np.cumsum(data.train_sizes)]).astype(np.int64)
   domain = np.searchsorted(offsets, rows, side='right') - 1
   per_home = [rows[domain == d] - offsets[d] for d in range(len(data.train_homes))]
-  wanted = [np.zeros(0, np.int64)] * len(data.train.homes)
-  for d, home in enumerate(data.train_homes):
-    wanted[home] = per_home[d]
-  data.train.fill(wanted)
   table = concat_tables([data.train.table(home, per_home[d])
                          for d, home in enumerate(data.train_homes) if len(per_home[d])])
   table['domain'] = domain.astype(np.int32)
@@ -220,9 +222,7 @@ def task_view(data: TaskData, task: str) -> TaskData:
   are the multi-task run's, so single-task baselines and per-task fine-tuning read exactly
   the inputs, and the vocabulary, that MTL did."""
   keep = [d for d, home in enumerate(data.train_homes) if task in data.train.carries[home]]
-  view = data._replace(train_homes=tuple(data.train_homes[d] for d in keep),
-                       train_sizes=tuple(data.train_sizes[d] for d in keep),
-                       train_names=tuple(data.train_names[d] for d in keep), tasks=(task,))
+  view = data._replace(train_homes=tuple(data.train_homes[d] for d in keep), tasks=(task,))
   return view._replace(eval={task: {split: _for_tasks(table, _specs(view))
                                     for split, table in data.eval[task].items()}})
 

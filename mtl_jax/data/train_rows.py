@@ -18,9 +18,9 @@ from mtl_jax.train import progress
 
 
 class TrainRows:
-  """The run's home datasets: `fill` reads and tokenises rows the first time they are
-  wanted, `table` hands them out. `carries[h]`: the names of the run's tasks that home
-  dataset h has labels of."""
+  """The run's home datasets: `table` reads and tokenises a row the first time it is
+  asked for. `carries[h]`: the names of the run's tasks that home dataset h has labels
+  of."""
 
   def __init__(self, names: Sequence[str], homes: Sequence[Sequence[Example]],
                carries: Sequence[frozenset[str]], tasks: Sequence[Task], tokenizer,
@@ -36,29 +36,25 @@ class TrainRows:
     """The ids of home dataset `home`'s rows read so far, sorted."""
     return self._done[home][0]
 
-  def fill(self, wanted: Sequence[np.ndarray]):
-    """Reads and tokenises the rows of `wanted[h]` (ids in home dataset h) not read yet."""
-    missing = [np.setdiff1d(rows, self.read(h)) for h, rows in enumerate(wanted)]
-    todo = [h for h, rows in enumerate(missing) if len(rows)]
-    with progress.bar(sum(len(missing[h]) for h in todo), 'tokenise', unit='row') as bar:
-      for h in todo:
-        rows, home = missing[h], self.homes[h]
-        new = encode_examples([home[int(i)] for i in rows], self.tasks, self.tokenizer,
-                              self.seq_len, f'train split, {self.names[h]} examples', rows)
-        ids, table = self._done[h]
-        if table is not None:
-          ids, new = np.concatenate([ids, rows]), concat_tables([table, new])
-          order = np.argsort(ids, kind='stable')
-          ids, new = ids[order], jax.tree.map(lambda a: a[order], new)
-        else:
-          ids = rows
-        self._done[h] = (ids, new)
-        bar.update(len(rows))
-
   def table(self, home: int, rows: np.ndarray) -> dict:
-    """Home dataset `home`'s `rows` (ids, all read by `fill`), labelled for the run's tasks."""
+    """Home dataset `home`'s `rows` (ids), labelled for the run's tasks; reads and
+    tokenises those not read before."""
+    missing = np.setdiff1d(rows, self.read(home))
+    if len(missing):
+      self._done[home] = self._with(home, missing)
     ids, table = self._done[home]
-    where = np.searchsorted(ids, rows)
-    if table is None or (ids[np.minimum(where, len(ids) - 1)] != rows).any():
-      raise KeyError(f'Rows of {self.names[home]!r} asked for before fill() read them.')
-    return jax.tree.map(lambda a: a[where], table)
+    return jax.tree.map(lambda a: a[np.searchsorted(ids, rows)], table)
+
+  def _with(self, home: int, missing: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Home dataset `home`'s (ids, table) once rows `missing` are read and tokenised."""
+    with progress.bar(len(missing), f'tokenise {self.names[home]}', unit='row') as bar:
+      new = encode_examples([self.homes[home][int(i)] for i in missing], self.tasks,
+                            self.tokenizer, self.seq_len,
+                            f'train split, {self.names[home]} examples', missing)
+      bar.update(len(missing))
+    ids, table = self._done[home]
+    if table is None:
+      return missing, new
+    ids, table = np.concatenate([ids, missing]), concat_tables([table, new])
+    order = np.argsort(ids, kind='stable')
+    return ids[order], jax.tree.map(lambda a: a[order], table)

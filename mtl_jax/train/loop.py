@@ -291,7 +291,7 @@ def trained_params(config: ml_collections.ConfigDict, tasks: Sequence[Task], dat
 
 
 def mesh_predictor(predict: Callable, mesh: jax.sharding.Mesh, rules, param_shardings,
-                     batch_size: int) -> Callable:
+                   batch_size: int) -> Callable:
   """(sharded params, a whole evaluation batch on every process) -> predictions on every
   process, computed by all devices: each process feeds the rows its devices hold."""
   sharding = mesh_lib.batch_sharding(mesh, rules, batch_size, 'config.eval_batch_size')
@@ -347,7 +347,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
     host_params = lambda s: distributed.fetch(s.params, mesh)
     # Evaluation: the sharded parameters, and each process feeds its rows of every batch.
     predict_step = mesh_predictor(make_predict_step(model, tasks), mesh, rules,
-                                    shardings.params, config.eval_batch_size)
+                                  shardings.params, config.eval_batch_size)
     eval_params = lambda s: s.params
   evaluate_state = lambda s: evaluate(predict_step, eval_params(s), tasks, data.eval,
                                       config.eval_batch_size)
