@@ -1,5 +1,8 @@
 """Per-task losses under masks, against scipy/numpy references; the joint objective."""
 
+import dataclasses
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,7 @@ from scipy.special import log_softmax
 from mtl_jax.objectives.joint import joint_loss
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import Task, TaskKind
+from mtl_jax.train.step import make_predict_step
 
 CLS = Task('cls', TaskKind.CLASSIFICATION, 3, ('a',), 'cls', ('accuracy',), 'test')
 REG = Task('reg', TaskKind.REGRESSION, 1, ('a',), 'reg', ('pearson',), 'test')
@@ -68,3 +72,24 @@ def test_joint_loss_is_weighted_sum_plus_extra_terms():
   np.testing.assert_allclose(joint_loss(losses, weights), 0.5 + 0.5 + 3.0)
   # penalty 0.3, adversary λ_adv L_adv = 0.1 * 2.0
   np.testing.assert_allclose(joint_loss(losses, weights, 0.3 - 0.1 * 2.0), 4.0 + 0.1, rtol=1e-6)
+
+
+def test_a_scaled_regression_task_is_trained_on_standardised_targets():
+  """With target_scale (mean, std) the loss is the MSE against (y - mean) / std, and the
+  prediction step maps the head's output back to the targets' units."""
+  scaled = dataclasses.replace(REG, target_scale=(2.5, 1.6))
+  outputs, labels, masks = _batch()
+  args = [jax.tree.map(jnp.asarray, {'reg': x['reg']}) for x in (outputs, labels, masks)]
+  losses, _ = loss_vector((scaled,), *args)
+  m = masks['reg'] > 0
+  expected = ((outputs['reg'] - (labels['reg'] - 2.5) / 1.6)[m] ** 2).mean()
+  np.testing.assert_allclose(losses, [expected], rtol=1e-5)
+
+  class Model:  # the predict step only calls apply; a stand-in model returns fixed outputs
+    def apply(self, *args, **kwargs):
+      return types.SimpleNamespace(tasks={'reg': jnp.asarray(outputs['reg'])})
+  predict = make_predict_step(Model(), (scaled,))
+  batch = {'input_ids': 0, 'segment_ids': 0, 'attention_mask': 0}
+  np.testing.assert_allclose(predict(None, batch)['reg'], 2.5 + 1.6 * outputs['reg'], rtol=1e-6)
+  with pytest.raises(ValueError, match='target_scale'):
+    dataclasses.replace(CLS, target_scale=(0.0, 1.0))

@@ -1,6 +1,7 @@
 """The built-in suite through TFDS and grain, feature tables, and step-indexed batches."""
 
 import collections
+import zlib
 
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ import pytest
 from mtl_jax import tasks as task_lib
 from mtl_jax.data import builtin_suite, builtin_tfds, mixture
 from mtl_jax.data.features import concat_tables, encode_examples
-from mtl_jax.data.pipeline import (eval_batches, load_task_data, task_view, train_batches,
-                                   train_table)
+from mtl_jax.data.pipeline import (eval_batches, load_task_data, scaled_tasks, task_view,
+                                   train_batches, train_table)
 
 SIZES = dict(train_size=24, eval_size=8, relatedness=0.5, seed=3)
 
@@ -173,3 +174,24 @@ def test_a_process_reads_only_the_rows_it_feeds_and_views_reuse_them(smoke_confi
   rows = mixture.sample_rows(2, 0, 8, view.train_sizes, mixture.mixture_probabilities(
       view.train_sizes, 'proportional'))
   check(batch, rows + offsets[data.train_names.index('entailment')], ['entailment'])
+
+
+@pytest.mark.parametrize('standardize', [True, False])
+def test_regression_targets_are_scaled_by_their_training_mean_and_std(smoke_config, standardize):
+  """Task.target_scale is a standard scaler fitted on every training target the task sees:
+  here the similarity labels of both pair home datasets, generated again independently."""
+  cfg = _data_cfg(smoke_config)
+  cfg.standardize_targets = standardize
+  tasks = (task_lib.get('sentiment'), task_lib.get('similarity'))
+  data = load_task_data(cfg, tasks)
+  scaled = scaled_tasks(tasks, data)
+  assert scaled[0] == tasks[0]
+  if not standardize:
+    assert scaled[1] == tasks[1] and scaled[1].target_scale is None
+    return
+  values = [ex['similarity'] for home in ('entailment', 'similarity')
+            for ex in builtin_suite.generate_examples(
+                home, 24, zlib.crc32(f'3/train/{home}'.encode()), 0.5)]
+  np.testing.assert_allclose(scaled[1].target_scale, (np.mean(values), np.std(values)),
+                             rtol=1e-6)
+  assert scaled[1].target_scale[1] > 0.5  # the suite's similarities spread over [0, 5]

@@ -43,6 +43,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # c.data.local.glue_cola = dict(format='tsv', paths=dict(train=..., validation=...), ...)
   c.data.local = ml_collections.ConfigDict()
   c.data.bad_rows = 'error'  # a malformed local row: 'error' (file:line) or 'skip' (counted)
+  # Regression heads predict targets standardised by their training mean and std (the loss
+  # starts near 1 in any units; predictions and metrics stay in the targets' units).
+  c.data.standardize_targets = True
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.strategy = 'proportional'  # or 'temperature', 'uniform'

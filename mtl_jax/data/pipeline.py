@@ -9,6 +9,7 @@ fit first needs it (mtl_jax.data.train_rows), so a process reads only the rows i
 are fed.
 """
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sam
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer, load_wordpiece
 from mtl_jax.data.train_rows import TrainRows
 from mtl_jax.evaluation.metrics import get_metric
-from mtl_jax.tasks import Task, num_choices
+from mtl_jax.tasks import Task, TaskKind, num_choices
 from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE
 from mtl_jax.train import progress
 
@@ -41,6 +42,8 @@ class TaskData(NamedTuple):
   vocab_size: int
   skipped: tuple[str, ...] = ()  # 'file:line: reason' of each malformed local row skipped
   tokenizer: Any = None  # what made the tables: it encodes other text (test splits) alike
+  # regression task -> (mean, std) of its training targets (config.data.standardize_targets)
+  target_scales: dict[str, tuple[float, float]] | None = None
 
   @property
   def train_sizes(self) -> tuple[int, ...]:
@@ -172,6 +175,8 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
                      f'evaluation only; a local task needs a \'train\' path).')
   rows = TrainRows(homes, [train[h] for h in homes], [carried[h] for h in homes], tasks,
                    tokenizer, data_cfg.seq_len)
+  scales = (target_scales(tasks, [train[h] for h in homes], [carried[h] for h in homes])
+            if data_cfg.standardize_targets else {})
 
   with progress.bar(sum(len(splits) for splits in validation.values()), 'tokenise',
                     unit='table') as bar:
@@ -184,7 +189,31 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
     eval_tables = {t.name: {split: encode(t, split, examples)
                             for split, examples in validation[t.name].items()} for t in tasks}
   return TaskData(rows, tuple(range(len(homes))), tuple(t.name for t in tasks), eval_tables,
-                  tokenizer.get_vocab_size(), skipped, tokenizer)
+                  tokenizer.get_vocab_size(), skipped, tokenizer, scales)
+
+
+def target_scales(tasks: Sequence[Task], homes: Sequence[Sequence[Example]],
+                  carried: Sequence[frozenset[str]]) -> dict[str, tuple[float, float]]:
+  """Each regression task's (mean, std) over its training targets, as a standard scaler
+  fits them (std with ddof 0; 1 if the targets are constant). Reads every training example
+  of the home datasets that carry the task (a TFDS split record by record)."""
+  scales = {}
+  for task in tasks:
+    if task.kind is not TaskKind.REGRESSION:
+      continue
+    values = np.array([ex.labels[task.name] for home, c in zip(homes, carried)
+                       if task.name in c for ex in home if carries(task, ex)], np.float64)
+    std = float(values.std())
+    scales[task.name] = (float(values.mean()), std if std > 0 else 1.0)
+  return scales
+
+
+def scaled_tasks(tasks: Sequence[Task], data: TaskData) -> tuple[Task, ...]:
+  """`tasks` with the target scales of `data` (Task.target_scale): what a fit on `data`
+  trains, predicts and evaluates with."""
+  scales = data.target_scales or {}
+  return tuple(dataclasses.replace(t, target_scale=scales[t.name]) if t.name in scales else t
+               for t in tasks)
 
 
 def _for_tasks(table: dict, tasks: Sequence[Task]) -> dict:

@@ -33,7 +33,7 @@ from mtl_jax import config as config_lib
 from mtl_jax import tasks as task_lib
 from mtl_jax.data import tfds_source
 from mtl_jax.data.features import Example, encode_examples
-from mtl_jax.data.pipeline import default_data_dir, load_task_data
+from mtl_jax.data.pipeline import default_data_dir, load_task_data, scaled_tasks
 from mtl_jax.evaluation.evaluate import predictions
 from mtl_jax.tasks import Task
 from mtl_jax.tasks.glue import TFDS
@@ -208,7 +208,7 @@ def submit(workdir: str, phase: str = 'multi', out: str | None = None,
     fit_config, fit_tasks, fit_data, fit_dir, method = loop.fit_args(
         config, run_tasks, data, workdir, phase, task)
     model, params = loop.trained_params(fit_config, fit_tasks, fit_data, fit_dir, method)
-    predict_step = jax.jit(make_predict_step(model, fit_tasks))
+    predict_step = jax.jit(make_predict_step(model, scaled_tasks(fit_tasks, fit_data)))
     heads = {t.name: t for t in fit_tasks}
     for target in (t for t in targets if head_of(t.name) in heads):
       head = heads[head_of(target.name)]

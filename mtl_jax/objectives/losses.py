@@ -20,6 +20,9 @@ def _per_unit_loss(task: Task, output: jax.Array, label: jax.Array, mask: jax.Ar
     label = jnp.clip(label, 0, task.num_labels - 1)
     return optax.softmax_cross_entropy_with_integer_labels(output.astype(jnp.float32), label)
   if task.loss == 'mse':
+    if task.target_scale is not None:  # the head predicts the standardised target
+      mean, std = task.target_scale
+      label = (label - mean) / std
     return jnp.square(output.astype(jnp.float32) - label)
   raise ValueError(f'Task {task.name!r}: unknown loss {task.loss!r}.')
 

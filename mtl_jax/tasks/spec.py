@@ -35,6 +35,10 @@ class Task:
     source: the data source that yields this task's examples ('builtin', 'glue/sst2', ...).
     depth: encoder layer (1..L) whose hidden states feed the head; -1 is the last layer.
     label_names: names of the classes, for reports.
+    target_scale: a regression task's (mean, std) of its training targets, or None. Its head
+      then predicts the standardised target (y - mean) / std, so the loss (MSE on that
+      scale) starts near 1 whatever the targets' units, and its predictions are
+      mean + std * output. Set from the data (mtl_jax.data.pipeline.scaled_tasks).
   """
   name: str
   kind: TaskKind
@@ -45,6 +49,7 @@ class Task:
   source: str
   depth: int = -1
   label_names: tuple[str, ...] = ()
+  target_scale: tuple[float, float] | None = None
 
   def __post_init__(self):
     if not self.name.isidentifier():
@@ -56,6 +61,10 @@ class Task:
       raise ValueError(f'Task {self.name!r}: a regression task has num_labels=1.')
     if self.kind is not TaskKind.REGRESSION and self.num_labels < 2:
       raise ValueError(f'Task {self.name!r}: needs num_labels >= 2, got {self.num_labels}.')
+    if self.target_scale is not None and (self.kind is not TaskKind.REGRESSION
+                                          or not self.target_scale[1] > 0):
+      raise ValueError(f'Task {self.name!r}: target_scale is a regression task\'s (mean, '
+                       f'std > 0), got {self.target_scale}.')
     if not self.metrics:
       raise ValueError(f'Task {self.name!r}: give at least one metric.')
     if self.depth == 0 or self.depth < -1:

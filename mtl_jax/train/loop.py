@@ -22,7 +22,8 @@ import numpy as np
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.features import INPUT_KEYS
-from mtl_jax.data.pipeline import TaskData, load_task_data, task_view, train_batches
+from mtl_jax.data.pipeline import (TaskData, load_task_data, scaled_tasks, task_view,
+                                   train_batches)
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
@@ -310,6 +311,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   """
   if distributed.is_writer():
     os.makedirs(workdir, exist_ok=True)
+  tasks = scaled_tasks(tasks, data)
   model, optimizer, schedule, adversary = _fit_parts(config, tasks, data)
   step_fn = functools.partial(
       make_train_step, model, optimizer, tasks, method, schedule, config.weighting.mode,

@@ -455,12 +455,20 @@ def gradient_diagnostics(gram: jax.Array) -> dict:
 
 
 def make_predict_step(model: nn.Module, tasks: Sequence[Task]) -> Callable:
-  """(params, batch) -> {task: class ids (B,) / tag ids (B, S) / values (B,)}."""
+  """(params, batch) -> {task: class ids (B,) / tag ids (B, S) / values (B,)}; a regression
+  value in its targets' units (Task.target_scale undone)."""
   tasks = tuple(tasks)
+
+  def prediction(task: Task, output: jax.Array) -> jax.Array:
+    if task.kind is not TaskKind.REGRESSION:
+      return jnp.argmax(output, axis=-1)
+    if task.target_scale is None:
+      return output
+    mean, std = task.target_scale
+    return mean + std * output
 
   def predict_step(params, batch: dict) -> dict:
     outputs = apply_model(model, params, batch).tasks
-    return {t.name: outputs[t.name] if t.kind is TaskKind.REGRESSION
-            else jnp.argmax(outputs[t.name], axis=-1) for t in tasks}
+    return {t.name: prediction(t, outputs[t.name]) for t in tasks}
 
   return predict_step
