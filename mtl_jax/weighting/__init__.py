@@ -9,7 +9,7 @@ import inspect
 import pkgutil
 
 from mtl_jax.weighting.base import (EmptyState, Method, Needs, StepInfo, chain, combine,
-                                    gram_matrix, head_weights, init_state,
+                                    compute_dtype, gram_matrix, head_weights, init_state,
                                     needs_task_gradients)
 
 MODES = ('params', 'representation')

@@ -75,7 +75,7 @@ def face_solve(gram: jax.Array, support: jax.Array, ridge_: jax.Array,
 
 
 def active_set(subspace: Callable, gradient: Callable, start: jax.Array, mask: jax.Array,
-               max_iter: int, tol: float = 1e-7) -> jax.Array:
+               max_iter: int, dtype, tol: float = 1e-7) -> jax.Array:
   """Minimises a convex F over {w ≥ 0, Σ w = 1, w_i = 0 off mask} by a primal active set.
 
   `subspace(S)` returns (target, bounded): with bounded, the minimiser of F over the affine
@@ -85,10 +85,11 @@ def active_set(subspace: Callable, gradient: Callable, start: jax.Array, mask: j
   face minimiser (and adds the index with the most negative reduced gradient ∇F_i - w·∇F,
   if any is below -tol·s_i) or, when that point leaves the simplex or there is none, moves
   to the simplex boundary along the way and drops the index that hits zero. Every iterate is
-  feasible and F never increases (F is convex), so stopping at max_iter is safe.
+  feasible and F never increases (F is convex), so stopping at max_iter is safe. The
+  iterates are in `dtype`, that of the Gram matrix.
   """
   n = mask.shape[0]
-  x0 = jax.nn.one_hot(start, n, dtype=jnp.float32)
+  x0 = jax.nn.one_hot(start, n, dtype=dtype)
 
   def cond(carry):
     i, _, _, done = carry
@@ -136,7 +137,7 @@ def min_norm(gram: jax.Array, mask: jax.Array, max_iter: int | None = None) -> j
 
   def subspace(support):
     # min wᵀKw s.t. Σ_S w = 1  =>  w ∝ K_SS⁻¹ 1.
-    z = face_solve(k, support, rid, jnp.ones(n))
+    z = face_solve(k, support, rid, jnp.ones(n, k.dtype))
     return z / z.sum(), jnp.asarray(True)
 
   def gradient(w):
@@ -146,4 +147,4 @@ def min_norm(gram: jax.Array, mask: jax.Array, max_iter: int | None = None) -> j
     return kw, jnp.sqrt(jnp.maximum(jnp.diagonal(k), 0.0) * dd) + dd
 
   start = jnp.argmin(jnp.where(mask, jnp.diagonal(k), jnp.inf))
-  return active_set(subspace, gradient, start, mask, max_iter or 4 * n + 8)
+  return active_set(subspace, gradient, start, mask, max_iter or 4 * n + 8, k.dtype)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo
+from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo, compute_dtype
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -18,16 +18,17 @@ def alignment_matrix(gram: jax.Array, present: jax.Array) -> jax.Array:
   """(N, N) B such that the rows of B G are orthogonal with equal norms sqrt(λ_min).
 
   With M = G Gᵀ = V Λ Vᵀ restricted to the eigenvalues above the tolerance
-  tol = λ_max · N · eps(float32) (the official code's numerical rank),
+  tol = λ_max · N · eps (the official code's numerical rank; eps of the Gram's dtype,
+  float32 as there unless the gradients are float64),
       B = sqrt(λ_min) V Λ^{-1/2} Vᵀ ,
   so (B G)(B G)ᵀ = λ_min V Vᵀ: the condition number of the aligned gradients is 1 on the
   span of the gradients.
   """
-  gram = gram.astype(jnp.float32)
+  gram = gram.astype(compute_dtype(gram))
   both = present[:, None] & present[None, :]
   gram = jnp.where(both, 0.5 * (gram + gram.T), 0.0)  # symmetric; absent rows exactly 0
   eigenvalues, vectors = jnp.linalg.eigh(gram)
-  tol = jnp.maximum(eigenvalues.max(), 0.0) * gram.shape[0] * jnp.finfo(jnp.float32).eps
+  tol = jnp.maximum(eigenvalues.max(), 0.0) * gram.shape[0] * jnp.finfo(gram.dtype).eps
   kept = eigenvalues > tol
   smallest = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
   # All gradients zero: nothing is kept, and B = 0 instead of inf · 0.
@@ -66,8 +67,8 @@ def aligned_mtl(task_weights: Sequence[float] = ()) -> Method:
 
   def update(info: StepInfo, state):
     n = info.gram.shape[0]
-    w = jnp.asarray(task_weights, jnp.float32) if task_weights else jnp.ones(n, jnp.float32)
     b = alignment_matrix(info.gram, info.present)
+    w = jnp.asarray(task_weights, b.dtype) if task_weights else jnp.ones(n, b.dtype)
     coefficients = jnp.matmul(b.T, jnp.where(info.present, w, 0.0), precision=_HIGHEST)
     return jnp.where(info.present, coefficients, 0.0), state
 

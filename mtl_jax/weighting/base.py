@@ -24,6 +24,12 @@ weighted loss trains its heads with w_i ∇L_i). Every method receives `info.pre
 batch has L_i = 0 and g_i = 0, and its weight or coefficient must come out 0.
 
 Methods are pure functions of their inputs; randomness comes from `info.key`.
+
+Dtypes: a method computes and returns its outputs in the dtype of its inputs, at least
+float32 (`compute_dtype`: bfloat16 gradients are combined in float32; float64 ones, with
+jax_enable_x64, in float64). Its state keeps the dtypes `init` gave it (float32, or for
+gradient-sized state that of `grads_like`), so a jitted loop carries the same types every
+step; random draws are float32 whatever the dtype, so a key gives the same draw in both.
 """
 
 import enum
@@ -59,10 +65,15 @@ class Method(NamedTuple):
   head_weights: Callable[[StepInfo, Any], jax.Array] | None = None
 
 
+def compute_dtype(x: jax.Array) -> jnp.dtype:
+  """The dtype a method computes in for an input `x`: x's own, at least float32."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def head_weights(method: Method, info: StepInfo, state) -> jax.Array:
   """The weights of the task heads' own gradients for a GRAM or GRADS method."""
   if method.head_weights is None:
-    return info.present.astype(jnp.float32)
+    return info.present.astype(compute_dtype(info.losses))
   return method.head_weights(info, state)
 
 
@@ -106,11 +117,12 @@ def masked_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def gram_matrix(grads) -> jax.Array:
-  """G_ij = g_i · g_j over every leaf of an N-leading pytree, in float32."""
+  """G_ij = g_i · g_j over every leaf of an N-leading pytree, in float32 (float64 if any
+  leaf is float64)."""
   leaves = jax.tree.leaves(grads)
   n = leaves[0].shape[0]
   return sum(jnp.dot(x.reshape(n, -1), x.reshape(n, -1).T,
-                     precision=jax.lax.Precision.HIGHEST).astype(jnp.float32)
+                     precision=jax.lax.Precision.HIGHEST).astype(compute_dtype(x))
              for x in leaves)
 
 

@@ -31,7 +31,7 @@ def cagrad(c: float = 0.4, rescale: int = 1, max_iter: int | None = None) -> Met
   for NYUv2/Cityscapes; the official function default and LibMTL's `calpha` default are 0.5.
   c = 0 gives the mean gradient (times N/s).
 
-  Solver: the dual is solved exactly (up to float32 rounding) by a primal
+  Solver: the dual is solved exactly (up to rounding in the Gram's dtype) by a primal
   active-set method in JAX: on a face S the stationary point has a closed form (a quadratic
   in the multiplier), and where the face has none F decreases along a ray to the simplex's
   boundary; see `_simplex.active_set`. The official code and LibMTL call scipy's SLSQP.
@@ -78,7 +78,7 @@ def solve(gram, mask, c, max_iter=None):
     # a = 1ᵀK⁻¹1, β = 1ᵀK⁻¹b, γ = bᵀK⁻¹b; the root with Σ v > 0 is the minimiser. When
     # r² < γ - β²/a, F has no minimiser on the face and decreases without bound along
     # the ray below (slope √(γ-β²/a) (r - √(γ-β²/a)) < 0).
-    z = _simplex.face_solve(k, support, rid, jnp.stack([jnp.ones(num), b], axis=1))
+    z = _simplex.face_solve(k, support, rid, jnp.stack([jnp.ones(num, k.dtype), b], axis=1))
     z1, zb = z[:, 0], z[:, 1]
     a, beta = z1.sum(), zb.sum()
     gamma = jnp.where(support, b, 0.0) @ zb
@@ -96,7 +96,7 @@ def solve(gram, mask, c, max_iter=None):
             jnp.sqrt(jnp.maximum(jnp.diagonal(k), 0.0)) * (norm_g0 + r))
 
   start = jnp.argmin(jnp.where(mask, b + r * jnp.sqrt(jnp.diagonal(k)), jnp.inf))
-  w = _simplex.active_set(subspace, gradient, start, mask, max_iter or 4 * num + 8)
+  w = _simplex.active_set(subspace, gradient, start, mask, max_iter or 4 * num + 8, k.dtype)
   # g_w numerically 0 (float32 noise ~1e-7 of the squared norms): its direction is noise,
   # so take d = g_0 rather than g_0 + c‖g_0‖ times a random unit vector.
   gw_sq = w @ k @ w

@@ -14,7 +14,8 @@ Defaults β = 0.9, σ = 0 (`beta_sigma`), ε = 1e-8: LibMTL's `DB_MTL` defaults 
 DB_beta, DB_beta_sigma), whose update this follows, including the EMA without bias
 correction (the first update is (1 - β) times the balanced gradient). β = 0 is the EMA-free
 variant. The EMA is over whole per-task gradients, so this is a GRADS method: `init` gets
-`grads_like` and the state holds an (N, ...) float32 copy of it.
+`grads_like` and the state holds an (N, ...) copy of it (float32, or float64 for float64
+gradients).
 
 Absent tasks: left out of the sum and of the max, their ĝ_i unchanged; t counts each task's
 own present steps (LibMTL's global step when every task is always present).
@@ -29,11 +30,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import Method, Needs, StepInfo
+from mtl_jax.weighting.base import Method, Needs, StepInfo, compute_dtype
 
 
 class DBMTLState(NamedTuple):
-  ema: Any  # ĝ, a float32 pytree like grads_like with a leading N axis
+  ema: Any  # ĝ, a pytree like grads_like (at least float32) with a leading N axis
   count: jax.Array  # (N,) int32, each task's present steps so far
 
 
@@ -48,19 +49,19 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Met
                      f'{beta_sigma}.')
 
   def init(num_tasks, grads_like):
-    ema = jax.tree.map(lambda x: jnp.zeros((num_tasks,) + tuple(x.shape), jnp.float32),
+    ema = jax.tree.map(lambda x: jnp.zeros((num_tasks,) + tuple(x.shape), compute_dtype(x)),
                        grads_like)
     return DBMTLState(ema, jnp.zeros((num_tasks,), jnp.int32))
 
   def update(info: StepInfo, state: DBMTLState):
     present = info.present
     count = state.count + present.astype(jnp.int32)
-    rate = beta / jnp.maximum(count, 1).astype(jnp.float32) ** beta_sigma  # β_t
+    rate = beta / jnp.maximum(count, 1).astype(info.losses.dtype) ** beta_sigma  # β_t
     scale = 1.0 / (info.losses + eps)  # ∇log(L_i + ε) = g_i / (L_i + ε)
 
     def step(ema, g):
-      log_grad = g.astype(jnp.float32) * _per_task(scale, g)
-      new = log_grad + _per_task(rate, g) * (ema - log_grad)
+      log_grad = g.astype(ema.dtype) * _per_task(scale, g).astype(ema.dtype)
+      new = log_grad + _per_task(rate, g).astype(ema.dtype) * (ema - log_grad)
       return jnp.where(_per_task(present, g), new, ema)
 
     ema = jax.tree.map(step, state.ema, info.grads)

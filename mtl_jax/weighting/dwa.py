@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import Method, Needs, StepInfo
+from mtl_jax.weighting.base import Method, Needs, StepInfo, compute_dtype
 
 
 class DWAState(NamedTuple):
@@ -55,9 +55,11 @@ def dwa(temperature: float = 2.0, window: int = 25) -> Method:
     warm = jnp.all(jnp.where(info.present, count >= size, True))
     weights = jnp.where(info.present, jnp.where(warm, dynamic, 1.0), 0.0)
 
-    # Record this step's losses of the present tasks only.
+    # Record this step's losses of the present tasks only (in the history's own dtype).
     slot = jnp.arange(size)[:, None] == (count % size)[None, :]
-    history = jnp.where(slot & info.present[None, :], info.losses[None, :], history)
-    return weights, DWAState(history, count + info.present.astype(jnp.int32))
+    history = jnp.where(slot & info.present[None, :],
+                        info.losses[None, :].astype(history.dtype), history)
+    return (weights.astype(compute_dtype(info.losses)),
+            DWAState(history, count + info.present.astype(jnp.int32)))
 
   return Method(init, update, Needs.LOSSES)

@@ -55,12 +55,13 @@ def famo(learning_rate: float = 0.025, weight_decay: float = 1e-3, eps: float = 
     both = info.present & state.prev_present
     delta = jnp.where(both, jnp.log(state.prev_losses + eps) - jnp.log(info.losses + eps), 0.0)
     z = masked_softmax(state.logits, both)
-    grad = jnp.where(both, z * (delta - jnp.dot(z, delta)), 0.0)
+    grad = jnp.where(both, z * (delta - jnp.dot(z, delta)), 0.0).astype(state.logits.dtype)
     logits, opt_state = masked_optimizer_step(optimizer, grad, state.opt_state, state.logits,
                                               both)
 
     inverse = masked_softmax(logits, info.present) / (info.losses + eps)
     weights = jnp.where(info.present, inverse / jnp.maximum(inverse.sum(), 1e-30), 0.0)
-    return weights, FamoState(logits, opt_state, info.losses, info.present)
+    return weights, FamoState(logits, opt_state, info.losses.astype(state.prev_losses.dtype),
+                              info.present)
 
   return Method(init, update, Needs.LOSSES)

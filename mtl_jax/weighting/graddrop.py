@@ -7,17 +7,17 @@ deep multitask models with gradient sign dropout", NeurIPS 2020.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo
+from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo, compute_dtype
 
 
 def sign_dropout(grads: jax.Array, uniform: jax.Array, leak: float) -> jax.Array:
   """Σ_i (leak + (1-leak) mask_i) g_i for one (N, ...) leaf and U of shape (...)."""
-  g = grads.astype(jnp.float32)
+  g = grads.astype(compute_dtype(grads))
   total, mass = g.sum(0), jnp.abs(g).sum(0)
   # P = ½(1 + Σg/Σ|g|); a coordinate where every g_i is 0 contributes 0 whatever P is.
   purity = 0.5 * (1.0 + jnp.where(mass > 0, total / jnp.where(mass > 0, mass, 1.0), 0.0))
   keep = jnp.where(purity > uniform, g > 0, False) | jnp.where(purity < uniform, g < 0, False)
-  kept = (leak + (1.0 - leak) * keep.astype(jnp.float32)) * g
+  kept = (leak + (1.0 - leak) * keep.astype(g.dtype)) * g
   return kept.sum(0).astype(grads.dtype)
 
 
@@ -57,7 +57,7 @@ def graddrop(leak: float = 0.0) -> Method:
     keys = jax.random.split(info.key, len(leaves))
     # Absent tasks already have g_i = 0; the mask only makes that explicit.
     out = [sign_dropout(mask_absent(g, info.present),
-                        jax.random.uniform(k, g.shape[1:], jnp.float32), leak)
+                        jax.random.uniform(k, g.shape[1:], jnp.float32), leak)  # any dtype
            for g, k in zip(leaves, keys)]
     return jax.tree.unflatten(treedef, out), state
 

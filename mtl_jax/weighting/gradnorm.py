@@ -12,8 +12,8 @@ whose target Ḡ r_i^α is held constant (the paper), so ∂L_grad/∂w_i = sign
 ||∇_W L_i||. w takes one Adam step on that gradient (learning rate 1e-3; the paper does not
 fix one, LibMTL trains w with the model's optimizer), is clipped at 0 and renormalised so
 that Σ w stays N, the paper's renormalisation. The step's update uses w(t), before this
-step's update of w (the paper's Algorithm 1). Heads get their plain ∇L_i (the train step's
-rule for GRAM methods), where the paper and LibMTL scale them by w_i too.
+step's update of w (the paper's Algorithm 1). Heads get w_i ∇L_i (`head_weights`), the
+gradient of the weighted loss Σ w_i L_i, as in the paper and LibMTL.
 
 `layer` selects W: '' is all of `info.grads` (the norms come from diag(gram), free), else a
 '/'-joined key path prefix of `info.grads`, e.g. 'encoder/layer_3' in mode 'params' (the
@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl_jax.weighting.base import Method, Needs, StepInfo, masked_optimizer_step
+from mtl_jax.weighting.base import (Method, Needs, StepInfo, compute_dtype,
+                                    masked_optimizer_step)
 
 
 class GradNormState(NamedTuple):
@@ -56,7 +57,8 @@ def squared_norms(grads, layer: str) -> jax.Array:
     raise ValueError(f'gradnorm: layer {layer!r} matches no gradient; paths: '
                      f'{", ".join(_path(k) for k, _ in flat)}.')
   n = leaves[0].shape[0]
-  return sum(jnp.sum(jnp.square(x.astype(jnp.float32).reshape(n, -1)), axis=1) for x in leaves)
+  return sum(jnp.sum(jnp.square(x.astype(compute_dtype(x)).reshape(n, -1)), axis=1)
+             for x in leaves)
 
 
 def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-3, layer: str = '') -> Method:
@@ -70,7 +72,8 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-3, layer: str = '') -
   def update(info: StepInfo, state: GradNormState):
     present = info.present
     first = present & ~state.has_initial
-    initial = jnp.where(first, info.losses, state.initial_losses)
+    initial = jnp.where(first, info.losses.astype(state.initial_losses.dtype),
+                        state.initial_losses)
 
     sq = jnp.diagonal(info.gram) if not layer else squared_norms(info.grads, layer)
     norms = jnp.sqrt(jnp.maximum(sq, 0.0))
@@ -82,7 +85,7 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-3, layer: str = '') -
                            info.losses / jnp.where(initial > 0, initial, 1.0), 1.0)
     rate = loss_ratio / jnp.maximum(jnp.where(present, loss_ratio, 0.0).sum() / n, 1e-30)
     target = mean_norm * rate ** alpha
-    grad = jnp.where(present, jnp.sign(grad_norms - target) * norms, 0.0)
+    grad = jnp.where(present, jnp.sign(grad_norms - target) * norms, 0.0).astype(w.dtype)
 
     new_w, opt_state = masked_optimizer_step(optimizer, grad, state.opt_state, w, present)
     new_w = jnp.maximum(new_w, 0.0)
@@ -90,7 +93,7 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-3, layer: str = '') -
     total_after = jnp.where(present, new_w, 0.0).sum()
     new_w = jnp.where(present, new_w * total_before / jnp.maximum(total_after, 1e-30), w)
 
-    return (jnp.where(present, w, 0.0),
+    return (jnp.where(present, w, 0.0).astype(norms.dtype),
             GradNormState(new_w, opt_state, initial, state.has_initial | present))
 
   def head_weights(info: StepInfo, state):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import Method, Needs, StepInfo
+from mtl_jax.weighting.base import Method, Needs, StepInfo, compute_dtype
 from mtl_jax.weighting.pcgrad import task_orders
 
 
@@ -20,7 +20,7 @@ class GradVacState(NamedTuple):
 def vaccine(gram: jax.Array, target: jax.Array, orders: jax.Array, usable: jax.Array,
             beta: float) -> tuple[jax.Array, jax.Array]:
   """(C, new targets) with g_i^PC = Σ_k C_ik g_k, for the visiting orders `orders`."""
-  gram = gram.astype(jnp.float32)
+  gram = gram.astype(compute_dtype(gram))
   n = gram.shape[0]
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
 
@@ -42,10 +42,10 @@ def vaccine(gram: jax.Array, target: jax.Array, orders: jax.Array, usable: jax.A
       goals = goals.at[j].set(jnp.where(valid, (1.0 - beta) * goal + beta * phi, goal))
       return c, goals
 
-    start = (jax.nn.one_hot(i, n, dtype=jnp.float32), goals)
+    start = (jax.nn.one_hot(i, n, dtype=gram.dtype), goals)
     return jax.lax.fori_loop(0, n, visit, start)
 
-  return jax.vmap(row)(jnp.arange(n), orders, target.astype(jnp.float32))
+  return jax.vmap(row)(jnp.arange(n), orders, target.astype(gram.dtype))
 
 
 def gradvac(beta: float = 0.01) -> Method:
@@ -70,19 +70,21 @@ def gradvac(beta: float = 0.01) -> Method:
   correction and φ̂_ij is left as it was (nothing was measured). Absent tasks get
   coefficient 0.
 
-  Difference from LibMTL: LibMTL updates φ̂_ij only when φ_ij < φ̂_ij, so from φ̂ = 0 the
-  targets can only decrease; we update it every step as the paper's Algorithm 1 does.
-  Works in either weighting mode (LibMTL allows parameter gradients only).
+  φ̂_ij is updated after every visited pair, as in the paper's Algorithm 1 and in LibMTL
+  since its fix of February 2024 (commit d2d84fa; before it, LibMTL updated φ̂_ij only when
+  the correction fired, so from φ̂ = 0 the targets could only decrease). Difference from
+  LibMTL: it works in either weighting mode (LibMTL allows parameter gradients only).
   """
 
   def init(num_tasks):
     return GradVacState(jnp.zeros((num_tasks, num_tasks), jnp.float32))
 
   def update(info: StepInfo, state: GradVacState):
-    gram = info.gram.astype(jnp.float32)
+    gram = info.gram.astype(compute_dtype(info.gram))
     usable = info.present & (jnp.diag(gram) > 0)
     coefficients, target = vaccine(gram, state.target, task_orders(info.key, gram.shape[0]),
                                    usable, beta)
-    return jnp.where(info.present, coefficients.sum(0), 0.0), GradVacState(target)
+    return (jnp.where(info.present, coefficients.sum(0), 0.0),
+            GradVacState(target.astype(state.target.dtype)))
 
   return Method(init, update, Needs.GRAM)

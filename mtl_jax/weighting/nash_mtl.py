@@ -9,7 +9,7 @@ from mtl_jax.weighting import _simplex
 from mtl_jax.weighting.base import Method, Needs, StepInfo
 
 RIDGE = 1e-8  # only for existence (f is unbounded when 0 is in the gradients' cone)
-_STEPS = 2.0 ** -jnp.arange(30)  # backtracking line-search candidates, evaluated at once
+_LINE_SEARCH = 30  # backtracking candidates 2^-k, k < 30, evaluated at once
 
 
 class NashState(NamedTuple):
@@ -82,7 +82,7 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1, max_iter: int
     if max_norm > 0:
       norm = jnp.sqrt(jnp.maximum(alpha @ gram @ alpha, 0.0))
       weights = alpha * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
-    return weights, NashState(alpha)
+    return weights, NashState(alpha.astype(state.alpha.dtype))
 
   return Method(init, update, Needs.GRAM)
 
@@ -93,6 +93,7 @@ def solve(gram: jax.Array, mask: jax.Array, max_iter: int = 50) -> jax.Array:
   # Kept apart from K: added to K's diagonal it would round away in float32.
   ridge = _simplex.ridge(k, mask) * (RIDGE / _simplex.RIDGE)
   num = k.shape[0]
+  steps = 2.0 ** -jnp.arange(_LINE_SEARCH, dtype=k.dtype)
 
   def objective(a):
     return 0.5 * jnp.einsum('...i,ij,...j->...', a, k, a) + 0.5 * jnp.sum(
@@ -110,10 +111,10 @@ def solve(gram: jax.Array, mask: jax.Array, max_iter: int = 50) -> jax.Array:
     scaled = a[:, None] * k * a[None, :] + jnp.diag(1.0 + ridge * a ** 2)
     delta = a * _simplex.spd_solve(scaled, -a * grad)
     decrement = -grad @ delta  # λ², the Newton decrement squared
-    candidates = a + _STEPS[:, None] * delta
+    candidates = a + steps[:, None] * delta
     ok = jnp.all(candidates > 0.0, axis=1) & (
-        objective(candidates) <= objective(a) - 0.25 * _STEPS * decrement)
-    searched = jnp.where(jnp.any(ok), _STEPS[jnp.argmax(ok)], 0.0)
+        objective(candidates) <= objective(a) - 0.25 * steps * decrement)
+    searched = jnp.where(jnp.any(ok), steps[jnp.argmax(ok)], 0.0)
     # Below λ = 0.3 a full Newton step stays feasible (self-concordance) and converges
     # quadratically; float32 rounding of f would make Armijo reject it there.
     t = jnp.where(decrement < 0.09, 1.0, searched)
@@ -126,5 +127,5 @@ def solve(gram: jax.Array, mask: jax.Array, max_iter: int = 50) -> jax.Array:
 
   a0 = 1.0 / jnp.sqrt(jnp.diagonal(k))
   a0 = a0 * jnp.sqrt(num / (a0 @ k @ a0 + ridge @ a0 ** 2))
-  _, a, _, _ = jax.lax.while_loop(cond, body, (0, a0, jnp.asarray(jnp.inf), False))
+  _, a, _, _ = jax.lax.while_loop(cond, body, (0, a0, jnp.asarray(jnp.inf, k.dtype), False))
   return jnp.where(mask, a, 0.0)

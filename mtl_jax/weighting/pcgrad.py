@@ -7,7 +7,7 @@ NeurIPS 2020 (Algorithm 1).
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo
+from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo, compute_dtype
 
 
 def task_orders(key: jax.Array, num_tasks: int) -> jax.Array:
@@ -18,7 +18,7 @@ def task_orders(key: jax.Array, num_tasks: int) -> jax.Array:
   """
   # argsort of i.i.d. uniforms is a uniform permutation (ties have probability ~0); one sort
   # compiles much faster than N calls of jax.random.permutation.
-  noise = jax.random.uniform(key, (num_tasks, num_tasks))
+  noise = jax.random.uniform(key, (num_tasks, num_tasks), jnp.float32)  # same in x64 mode
   return jnp.argsort(noise, axis=1).astype(jnp.int32)
 
 
@@ -30,7 +30,7 @@ def surgery_coefficients(gram: jax.Array, orders: jax.Array, usable: jax.Array) 
   only subtracts from C_ij, and g_i^PC·g_j = (C_i G)_j needs nothing but the Gram G.
   Tasks with usable[j] False (absent, or zero gradient) are never projected onto.
   """
-  gram = gram.astype(jnp.float32)
+  gram = gram.astype(compute_dtype(gram))
   n = gram.shape[0]
   sq_norms = jnp.diag(gram)
 
@@ -43,7 +43,7 @@ def surgery_coefficients(gram: jax.Array, orders: jax.Array, usable: jax.Array) 
       shift = jnp.where(conflict, dot / jnp.where(usable[j], sq_norms[j], 1.0), 0.0)
       return c.at[j].add(-shift)
 
-    return jax.lax.fori_loop(0, n, visit, jax.nn.one_hot(i, n, dtype=jnp.float32))
+    return jax.lax.fori_loop(0, n, visit, jax.nn.one_hot(i, n, dtype=gram.dtype))
 
   return jax.vmap(row)(jnp.arange(n), orders)
 
@@ -72,7 +72,7 @@ def pcgrad() -> Method:
     return EmptyState()
 
   def update(info: StepInfo, state):
-    gram = info.gram.astype(jnp.float32)
+    gram = info.gram.astype(compute_dtype(info.gram))
     usable = info.present & (jnp.diag(gram) > 0)
     coefficients = surgery_coefficients(gram, task_orders(info.key, gram.shape[0]), usable)
     return jnp.where(info.present, coefficients.sum(0), 0.0), state

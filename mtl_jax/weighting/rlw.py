@@ -16,7 +16,8 @@ E[λ_i] = 1/n over the n present tasks, by symmetry.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo, masked_softmax
+from mtl_jax.weighting.base import (EmptyState, Method, Needs, StepInfo, compute_dtype,
+                                    masked_softmax)
 
 
 def rlw() -> Method:
@@ -26,7 +27,8 @@ def rlw() -> Method:
     return EmptyState()
 
   def update(info: StepInfo, state):
-    z = jax.random.normal(info.key, info.losses.shape, jnp.float32)
+    z = jax.random.normal(info.key, info.losses.shape, jnp.float32)  # the same draw in any dtype
+    z = z.astype(compute_dtype(info.losses))
     return masked_softmax(z, info.present), state  # absent tasks are left out
 
   return Method(init, update, Needs.LOSSES)

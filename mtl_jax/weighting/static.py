@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo
+from mtl_jax.weighting.base import EmptyState, Method, Needs, StepInfo, compute_dtype
 
 
 def static(weights: Sequence[float] = ()) -> Method:
@@ -16,7 +16,8 @@ def static(weights: Sequence[float] = ()) -> Method:
     return EmptyState()
 
   def update(info: StepInfo, state):
-    lam = jnp.asarray(weights, jnp.float32) if weights else jnp.ones_like(info.losses)
+    dtype = compute_dtype(info.losses)
+    lam = jnp.asarray(weights, dtype) if weights else jnp.ones_like(info.losses, dtype)
     return jnp.where(info.present, lam, 0.0), state
 
   return Method(init, update, Needs.LOSSES)

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl_jax.weighting.base import Method, Needs, StepInfo, masked_optimizer_step
+from mtl_jax.weighting.base import (Method, Needs, StepInfo, compute_dtype,
+                                    masked_optimizer_step)
 
 
 class UncertaintyState(NamedTuple):
@@ -42,8 +43,8 @@ def uncertainty(learning_rate: float = 1e-3, init_log_variance: float = 0.0) -> 
   def update(info: StepInfo, state: UncertaintyState):
     log_var, opt_state = state
     precision = jnp.exp(-log_var)
-    weights = jnp.where(info.present, precision / 2, 0.0)
-    grad = jnp.where(info.present, 0.5 - precision * info.losses / 2, 0.0)
+    weights = jnp.where(info.present, precision / 2, 0.0).astype(compute_dtype(info.losses))
+    grad = jnp.where(info.present, 0.5 - precision * info.losses / 2, 0.0).astype(log_var.dtype)
     log_var, opt_state = masked_optimizer_step(optimizer, grad, opt_state, log_var,
                                                info.present)
     return weights, UncertaintyState(log_var, opt_state)
