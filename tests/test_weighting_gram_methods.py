@@ -1,4 +1,4 @@
-"""MGDA, CAGrad, IMTL(-G) and Nash-MTL: coefficients from the Gram matrix.
+"""MGDA, CAGrad, IMTL and Nash-MTL: coefficients from the Gram matrix.
 
 Truths: hand-worked cases (orthogonal, opposite, scaled gradients), the defining property
 of each method checked on the returned update, and scipy.optimize (float64, SLSQP) as a
@@ -333,6 +333,123 @@ def test_imtl_single_task_is_its_gradient():
   direction, coefficients, _ = _run('imtl', [[2.0, -1.0], [5.0, 5.0]], present=[True, False])
   np.testing.assert_allclose(coefficients, [1.0, 0.0], rtol=1e-6)
   np.testing.assert_allclose(direction, [2.0, -1.0], rtol=1e-6)
+
+
+def _reference_imtl(steps, lr, wd, b1=0.9, b2=0.999, eps=1e-8):
+  """The whole method from the paper's definition, float64 numpy: each step, the paper's
+  IMTL-G formula on the scaled gradients e^{s_i} g_i of the present tasks, whose α
+  multiplies e^{s_i} g_i; then torch's Adam(lr, weight_decay=wd) written out (decay added
+  to the gradient) on s with ∂/∂s_i (e^{s_i} L_i - s_i) = e^{s_i} L_i - 1, absent tasks'
+  s_i and moments untouched. Returns [(coefficients on the raw g_i, s after the step)]."""
+  n = len(steps[0][0])
+  s, m, v = np.zeros(n), np.zeros(n), np.zeros(n)
+  out = []
+  for count, (g, losses, present) in enumerate(steps, start=1):
+    scale = np.exp(s)
+    c = np.zeros(n)
+    c[present] = _paper_imtl(scale[present, None] * g[present]) * scale[present]
+    grad = scale * losses - 1.0 + wd * s
+    m_new, v_new = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad ** 2
+    move = lr * (m_new / (1 - b1 ** count)) / (np.sqrt(v_new / (1 - b2 ** count)) + eps)
+    s, m, v = (np.where(present, new, old) for new, old in
+               ((s - move, s), (m_new, m), (v_new, v)))
+    out.append((c, s))
+  return out
+
+
+def _imtl_steps(steps, **kwargs):
+  """Our imtl(**kwargs) over `steps` [(G, losses, present)]: [(coefficients, s after the
+  step, head weights during it)]."""
+  method = _method('imtl', **kwargs)
+  state, out = None, []
+  for t, (g, losses, present) in enumerate(steps):
+    heads = None if state is None else weighting.head_weights(
+        method, step_info(method, np.pad(g, ((0, PAD - len(g)), (0, 0))),
+                          np.pad(losses, (0, PAD - len(g))),
+                          present=np.pad(present, (0, PAD - len(g)))), state)
+    _, coefficients, state = _run('imtl', g, losses, present=present, step=t, state=state,
+                                  **kwargs)
+    n = len(g)
+    out.append((coefficients, np.asarray(state.log_scale)[:n],
+                None if heads is None else np.asarray(heads)[:n]))
+  return out
+
+
+_IMTL_ARGS = {'learning_rate': 0.05, 'weight_decay': 0.1}
+
+
+def test_imtl_two_orthogonal_gradients_after_the_scale_moved():
+  # Hand-derived. Step 0 (s = 0): α = (b, a)/(a + b). ∂/∂s = e^s L - 1 = (-0.5, 1), and
+  # Adam's first step moves each s_i by lr against its gradient's sign (s = 0, so no
+  # decay): s = (lr, -lr). Step 1 runs IMTL-G on (e^{s_1} a e_1, e^{s_2} b e_2):
+  # α̃ = (e^{s_2} b, e^{s_1} a)/(e^{s_1} a + e^{s_2} b), so on the raw g_i
+  # c = e^{s_1 + s_2} (b, a)/(e^{s_1} a + e^{s_2} b) and d = e^{s_1 + s_2} ab/(…) (1, 1):
+  # the same direction as at s = 0, another length.
+  a, b, lr = 3.0, 0.5, _IMTL_ARGS['learning_rate']
+  g = np.array([[a, 0.0], [0.0, b]], np.float32)
+  losses, present = np.array([0.5, 2.0]), np.array([True, True])
+  (c0, s0, _), (c1, _, heads1) = _imtl_steps([(g, losses, present)] * 2, **_IMTL_ARGS)
+  np.testing.assert_allclose(c0, [b / (a + b), a / (a + b)], rtol=1e-5)
+  np.testing.assert_allclose(s0, [lr, -lr], rtol=1e-5)
+  e1, e2 = np.exp(lr), np.exp(-lr)
+  np.testing.assert_allclose(c1, e1 * e2 * np.array([b, a]) / (e1 * a + e2 * b), rtol=1e-5)
+  np.testing.assert_allclose(c1 @ g, [e1 * e2 * a * b / (e1 * a + e2 * b)] * 2, rtol=1e-5)
+  np.testing.assert_allclose(heads1, [e1, e2], rtol=1e-6)  # heads train on e^{s_i} L_i
+
+
+@pytest.mark.parametrize('n', [2, 3, 4])
+def test_imtl_whole_method_matches_the_paper_over_steps(n):
+  rng = np.random.default_rng(n)
+  steps = []
+  for t in range(6):
+    g = _random_grads(300 * n + t, n, spread=0.5)
+    # Losses far from 1 on both sides, so every s_i moves steadily (e^s L → 1).
+    losses = np.array([0.3, 2.5, 0.5, 2.0])[:n] * rng.uniform(0.9, 1.1, size=n)
+    present = np.ones(n, bool)
+    if t == 3:  # one task absent: no coefficient, its s and Adam moments stay
+      present[1] = False
+      g[1], losses[1] = 0.0, 0.0
+    steps.append((g, losses, present))
+  ours = _imtl_steps(steps, **_IMTL_ARGS)
+  reference = _reference_imtl([(g.astype(np.float64), l, p) for g, l, p in steps],
+                              **{'lr': _IMTL_ARGS['learning_rate'],
+                                 'wd': _IMTL_ARGS['weight_decay']})
+  for t, ((c, s, heads), (c_ref, s_ref), (g, _, present)) in enumerate(
+      zip(ours, reference, steps)):
+    np.testing.assert_allclose(c, c_ref, rtol=1e-3, atol=1e-5, err_msg=f'step {t}')
+    np.testing.assert_allclose(s, s_ref, rtol=1e-4, atol=1e-6, err_msg=f'step {t}')
+    # The paper's defining property, on the raw unit gradients: equal projections.
+    units = g[present] / np.linalg.norm(g[present], axis=1, keepdims=True)
+    projections = units @ (c @ g)
+    np.testing.assert_allclose(projections, projections.mean(), rtol=1e-4,
+                               atol=1e-5 * np.abs(projections).max())
+    if t:
+      np.testing.assert_allclose(heads, np.where(present, np.exp(reference[t - 1][1]), 0.0),
+                                 rtol=1e-5)
+  assert ours[3][0][1] == 0.0 and ours[3][1][1] == ours[2][1][1]
+  # Not vacuous: the scales moved, and they changed the coefficients (IMTL-G alone differs).
+  assert np.abs(ours[-1][1]).min() > 0.1
+  assert np.abs(ours[-1][0] - _paper_imtl(steps[-1][0])).max() > 1e-2 * np.abs(ours[-1][0]).max()
+
+
+def test_imtl_scaled_losses_go_to_one():
+  # IMTL-L's stationary point: e^{s_i} L_i = 1 (the zero of e^s L - 1), whatever L_i.
+  method = weighting.get('imtl', learning_rate=0.02, weight_decay=0.0)
+  losses = np.array([0.3, 4.0, 1.0], np.float32)
+  info = step_info(method, np.eye(3, 4), losses)
+  update = jax.jit(method.update)
+  state = method.init(3)
+  for _ in range(400):
+    _, state = update(info, state)
+  np.testing.assert_allclose(np.exp(state.log_scale) * losses, 1.0, atol=0.05)
+
+
+def test_imtl_without_learning_rate_is_imtl_g():
+  g = _random_grads(7, 3)
+  steps = [(g, np.array([0.3, 1.0, 3.0]), np.ones(3, bool))] * 3
+  for c, s, _ in _imtl_steps(steps, learning_rate=0.0, weight_decay=0.0):
+    np.testing.assert_array_equal(s, 0.0)
+    np.testing.assert_allclose(c, _paper_imtl(g), rtol=1e-3, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------- Nash-MTL

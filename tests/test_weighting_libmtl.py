@@ -20,7 +20,8 @@ mtl_jax/weighting/<name>.py does not exist yet is skipped.
   GradNorm     alpha (1.5)                                      gradnorm(alpha=alpha)
   MGDA         mgda_gn ('none'|'l2'|'loss'|'loss+')             mgda(normalization=mgda_gn)
   CAGrad       calpha (0.5), rescale (1)                        cagrad(c=calpha, rescale=rescale)
-  IMTL         -                                                imtl()
+  IMTL         lr (1e-4), weight_decay (1e-5): the Trainer's    imtl(learning_rate=lr,
+               Adam, which trains loss_scale s                  weight_decay=weight_decay)
   Nash_MTL     update_weights_every (1), optim_niter (20),      nash_mtl(max_norm=..., ...);
                max_norm (1.0)                                   without a max_norm kwarg we
                                                                 compare LibMTL's unclipped Σα_i g_i
@@ -33,11 +34,13 @@ mtl_jax/weighting/<name>.py does not exist yet is skipped.
   RLW          - (λ = softmax(z), z ~ N(0, I))                  rlw()
 
 Comparison kinds (record['compare']): 'direction' (every step with check=True, in sequence,
-state carried: |ours - ref| <= atol + rtol·max|ref|), 'direction_set' (PCGrad/GradVac with
-N > 2: LibMTL's result depends on its random task orders; ours must equal one of LibMTL's
-results over EVERY order combination, for a few keys), 'per_coordinate_choice' (GradDrop:
-each coordinate is LibMTL's keep-positive or keep-negative value), 'weight_moments' (RLW:
-mean and std of λ over many keys), 'skip' (LibMTL itself gives NaN/inf there).
+state carried: |ours - ref| <= atol + rtol·max|ref|; for methods in STATE_COMPARED also the
+learned parameter after every step, e.g. IMTL's loss scale s), 'direction_set'
+(PCGrad/GradVac with N > 2: LibMTL's result depends on its random task orders; ours must
+equal one of LibMTL's results over EVERY order combination, for a few keys),
+'per_coordinate_choice' (GradDrop: each coordinate is LibMTL's keep-positive or
+keep-negative value), 'weight_moments' (RLW: mean and std of λ over many keys), 'skip'
+(LibMTL itself gives NaN/inf there).
 """
 
 import functools
@@ -83,7 +86,10 @@ OURS = {
                                    'direction')),
     'CAGrad': ('cagrad', lambda h, a: ({**_arg(a, 'c', h['calpha'], 0.5),
                                         **_arg(a, 'rescale', h['rescale'], 1)}, 'direction')),
-    'IMTL': ('imtl', lambda h, a: ({}, 'direction')),
+    # LibMTL's model optimizer (Adam) trains IMTL's loss_scale; ours has its own Adam.
+    'IMTL': ('imtl', lambda h, a: ({**_arg(a, 'learning_rate', h['lr'], 1e-4),
+                                    **_arg(a, 'weight_decay', h['weight_decay'], 1e-5)},
+                                   'direction')),
     'Nash_MTL': ('nash_mtl', lambda h, a: _nash_kwargs(h, a)),
     'Aligned_MTL': ('aligned_mtl', lambda h, a: ({}, 'direction')),
     'DB_MTL': ('db_mtl', lambda h, a: ({**_arg(a, 'beta', h['DB_beta'], 0.9),
@@ -105,10 +111,8 @@ OURS = {
 # is 1/N of that. Compared after this factor.
 DIRECTION_SCALE = {'CAGrad': lambda num_tasks: 1.0 / num_tasks}
 
-# Where our state deliberately follows the paper rather than LibMTL, only the steps before
-# the two states part are compared. GradVac: LibMTL moves the target φ̂ only when its
-# correction fires; Wang et al. 2021 (Algorithm 1) and ours move it after every visited pair.
-STEPS_COMPARED = {'GradVac': 1}
+# Learned parameters LibMTL records after each step: (record field, ours from our state).
+STATE_COMPARED = {'IMTL': ('loss_scale_after', lambda state: state.log_scale)}
 
 
 def _nash_kwargs(h, accepted):
@@ -148,12 +152,13 @@ def _message(record, t, step, ours, ref, out):
 
 
 def _records(kind):
-  """Records of one comparison kind; 'direction' ones need at least one checked step (a
-  record whose every step LibMTL got ill-posed, e.g. IMTL on scaled gradients, is
-  information only)."""
+  """Records of one comparison kind; 'direction' ones need at least one checked step or a
+  learned parameter to compare (a record whose every direction LibMTL got ill-posed, e.g.
+  IMTL on scaled gradients, is otherwise information only)."""
   return [pytest.param(r, id=f'{OURS[r["libmtl"]][0]}:{r["id"]}')
           for r in REFERENCE['records'] if r['compare'] == kind and
-          (kind != 'direction' or any(s['check'] for s in r['steps']))]
+          (kind != 'direction' or any(s['check'] for s in r['steps']) or
+           r['libmtl'] in STATE_COMPARED)]
 
 
 @pytest.mark.parametrize('record', _records('direction'))
@@ -161,10 +166,14 @@ def test_direction_matches_libmtl(record):
   method, field = _method(record)
   state = None
   checked = 0
-  steps = record['steps'][:STEPS_COMPARED.get(record['libmtl'], len(record['steps']))]
-  for t, step in enumerate(steps):
+  for t, step in enumerate(record['steps']):
     direction, out, state = run(method, step['G'], step['losses'], state, key=t, step=t)
     direction = direction * DIRECTION_SCALE.get(record['libmtl'], lambda n: 1.0)(len(out))
+    if record['libmtl'] in STATE_COMPARED:  # depends on the losses only: every step
+      name, ours = STATE_COMPARED[record['libmtl']]
+      np.testing.assert_allclose(ours(state), step[name], rtol=1e-4, atol=1e-6,
+                                 err_msg=f'{record["id"]} step {t}: {name}')
+      checked += 1
     ref = step.get(field)
     if not step['check'] or ref is None:
       continue

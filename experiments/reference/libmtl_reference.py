@@ -3,12 +3,12 @@
 Run OFFLINE, once, by a developer (never by the tests; the tests read the JSON this writes):
 
   PYTHONPATH=<dir holding LibMTL/> python experiments/reference/libmtl_reference.py \
-      --out tests/data/libmtl_reference.json
+      --out tests/data/libmtl_reference.json --libmtl-commit <LibMTL commit>
 
-It needs torch, numpy, scipy, cvxpy (with ECOS) and LibMTL's `LibMTL/weighting/` package;
-docs/libmtl_reference.md says exactly which LibMTL files and versions produced the stored
-JSON. Only the modules `LibMTL.weighting.<Name>` are imported, never the package's
-architectures or trainer.
+It needs torch, numpy, scipy, cvxpy (with ECOS) and LibMTL's `LibMTL/weighting/` package, in
+an environment of its own; docs/libmtl_reference.md says exactly which LibMTL commit and
+versions produced the stored JSON. Only the modules `LibMTL.weighting.<Name>` are imported,
+never the package's architectures or trainer.
 
 The harness is exact: a shared parameter vector θ ∈ R^P, at θ = 0, and the task losses
 L_i(θ) = g_i·θ + c_i, so ∇L_i = g_i exactly and L_i = c_i. A small subclass of each LibMTL
@@ -16,8 +16,10 @@ weighting class supplies what `AbsWeighting` expects from LibMTL's model (get_sh
 zero_grad_share_params, task_num, device, rep_grad, epoch, train_loss_buffer, rep and
 rep_tasks for GradDrop); the script calls `backward(losses, **hyperparameters)` as LibMTL's
 Trainer does and reads θ.grad (the update LibMTL hands its optimizer) and the returned
-weights. Where LibMTL draws a random task order (PCGrad, GradVac) the script fixes the order
-through the module's `random.shuffle` and records it; GradDrop's uniform draw is fixed the
+weights. IMTL, whose loss scale the Trainer's optimizer trains, is run for a few Trainer
+steps (zero_grad, backward, Adam step over θ and the scale), so there θ moves. Where LibMTL
+draws a random task order (PCGrad, GradVac) the script fixes the order through the
+module's `random.shuffle` and records it; GradDrop's uniform draw is fixed the
 same way (torch.rand_like) at its two extremes. For the solver-based methods (MGDA, CAGrad,
 Nash-MTL) it also solves the same problem exactly in float64 and stores LibMTL's distance
 from that solution, which sets the test tolerance.
@@ -179,6 +181,15 @@ def single(records, libmtl, method, cases, hparams, **kw):
            steps=[step_entry(G, c, d, w, case)], **kw)
 
 
+def _imtl_well_posed(G, s):
+  """LibMTL's IMTL solves (D Uᵀ) x = ... on the scaled gradients e^{s_i} g_i; D Uᵀ is
+  singular when two unit gradients coincide (e.g. scaled copies), and its answer is noise."""
+  Gs = np.exp(s)[:, None] * G
+  u = Gs / np.linalg.norm(Gs, axis=1, keepdims=True)
+  DU = (Gs[:1] - Gs[1:]) @ (u[:1] - u[1:]).T
+  return bool(abs(np.linalg.det(DU)) > 1e-6 * np.abs(DU).max() ** len(DU) + 1e-12)
+
+
 # ----------------------------------------------------------------------------- exact solvers
 
 
@@ -324,26 +335,40 @@ def generate():
              atol=max(1e-5, 2 * err), rtol=1e-4,
              note=f'SLSQP solution; atol = 2×its distance from a tight solve ({err:.2e})')
 
-  # --- IMTL (closed form; loss_scale s = 0 so the scaled losses have gradients g_i).
-  for case, (G, c) in cases.items():
-    model = build('IMTL', len(c))
-    d, w = libmtl_step(model, G, c, {})
-    if not np.all(np.isfinite(d)):
-      recs.append(dict(id=f'IMTL/{case}', libmtl='IMTL', method='imtl', case=case, hparams={},
-                       compare='skip', note=f'LibMTL gives a non-finite update: {d.tolist()}'))
-      continue
-    # IMTL solves (D Uᵀ) x = ...; D Uᵀ is singular when two unit gradients coincide (scaled
-    # gradients): then every d meets d·u_1 = d·u_2 and LibMTL's float32 answer is noise.
-    u = G / np.linalg.norm(G, axis=1, keepdims=True)
-    DU = (G[:1] - G[1:]) @ (u[:1] - u[1:]).T
-    well_posed = abs(np.linalg.det(DU)) > 1e-6 * np.abs(DU).max() ** len(DU) + 1e-12
-    record(recs, libmtl='IMTL', method='imtl', case=case, hparams={},
-           steps=[step_entry(G, c, d, w, case, param_grad=model.loss_scale.grad.double().numpy(),
-                             check=well_posed)],
-           rtol=1e-4, atol=1e-5,
-           note='first step; param_grad is d/ds Σ(e^s L - s) = c - 1 accumulated by the '
-           'per-task backward passes' + ('' if well_posed else
-                                         '; ill-posed here (equal unit gradients), not compared'))
+  # --- IMTL: IMTL-L's loss_scale s is an nn.Parameter of the model, so the Trainer's
+  # optimizer (over model.parameters(): θ and s) trains it. A few Trainer steps: zero_grad,
+  # backward (IMTL-G on the gradients of e^s L - s), optimizer.step; θ moves, so each
+  # step's losses are G θ + c at the current θ.
+  for opt in ({'lr': 1e-4, 'weight_decay': 1e-5}, {'lr': 0.05, 'weight_decay': 0.1}):
+    for case, (G, c) in cases.items():
+      model = build('IMTL', len(c))
+      optimizer = torch.optim.Adam(model.parameters(), **opt)
+      steps = []
+      for _ in range(4):
+        optimizer.zero_grad(set_to_none=False)
+        s = model.loss_scale.detach().double().numpy()
+        losses = (torch.tensor(G, dtype=DTYPE) @ model.theta + torch.tensor(c, dtype=DTYPE)
+                  ).detach().double().numpy()  # what libmtl_step computes
+        d, w = libmtl_step(model, G, c, {})
+        if not np.all(np.isfinite(d)):
+          break
+        steps.append(step_entry(G, losses, d, w, case, check=_imtl_well_posed(G, s),
+                                loss_scale=s,
+                                param_grad=model.loss_scale.grad.double().numpy()))
+        optimizer.step()
+        steps[-1]['loss_scale_after'] = _l(model.loss_scale.detach().double().numpy())
+      if len(steps) < 4:
+        recs.append(dict(id=f'IMTL/{case}/' + ','.join(f'{k}={v}' for k, v in opt.items()),
+                         libmtl='IMTL', method='imtl', case=case, hparams=opt, compare='skip',
+                         note='LibMTL gives a non-finite update here'))
+        continue
+      record(recs, libmtl='IMTL', method='imtl', case=case, hparams=opt, steps=steps,
+             rtol=1e-4, atol=1e-5,
+             note='4 Trainer steps with torch Adam(lr, weight_decay) over θ and loss_scale s '
+             '(s = 0 at first); IMTL-G runs on e^{s_i} g_i, direction = Σ α_i e^{s_i} g_i; '
+             'loss_scale = s before the step, param_grad = e^s L - 1 (per-task backward '
+             'passes), loss_scale_after = s after optimizer.step(); a step whose scaled unit '
+             'gradients coincide (D Uᵀ singular: LibMTL\'s answer is noise) has check false')
 
   # --- Nash-MTL (ECOS, optim_niter iterations of the CCP), with and without clipping.
   for hp in ({'update_weights_every': 1, 'optim_niter': 20, 'max_norm': 1.0},
@@ -536,6 +561,8 @@ def _distinct(results, tol=1e-5):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--out', default='tests/data/libmtl_reference.json')
+  ap.add_argument('--libmtl-commit', default='unknown',
+                  help='the LibMTL git commit whose LibMTL/weighting/ is on PYTHONPATH')
   args = ap.parse_args()
   torch.set_num_threads(1)
   pyrandom.seed(0)
@@ -544,12 +571,14 @@ def main():
   meta = dict(
       generated=datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
       command='PYTHONPATH=<dir holding LibMTL/> python experiments/reference/libmtl_reference.py'
-      ' --out tests/data/libmtl_reference.json',
+      ' --out tests/data/libmtl_reference.json --libmtl-commit <commit>',
       python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
       scipy=scipy.__version__, cvxpy=cvxpy.__version__,
       libmtl_source=importlib.import_module('LibMTL.weighting.abstract_weighting').__file__,
+      libmtl_commit=args.libmtl_commit,
       dtype=str(DTYPE), P=P,
-      harness='L_i(θ) = g_i·θ + c_i at θ = 0; direction = θ.grad after backward()',
+      harness='L_i(θ) = g_i·θ + c_i at θ = 0 (IMTL: θ as moved by the Trainer\'s Adam); '
+      'direction = θ.grad after backward()',
       see='docs/libmtl_reference.md')
   with open(args.out, 'w') as f:
     # One record per line: compact, and a regenerated file diffs record by record.
