@@ -196,37 +196,79 @@ def _toy_batch(rng):
           'label_masks': masks, 'domain': domain.astype(np.int32)}
 
 
-def _train_toy(weight: float, loss: str, optimization: str, num_steps: int = 300):
+TOY_SEEDS = (0, 1, 2, 3, 4)  # model init and data
+TOY_STEPS = 450
+TOY_WEIGHT = 0.3  # λ_adv's final value under the Ganin ramp
+
+
+def _train_toy(loss: str, optimization: str, weights, seeds=TOY_SEEDS,
+               num_steps: int = TOY_STEPS):
+  """Trains the toy for every (λ_adv, seed) pair, all in one vmapped train step (one compile,
+  one loop). λ_adv ramps to its final value with the Ganin schedule. The runs of one seed
+  share their initialisation and batches, so the weights' runs are paired.
+
+  Returns arrays indexed [weight, seed]: D's accuracy (mean over the last 50 steps), and the
+  task losses (…, 2) over the first 10 steps and over the last 50.
+  """
   tasks = tuple(Task(n, TaskKind.CLASSIFICATION, 2, ('x',), n, ('accuracy',), 'toy')
                 for n in ('a', 'b'))
   model = HardSharing(EncoderConfig(vocab_size=40, hidden_size=32, num_layers=1, num_heads=2,
                                     intermediate_size=64, max_len=TOY_LEN, dropout_rate=0.0,
                                     attention_dropout_rate=0.0, pooler=False),
                       tasks, head_dropout_rate=0.0, num_domains=2, discriminator_hidden=32)
-  adversary = adversarial.Adversary(loss, optimization,
-                                    lambda step: jnp.asarray(weight, jnp.float32),
-                                    optax.adam(1e-2))
   optimizer = optax.adam(3e-3)
   method = weighting.get('equal')
-  state = create_state(model, optimizer, method, 2, 0, TOY_LEN, adversary=adversary)
-  step = jax.jit(make_train_step(model, optimizer, tasks, method, lambda s: 3e-3,
-                                 adversary=adversary))
-  rng = np.random.default_rng(0)
+
+  def adversary(weight):
+    return adversarial.Adversary(
+        loss, optimization,
+        lambda step: adversarial.adversary_weight(step, num_steps, weight, 'ganin'),
+        optax.adam(1e-2))
+
+  def train_step(state, batch, weight):  # the weight is traced: one step for all runs
+    return make_train_step(model, optimizer, tasks, method, lambda s: 3e-3,
+                           adversary=adversary(weight))(state, batch)
+
+  runs = [(w, s) for w in weights for s in seeds]
+  state = jax.tree.map(lambda *x: jnp.stack(x), *[
+      create_state(model, optimizer, method, 2, s, TOY_LEN, adversary=adversary(w))
+      for w, s in runs])
+  run_weights = jnp.asarray([w for w, _ in runs], jnp.float32)
+  step = jax.jit(jax.vmap(train_step))
+  rngs = {s: np.random.default_rng(s) for s in seeds}
   history = []
   for _ in range(num_steps):
-    state, metrics = step(state, _toy_batch(rng))
-    history.append(jax.device_get(metrics))
+    batches = {s: _toy_batch(rng) for s, rng in rngs.items()}
+    batch = jax.tree.map(lambda *x: np.stack(x), *[batches[s] for _, s in runs])
+    state, metrics = step(state, batch, run_weights)
+    history.append(jax.device_get({k: metrics[k] for k in ('adversary_accuracy',
+                                                            'task_losses')}))
+  shape = (len(weights), len(seeds))
   tail = history[-50:]
-  return (np.mean([m['adversary_accuracy'] for m in tail]),
-          np.mean([m['task_losses'] for m in history[:10]]),
-          np.mean([m['task_losses'] for m in tail]))
+  accuracy = np.mean([m['adversary_accuracy'] for m in tail], 0).reshape(shape)
+  first = np.mean([m['task_losses'] for m in history[:10]], 0).reshape(shape + (2,))
+  last = np.mean([m['task_losses'] for m in tail], 0).reshape(shape + (2,))
+  return accuracy, first, last
 
 
+# Seeds and instruction sets change these runs' outcomes (CPUs round differently and the
+# min-max amplifies it), so the test asserts over seeds 0..4 by the median, not one run's
+# figure. This test's runs with XLA's AVX2, AVX and SSE4.2 code: unattacked, D 1.0 in every
+# run; attacked, D 0.49..0.54 per run, medians 0.51..0.54; the worse task's loss fell
+# 7.6× or more per run, median ≥ 80× (mostly ~1000×). Seeds 0..15 (32 runs in one vmap,
+# so other roundings): attacked D 0.46..0.60 except 2 runs of 96 ('reverse', 0.73 and 0.65);
+# a run may give up a task, its loss staying near log 2 (seed 9 of 'reverse' on each
+# instruction set; also seed 13 unattacked, on AVX2: the toy has that plateau without an
+# adversary). A constant λ_adv of 0.3 from step 0 over 300 steps (this test before) gave
+# up a task in 4 of seeds 0..4 with 'reverse', D up to 0.75: what D scores reading only the
+# surviving task's marker rows (issue 17 saw 0.7525). The Ganin ramp lets the tasks
+# learn before the attack.
 @pytest.mark.parametrize('loss,optimization', [('reverse', 'alternating'),
                                                ('entropy', 'reversal')])
 def test_adversary_drives_the_discriminator_to_chance_while_tasks_learn(loss, optimization):
-  plain_accuracy, _, _ = _train_toy(0.0, loss, optimization)
-  accuracy, first_loss, last_loss = _train_toy(0.3, loss, optimization)
-  assert plain_accuracy > 0.95  # the dataset is decodable from unattacked features
-  assert accuracy < 0.6  # two datasets: chance is 0.5
-  assert last_loss < 0.1 * first_loss
+  accuracy, first, last = _train_toy(loss, optimization, (0.0, TOY_WEIGHT))
+  plain, attacked = accuracy
+  assert plain.min() > 0.95, plain  # every seed: the dataset is decodable, unattacked
+  assert np.median(attacked) < 0.6, attacked  # two datasets: chance is 0.5
+  worst_task = (last / first).max(-1)[1]  # per attacked run, its worse task's fall
+  assert np.median(worst_task) < 0.1, worst_task
