@@ -229,7 +229,8 @@ def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> Enc
   (then only the training choices come from config.model)."""
   training = dict(dropout_rate=model_cfg.dropout_rate,
                   attention_dropout_rate=model_cfg.attention_dropout_rate,
-                  pooler=model_cfg.pooler, dtype=model_cfg.dtype, remat=model_cfg.remat)
+                  pooler=model_cfg.pooler, pooling=model_cfg.pooling, dtype=model_cfg.dtype,
+                  remat=model_cfg.remat)
   if model_cfg.pretrained:
     return pretrained.encoder_config(model_cfg.pretrained, **training)
   return EncoderConfig(

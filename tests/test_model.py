@@ -1,5 +1,7 @@
 """Encoder and heads: shapes, padding invariance, dropout determinism, depth selection."""
 
+import dataclasses
+
 import chex
 import flax.linen as nn
 import jax
@@ -45,9 +47,10 @@ def test_encoder_shapes_and_layout():
   chex.assert_shape(params['embeddings']['word_embeddings']['embedding'], (50, 32))
 
 
-def test_padding_tokens_do_not_change_outputs():
+@pytest.mark.parametrize('pooling', ['cls', 'mean'])
+def test_padding_tokens_do_not_change_outputs(pooling):
   ids, seg, mask = _inputs()
-  model = HardSharing(CFG, TASKS)
+  model = HardSharing(dataclasses.replace(CFG, pooling=pooling), TASKS)
   params = model.init(jax.random.key(0), ids, seg, mask)['params']
   out = model.apply({'params': params}, ids, seg, mask).tasks
   # Different token ids at padded positions, and a longer padded tail.
@@ -95,3 +98,28 @@ def test_depth_beyond_encoder_is_an_error():
   deep = Task('deep', TaskKind.CLASSIFICATION, 2, ('a',), 'deep', ('accuracy',), 'test', depth=4)
   with pytest.raises(ValueError, match='depth 4'):
     HardSharing(CFG, (deep,)).init(jax.random.key(0), ids, seg, mask)
+
+
+@pytest.mark.parametrize('pooler', [False, True])
+def test_mean_pooling_reads_the_mean_of_the_real_tokens(pooler):
+  """pooling='mean': a sentence head at depth d reads layer d's token states averaged over
+  the attended tokens (numpy's masked mean of the encoder's own hidden states); the pooler,
+  when on, takes that mean instead of [CLS]."""
+  cfg = dataclasses.replace(CFG, pooling='mean', pooler=pooler)
+  ids, seg, mask = _inputs(real=7)
+  mask = mask.at[1, 9:].set(1)  # rows of different lengths
+  variables = nn.unbox(HardSharing(cfg, TASKS).init(jax.random.key(0), ids, seg, mask))
+  representation = HardSharing(cfg, TASKS).apply(variables, ids, seg, mask, method='encode')
+  hidden = Encoder(cfg).apply({'params': variables['params']['encoder']}, ids, seg,
+                              mask).hidden_states
+  m = np.asarray(mask, np.float64)[..., None]
+  mean = lambda h: (np.asarray(h, np.float64) * m).sum(1) / m.sum(1)
+  np.testing.assert_allclose(representation['mean_2'], mean(hidden[2]), rtol=1e-5, atol=1e-6)
+  if pooler:
+    p = variables['params']['encoder']['pooler']
+    expected = np.tanh(mean(hidden[3]) @ np.asarray(p['kernel']) + np.asarray(p['bias']))
+    np.testing.assert_allclose(representation['pooled'], expected, rtol=1e-4, atol=1e-6)
+  else:
+    np.testing.assert_allclose(representation['mean_3'], mean(hidden[3]), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='pooling'):
+    dataclasses.replace(CFG, pooling='max')

@@ -19,6 +19,7 @@ def get_config(variant: str = ''):
   c.model.intermediate_size = 1024
   c.model.max_len = 128
   c.model.pooler = False
+  c.model.pooling = 'cls'  # as the PyTorch peer (../shared/peer) reads it
   c.model.dropout_rate = 0.0
   c.model.attention_dropout_rate = 0.0
   c.model.head_dropout_rate = 0.0

@@ -62,7 +62,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.model.attention_dropout_rate = 0.1
   c.model.head_dropout_rate = 0.1
   c.model.layer_norm_eps = 1e-12
-  c.model.pooler = True
+  # A sentence task's head reads the mean of the last layer's token states, without BERT's
+  # tanh pooler: a from-scratch [CLS] state is nearly the same for every input at init, so
+  # the sentence task that learns first takes the whole feature (docs/results.md).
+  c.model.pooling = 'mean'  # or 'cls'
+  c.model.pooler = False  # tanh(dense(sentence feature)), as BERT's classifier input
   c.model.dtype = 'float32'  # compute dtype: 'bfloat16' on accelerators (params stay float32)
   c.model.remat = 'none'  # per-layer rematerialisation: 'full' or 'dots' (encoder.REMAT)
   # A Hugging Face BERT/RoBERTa folder (config.json + model.safetensors) to start the encoder
@@ -141,7 +145,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.logging = ml_collections.ConfigDict()
   c.logging.tensorboard = False  # also TensorBoard event files in workdir/tensorboard/
   c.logging.progress = True  # a progress bar, on a terminal only (MTL_JAX_PROGRESS=0: none)
-  c.logging.eval_every = 0  # evaluate every this many steps into eval_curve.jsonl; 0 = at the end
+  c.logging.eval_every = 100  # evaluate every this many steps into eval_curve.jsonl; 0 = at the end
   c.logging.representations = 64  # validation rows per task whose features are saved; 0 = off
 
   if variant == 'smoke':

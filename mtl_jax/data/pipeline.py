@@ -175,8 +175,9 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
                      f'evaluation only; a local task needs a \'train\' path).')
   rows = TrainRows(homes, [train[h] for h in homes], [carried[h] for h in homes], tasks,
                    tokenizer, data_cfg.seq_len)
+  # A run's config.json from before the field existed trained on raw targets.
   scales = (target_scales(tasks, [train[h] for h in homes], [carried[h] for h in homes])
-            if data_cfg.standardize_targets else {})
+            if data_cfg.get('standardize_targets', False) else {})
 
   with progress.bar(sum(len(splits) for splits in validation.values()), 'tokenise',
                     unit='table') as bar:

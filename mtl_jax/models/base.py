@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.models.encoder import EncoderConfig, EncoderOutput
+from mtl_jax.models.encoder import EncoderConfig, EncoderOutput, sentence
 from mtl_jax.models.heads import Head
 from mtl_jax.tasks import Task, TaskKind, num_choices
 
@@ -43,15 +43,16 @@ def task_depth(task: Task, num_layers: int) -> int:
   return depth
 
 
-def representation_key(task: Task, num_layers: int, pooler: bool) -> str:
-  """Which encoder feature a task's head reads: a layer's sequence, its [CLS] state, or
-  the pooler (BERT's classifier input, for a sentence task at the last layer)."""
-  depth = task_depth(task, num_layers)
+def representation_key(task: Task, cfg: EncoderConfig) -> str:
+  """Which encoder feature a task's head reads: a layer's sequence, its sentence feature
+  ('cls' or 'mean' pooled, cfg.pooling), or the pooler (BERT's classifier input, for a
+  sentence task at the last layer)."""
+  depth = task_depth(task, cfg.num_layers)
   if task.kind is TaskKind.TAGGING:
     return f'sequence_{depth}'
-  if depth == num_layers and pooler:
+  if depth == cfg.num_layers and cfg.pooler:
     return 'pooled'
-  return f'cls_{depth}'
+  return f'{cfg.pooling}_{depth}'
 
 
 def feature(key: str, features: EncoderOutput) -> jax.Array:
@@ -60,12 +61,12 @@ def feature(key: str, features: EncoderOutput) -> jax.Array:
     return features.pooled
   kind, depth = key.split('_')
   sequence = features.hidden_states[int(depth)]
-  return sequence if kind == 'sequence' else sequence[:, 0]
+  return sequence if kind == 'sequence' else sentence(sequence, features.attention_mask, kind)
 
 
 def sentence_key(cfg: EncoderConfig) -> str:
   """The last layer's sentence feature: what a sentence head at full depth reads."""
-  return 'pooled' if cfg.pooler else f'cls_{cfg.num_layers}'
+  return 'pooled' if cfg.pooler else f'{cfg.pooling}_{cfg.num_layers}'
 
 
 class MultiTaskModel(nn.Module):
@@ -117,7 +118,7 @@ class MultiTaskModel(nn.Module):
   def keys(self) -> dict[str, str]:
     """task name -> the representation_key its head reads."""
     cfg = self.encoder_config
-    return {t.name: representation_key(t, cfg.num_layers, cfg.pooler) for t in self.tasks}
+    return {t.name: representation_key(t, cfg) for t in self.tasks}
 
   def head_outputs(self, features: dict[str, jax.Array], deterministic: bool) -> dict:
     """Each task's head on its own features (task name -> array)."""

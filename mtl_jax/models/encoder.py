@@ -29,6 +29,10 @@ import jax.numpy as jnp
 
 
 DTYPES = ('float32', 'bfloat16')
+# How a layer's token states become one sentence feature: BERT's [CLS] state, or the mean
+# over the non-padding tokens (Sentence-BERT). A from-scratch [CLS] state hardly depends on
+# the input at init (docs/results.md), a mean of token states does.
+POOLINGS = ('cls', 'mean')
 # Per-layer rematerialisation policies: what a layer keeps from its forward pass.
 REMAT = {
     'none': None,  # everything (no recomputation)
@@ -50,6 +54,7 @@ class EncoderConfig:
   attention_dropout_rate: float = 0.1
   layer_norm_eps: float = 1e-12
   pooler: bool = True
+  pooling: str = 'cls'  # POOLINGS: the sentence feature of a layer (and the pooler's input)
   initializer_range: float = 0.02
   dtype: str = 'float32'  # compute dtype ('bfloat16'); parameters always stay float32
   remat: str = 'none'  # recompute each layer's activations in the backward pass: REMAT
@@ -63,6 +68,8 @@ class EncoderConfig:
                        f'{self.num_heads}.')
     if self.dtype not in DTYPES:
       raise ValueError(f'dtype {self.dtype!r} is not one of {DTYPES}.')
+    if self.pooling not in POOLINGS:
+      raise ValueError(f'pooling {self.pooling!r} is not one of {POOLINGS}.')
     if self.remat not in REMAT:
       raise ValueError(f'remat {self.remat!r} is not one of {sorted(REMAT)}.')
 
@@ -167,9 +174,21 @@ class Embeddings(nn.Module):
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
+def mean_pool(sequence: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """(B, S, D) token states -> (B, D): their mean over the tokens the mask keeps."""
+  mask = (attention_mask > 0)[..., None].astype(sequence.dtype)
+  return (sequence * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+
+
+def sentence(sequence: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
+  """A layer's sentence feature (B, D) by `pooling` (POOLINGS)."""
+  return sequence[:, 0] if pooling == 'cls' else mean_pool(sequence, attention_mask)
+
+
 class EncoderOutput(flax.struct.PyTreeNode):
   hidden_states: tuple[jax.Array, ...]  # embeddings, then each layer: L + 1 arrays (B, S, D)
-  pooled: jax.Array | None  # tanh(dense(last layer's [CLS])) when the pooler is on
+  pooled: jax.Array | None  # tanh(dense(last layer's sentence feature)) when the pooler is on
+  attention_mask: jax.Array  # (B, S): which tokens a mean-pooled sentence feature averages
 
 
 class Encoder(nn.Module):
@@ -191,5 +210,6 @@ class Encoder(nn.Module):
       hidden_states.append(x)
     pooled = None
     if cfg.pooler:
-      pooled = jnp.tanh(_dense(cfg.hidden_size, cfg, 'pooler', ('embed', None))(x[:, 0]))
-    return EncoderOutput(tuple(hidden_states), pooled)
+      pooled = jnp.tanh(_dense(cfg.hidden_size, cfg, 'pooler', ('embed', None))(
+          sentence(x, attention_mask, cfg.pooling)))
+    return EncoderOutput(tuple(hidden_states), pooled, attention_mask)

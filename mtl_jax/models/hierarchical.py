@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.models.base import ModelOutput, sentence_key, task_depth
-from mtl_jax.models.encoder import EncoderConfig, Layer, attention_bias
+from mtl_jax.models.encoder import EncoderConfig, Layer, attention_bias, sentence
 from mtl_jax.models.multitask import HardSharing
 from mtl_jax.tasks import TaskKind
 
@@ -80,7 +80,8 @@ class Hierarchical(HardSharing):
     # hidden states, and each stack is small.
     for task in self.tasks:
       x = self.branches[task.name](representation[keys[task.name]], bias, deterministic)
-      features[task.name] = x if task.kind is TaskKind.TAGGING else x[:, 0]
+      features[task.name] = (x if task.kind is TaskKind.TAGGING else
+                             sentence(x, representation[MASK], self.encoder_config.pooling))
     shared = (representation[sentence_key(self.encoder_config)] if self.num_domains
               else None)
     return ModelOutput(self.head_outputs(features, deterministic), jnp.zeros(()), shared)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.models.base import ModelOutput, MultiTaskModel, feature, sentence_key
-from mtl_jax.models.encoder import Encoder
+from mtl_jax.models.encoder import Encoder, sentence
 from mtl_jax.tasks import TaskKind
 
 
@@ -172,8 +172,11 @@ class ExpertSharing(MultiTaskModel):
     features = self.encoder(input_ids, segment_ids, attention_mask,
                             deterministic=deterministic)
     last = features.hidden_states[-1]
-    # Experts and gates act token by token: without tagging tasks only [CLS] is read.
-    representation = {'sequence': last if self.tags else last[:, :1]}
+    # Experts and gates act token by token: without tagging tasks or mean pooling only
+    # [CLS] is read.
+    whole = self.tags or self.encoder_config.pooling == 'mean'
+    representation = {'sequence': last if whole else last[:, :1],
+                      'attention_mask': attention_mask if whole else attention_mask[:, :1]}
     if self.num_domains:
       key = sentence_key(self.encoder_config)
       representation[key] = feature(key, features)
@@ -182,7 +185,8 @@ class ExpertSharing(MultiTaskModel):
   def decode(self, representation: dict[str, jax.Array], *, deterministic=True
              ) -> ModelOutput:
     mixtures = self.mixture(representation['sequence'])  # (T, B, S, H)
-    features = {t.name: m if t.kind is TaskKind.TAGGING else m[:, 0]
+    mask, pooling = representation['attention_mask'], self.encoder_config.pooling
+    features = {t.name: m if t.kind is TaskKind.TAGGING else sentence(m, mask, pooling)
                 for t, m in zip(self.tasks, mixtures)}
     shared = (representation[sentence_key(self.encoder_config)] if self.num_domains
               else None)
