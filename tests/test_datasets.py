@@ -1,6 +1,7 @@
 """GLUE/SuperGLUE/MultiNLI through TFDS (mock data; nothing downloads), local files, the
 vocabulary choices, and a smoke run of the main job on mock GLUE."""
 
+import collections
 import json
 import os
 import re
@@ -469,9 +470,11 @@ def test_train_and_evaluate_on_mock_glue(tmp_path):
 
 def test_tfds_training_records_are_read_only_when_a_batch_needs_them(tmp_path, monkeypatch):
   """With a pretrained vocabulary nothing reads the training text up front: a record is read
-  when a fit first gathers it, and only the rows this process feeds."""
+  when a fit first gathers it, and only the rows this process feeds. Standardising a
+  regression task's targets reads its training split whole, and nothing else."""
   config = _glue_config(str(tmp_path), ('glue_cola', 'glue_stsb'))
   config.data.vocabulary = str(_vocab_txt(tmp_path / 'vocab', WORDS))
+  config.data.standardize_targets = False
   tasks = config_lib.validate(config)
   read, to_example = [], tfds_source.to_example
   monkeypatch.setattr(tfds_source, 'to_example',
@@ -488,6 +491,11 @@ def test_tfds_training_records_are_read_only_when_a_batch_needs_them(tmp_path, m
     assert len(read) == 80 + len(np.unique(fed))  # at most 6 of the 80 training records
     everything = train_table(data, np.arange(80))
   assert len(read) == 160  # the others, once each
+  config.data.standardize_targets = True
+  read.clear()
+  with tfds.testing.mock_data(num_examples=40):
+    load_task_data(config.data, tasks)
+  assert sorted(collections.Counter(read).items()) == [('glue_cola', 40), ('glue_stsb', 80)]
   for batch, rows in zip(batches, fed, strict=True):
     np.testing.assert_array_equal(batch['input_ids'], everything['input_ids'][rows])
     np.testing.assert_array_equal(batch['labels']['glue_stsb'],

@@ -347,3 +347,26 @@ def test_format_table():
 
   with pytest.raises(ValueError, match='primary'):
     S.format_table(mtl, stl, {'sst': 'accuracy'})
+
+
+def test_learnable_bar_and_the_delta_m_over_learnable_tasks():
+  # Majority rate of the present labels (3 of 5 are class 1; the masked-out 2s don't count).
+  labels, mask = np.array([1, 1, 0, 2, 1, 2, 2]), np.array([1, 1, 1, 1, 1, 0, 0])
+  assert S.learnable_bar('accuracy', labels, mask) == pytest.approx(0.6 + 0.05)
+  tags = np.array([[0, 0, 3], [0, 1, 1]])
+  assert S.learnable_bar('token_accuracy', tags, np.array([[1, 1, 0], [1, 1, 1]])) == \
+      pytest.approx(3 / 5 + 0.05)
+  assert S.learnable_bar('pearson', labels, mask) == 0.5
+  assert S.learnable_bar('chunk_f1', labels, mask) is None
+
+  mtl = {'a': {'accuracy': 0.9}, 'b': {'accuracy': 0.6}, 'sim': {'pearson': 0.3}}
+  stl = {'a': {'accuracy': 0.8}, 'b': {'accuracy': 0.75}, 'sim': {'pearson': 0.15}}
+  primary = {t: next(iter(v)) for t, v in mtl.items()}
+  learnable = {'a': True, 'b': True, 'sim': False}
+  text = S.format_table(mtl, stl, primary, learnable=learnable)
+  # All three: (+12.5 - 20 + 100) / 3; learnable only: (+12.5 - 20) / 2.
+  assert 'Δm%: +30.83 over 3 task(s)' in text
+  assert 'Δm%: -3.75 over the 2 task(s) learnable alone; not learnable alone' in text
+  assert text.rstrip().splitlines()[-2].endswith(': sim')
+  assert 'learnable alone' not in S.format_table(mtl, stl, primary,
+                                                 learnable=dict.fromkeys(mtl, True))

@@ -209,10 +209,13 @@ def test_sweep_resumes_only_unfinished_runs_and_collects_finished_ones(tmp_path)
 
 def test_run_config_sets_seed_mode_and_method(tmp_path):
   from experiments.configs import sweep as sweep_config
-  base = sweep_config.get_config('smoke').base
-  stl, mtl = sweep.run_config(base, 1, None), sweep.run_config(base, 1, 'pcgrad')
+  config = sweep_config.get_config('smoke')
+  config.modes = {'pcgrad': 'representation'}
+  stl, mtl = sweep.run_config(config, 1, None), sweep.run_config(config, 1, 'pcgrad')
   assert (stl.mode, stl.seed, mtl.mode, mtl.weighting.name) == ('single', 1, 'multi', 'pcgrad')
-  assert base.mode == 'both'  # the base is left as it was
+  assert (mtl.weighting.mode, sweep.run_config(config, 1, 'equal').weighting.mode) == (
+      'representation', 'params')  # sweep.modes, else the base's
+  assert config.base.mode == 'both'  # the base is left as it was
 
 
 def test_evaluation_shows_progress_on_a_terminal(capsys, monkeypatch):

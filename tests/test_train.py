@@ -94,6 +94,10 @@ def test_main_job_smoke_variant_end_to_end(data_dir, tmp_path):
   mtl = {t: report['multi'][t][m] for t, m in primary.items()}
   stl = {t: report['single'][t][m] for t, m in primary.items()}
   assert report['delta_m'] == pytest.approx(summary.delta_m(mtl, stl, higher))
+  # Similarity's bar is a Pearson of 0.5, out of reach in 20 steps; pos is not learnable
+  # alone only if its STL token accuracy is at most the majority tag's rate + 0.05.
+  assert report['learnable_alone']['similarity'] is (stl['similarity'] > 0.5)
+  assert set(report['learnable_alone']) == set(tasks)
   for name in tasks:
     assert (workdir / 'single' / name / 'eval.json').exists()
   records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]

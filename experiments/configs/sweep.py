@@ -17,7 +17,10 @@ from experiments.configs import default, glue
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.title = 'Weighting methods on the built-in suite'
-  c.methods = ('equal', 'uncertainty', 'dwa', 'pcgrad', 'cagrad')  # weighting.name of each
+  c.methods = ('equal', 'uncertainty', 'famo', 'pcgrad', 'imtl')  # weighting.name of each
+  # A method's weighting.mode where it is not the base's: gradient methods on the shared
+  # sentence features' gradients cost one backward pass through the encoder, not N.
+  c.modes = ml_collections.ConfigDict({'pcgrad': 'representation', 'imtl': 'representation'})
   c.seeds = (0, 1, 2)
   c.reference = 'equal'  # step-time overhead is relative to this method
   if variant == '':

@@ -10,7 +10,15 @@ with l_i = 1 when lower is better for task i's metric. Positive means MTL is bet
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from mtl_jax.evaluation import metrics as metrics_lib
+
+# A relative gain over a baseline that learnt nothing measures nothing. A task is learnable
+# alone when its STL primary metric clears this bar: the majority-class rate + 0.05 for an
+# accuracy, 0.5 for a correlation with real targets, 0.05 for Matthews' correlation.
+LEARNABLE_BAR = {'pearson': 0.5, 'spearman': 0.5, 'matthews': 0.05}
+ACCURACY_MARGIN = 0.05
 
 
 def _check_same_tasks(mtl: Mapping[str, float], stl: Mapping[str, float],
@@ -56,6 +64,15 @@ def delta_m(mtl: Mapping[str, float], stl: Mapping[str, float],
   return sum(deltas.values()) / len(deltas)
 
 
+def learnable_bar(metric: str, labels: np.ndarray, mask: np.ndarray) -> float | None:
+  """The value `metric` must exceed for a task to count as learnable alone, given its
+  validation labels and their mask (None: no bar is defined for the metric)."""
+  if metric in ('accuracy', 'token_accuracy'):
+    present = np.asarray(labels)[np.asarray(mask) > 0].astype(np.int64)
+    return float(np.bincount(present).max() / len(present)) + ACCURACY_MARGIN
+  return LEARNABLE_BAR.get(metric)
+
+
 def _fmt_value(x: float | None) -> str:
   return '-' if x is None else f'{x:.4f}'
 
@@ -63,7 +80,8 @@ def _fmt_value(x: float | None) -> str:
 def format_table(mtl: Mapping[str, Mapping[str, float]],
                  stl: Mapping[str, Mapping[str, float]] | None,
                  primary: Mapping[str, str],
-                 higher_is_better: Mapping[str, bool] | None = None) -> str:
+                 higher_is_better: Mapping[str, bool] | None = None,
+                 learnable: Mapping[str, bool] | None = None) -> str:
   """Renders MTL (and STL) results as a plain-text table followed by a Δm% line.
 
   One row per (task, metric), tasks in the order of `mtl`, each task's primary
@@ -79,6 +97,9 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
     higher_is_better: metric name -> direction; defaults to
       mtl_jax.evaluation.metrics.HIGHER_IS_BETTER. Keyed by metric, not by task; a
       metric of a further validation split, 'split/metric', goes by 'metric'.
+    learnable: task -> whether its STL baseline clears learnable_bar. When some task's
+      does not, a second Δm% line averages over the learnable tasks only and names the
+      others.
   """
   hib = metrics_lib.HIGHER_IS_BETTER if higher_is_better is None else higher_is_better
   for task in mtl:
@@ -134,5 +155,12 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
     if left_out:
       text += f'; left out (no or zero STL baseline): {", ".join(left_out)}'
     lines.append(text)
+    unlearnt = [t for t in primary_mtl if learnable is not None and not learnable[t]]
+    kept = {t: v for t, v in primary_mtl.items() if t not in unlearnt}
+    if unlearnt and kept:
+      dm = delta_m(kept, {t: primary_stl[t] for t in kept}, {t: primary_hib[t] for t in kept})
+      lines.append(f'Δm%: {dm:+.2f} over the {len(kept)} task(s) learnable alone; not '
+                   f'learnable alone (STL at chance, evaluation.summary.learnable_bar): '
+                   f'{", ".join(unlearnt)}')
   lines.append('* primary metric, used for Δm%')
   return '\n'.join(lines) + '\n'

@@ -39,16 +39,17 @@ def run_dir(workdir: str, method: str | None, seed: int) -> str:
   return os.path.join(workdir, method or 'stl', f'seed_{seed}')
 
 
-def run_config(base: ml_collections.ConfigDict, seed: int, method: str | None
+def run_config(sweep: ml_collections.ConfigDict, seed: int, method: str | None
                ) -> ml_collections.ConfigDict:
-  """The base config for one run: STL baselines (method None) or MTL with `method` and
-  its default arguments."""
-  config = ml_collections.ConfigDict(base.to_dict())
+  """The sweep's base config for one run: STL baselines (method None) or MTL with `method`,
+  its default arguments, and its weighting mode from `sweep.modes` (else the base's)."""
+  config = ml_collections.ConfigDict(sweep.base.to_dict())
   config.seed = seed
   config.mode = 'single' if method is None else 'multi'
   if method is not None:
     config.weighting.name = method
     config.weighting.args = ml_collections.ConfigDict(weighting.default_args(method))
+    config.weighting.mode = sweep.get('modes', {}).get(method, config.weighting.mode)
   return config
 
 
@@ -87,7 +88,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> str:
   for method, seed in pending(workdir, sweep.methods, sweep.seeds):
     path = run_dir(workdir, method, seed)
     print(f'== {method or "STL baselines"}, seed {seed} -> {path}', flush=True)
-    train_and_evaluate(run_config(sweep.base, seed, method), path)
+    train_and_evaluate(run_config(sweep, seed, method), path)
   report = tables.markdown(collect(workdir, sweep.methods, sweep.seeds), sweep.reference,
                            sweep.title)
   if is_writer():

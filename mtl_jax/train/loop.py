@@ -459,6 +459,18 @@ def _task_phase(task_dir: str, name: str, run: Callable[[], dict]) -> dict:
   return metrics
 
 
+def learnable_alone(tasks: Sequence[Task], data: TaskData, single: dict) -> dict[str, bool]:
+  """task -> whether its STL primary metric clears summary.learnable_bar on its primary
+  validation split (True where no bar is defined for the metric)."""
+  out = {}
+  for task in tasks:
+    table = next(iter(data.eval[task.name].values()))
+    bar = summary.learnable_bar(task.primary_metric, table['labels'][task.name],
+                                table['label_masks'][task.name])
+    out[task.name] = bar is None or single[task.name][task.primary_metric] > bar
+  return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The main job. Returns what it writes to workdir/eval.json.
 
@@ -503,9 +515,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stl_primary = {t: single[t][m] for t, m in primary.items()}
     report['delta_m'] = summary.delta_m(mtl_primary, stl_primary, higher)
     report['per_task_delta'] = summary.per_task_delta(mtl_primary, stl_primary, higher)
+  learnable = None
+  if single is not None:
+    learnable = learnable_alone(tasks, data, single)
+    report['learnable_alone'] = learnable
   _write_json(os.path.join(workdir, 'eval.json'), report)
   if distributed.is_writer():
-    print(summary.format_table(multi or single, single if multi else None, primary))
+    print(summary.format_table(multi or single, single if multi else None, primary,
+                               learnable=learnable))
     if finetuned is not None:
       print('\nAfter per-task fine-tuning (the MTL column is the fine-tuned models):')
       print(summary.format_table(finetuned, single, primary))
