@@ -2,6 +2,8 @@
 implementations of the papers' equations: MMoE/OMoE (Ma et al. 2018, eq. 7-8) and PLE
 (Tang et al. 2020, eq. 2-6)."""
 
+import dataclasses
+
 import chex
 import flax.linen as nn
 import jax
@@ -183,18 +185,27 @@ def _inputs():
   return ids, jnp.zeros_like(ids), jnp.ones_like(ids)
 
 
-def test_sentence_heads_read_the_cls_mixture_of_the_full_sequence():
-  """Without tagging tasks only [CLS] goes through the experts; that must equal the full
-  sequence's mixture at position 0 (what a model with a tagging task computes)."""
-  inputs = _inputs()
-  with_tags = MMoESharing(CFG, (TAG, CLS), num_experts=3, expert_hidden=8, shared_gate=True)
+@pytest.mark.parametrize('pooling', ['cls', 'mean'])
+def test_sentence_heads_read_the_mixture_of_the_full_sequence(pooling):
+  """Without tagging tasks and with [CLS] pooling only [CLS] goes through the experts; that
+  must equal the full sequence's mixture at position 0 (what a model with a tagging task
+  computes). Mean pooling runs every token through them and averages the real ones."""
+  cfg = dataclasses.replace(CFG, pooling=pooling)
+  ids, segments, mask = _inputs()
+  inputs = (ids, segments, mask.at[0, 8:].set(0))  # row 0 has 4 padding tokens
+  with_tags = MMoESharing(cfg, (TAG, CLS), num_experts=3, expert_hidden=8, shared_gate=True)
   params = nn.unbox(with_tags.init(jax.random.key(0), *inputs))['params']
   out = with_tags.apply({'params': params}, *inputs)
   chex.assert_shape(out.tasks['tag'], (2, 12, 5))
-  alone = MMoESharing(CFG, (CLS,), num_experts=3, expert_hidden=8, shared_gate=True)
+  alone = MMoESharing(cfg, (CLS,), num_experts=3, expert_hidden=8, shared_gate=True)
   sentence_only = {k: v for k, v in params.items() if k != 'head_tag'}
   representation = alone.apply({'params': sentence_only}, *inputs, method='encode')
-  chex.assert_shape(representation['sequence'], (2, 1, CFG.hidden_size))
+  length = 1 if pooling == 'cls' else 12
+  chex.assert_shape(representation['sequence'], (2, length, CFG.hidden_size))
+  if pooling == 'mean':  # the padding tokens of row 0 do not count
+    padded = (ids.at[0, 8:].set(7), segments, inputs[2])
+    np.testing.assert_allclose(alone.apply({'params': sentence_only}, *padded).tasks['cls'],
+                               out.tasks['cls'], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(alone.apply({'params': sentence_only}, *inputs).tasks['cls'],
                              out.tasks['cls'], rtol=1e-5, atol=1e-6)
 
