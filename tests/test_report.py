@@ -4,6 +4,7 @@ quiet progress off a terminal, the plot files of a tiny run, and Δm% of the rep
 import io
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -205,6 +206,26 @@ def test_sweep_resumes_only_unfinished_runs_and_collects_finished_ones(tmp_path)
   assert results.mtl == {'equal': {0: {'cls': 0.88, 'reg': 1.0}}}
   assert results.step_time == {'equal': {0: pytest.approx(0.2)}}
   assert tables.delta_m_by_seed(results, 'equal') == pytest.approx({0: 30.0})
+  assert results.learnable is None  # the baseline's eval.json does not say
+
+
+def test_the_report_gives_delta_m_over_the_tasks_learnable_alone(tmp_path):
+  primary = {'cls': 'accuracy', 'reg': 'mse'}
+  for seed, reg_learnt in ((0, True), (1, False)):
+    _write_run(tmp_path, None, seed, {
+        'primary_metric': primary, 'learnable_alone': {'cls': True, 'reg': reg_learnt},
+        'single': RESULTS.stl[seed] and {'cls': {'accuracy': RESULTS.stl[seed]['cls']},
+                                         'reg': {'mse': RESULTS.stl[seed]['reg']}}})
+    _write_run(tmp_path, 'equal', seed, {
+        'primary_metric': primary,
+        'multi': {'cls': {'accuracy': RESULTS.mtl['equal'][seed]['cls']},
+                  'reg': {'mse': RESULTS.mtl['equal'][seed]['reg']}}})
+  results = sweep.collect(str(tmp_path), ('equal',), (0, 1))
+  assert results.learnable == {'cls'}  # reg's baseline failed in seed 1
+  report = tables.markdown(results, reference='equal')
+  # cls alone: seed 0 +10%, seed 1 -10% -> 0.00 ± 14.14; all tasks: +6.25 ± 33.59.
+  assert re.search(r'\| \+6\.25 ± 33\.59 \| [+-]0\.00 ± 14\.14 \|', report)
+  assert 'Not learnable alone (STL at chance in some seed' in report and ': reg.' in report
 
 
 def test_run_config_sets_seed_mode_and_method(tmp_path):

@@ -62,6 +62,7 @@ def pending(workdir: str, methods, seeds) -> list[tuple[str | None, int]]:
 def collect(workdir: str, methods, seeds) -> tables.SweepResults:
   """The finished runs' primary metrics and step times (unfinished runs are left out)."""
   primary, stl, mtl, step_time = {}, {}, {m: {} for m in methods}, {m: {} for m in methods}
+  learnable = []  # each baseline's learnable_alone (None where its eval.json lacks it)
   for method in (None, *methods):
     for seed in seeds:
       path = run_dir(workdir, method, seed)
@@ -72,14 +73,17 @@ def collect(workdir: str, methods, seeds) -> tables.SweepResults:
       primary = report['primary_metric']
       if method is None:
         stl[seed] = tables.primary_values(report['single'], primary)
+        learnable.append(report.get('learnable_alone'))
         continue
       mtl[method][seed] = tables.primary_values(report['multi'], primary)
       seconds = tables.median_step_time(read_jsonl(os.path.join(path, 'metrics.jsonl')))
       if seconds is not None:
         step_time[method][seed] = seconds
   higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}
+  every_seed = (None if not learnable or None in learnable else
+                frozenset(t for t in primary if all(seed[t] for seed in learnable)))
   return tables.SweepResults(primary, higher, stl, {m: v for m, v in mtl.items() if v},
-                             step_time)
+                             step_time, every_seed)
 
 
 def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> str:

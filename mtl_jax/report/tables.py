@@ -23,6 +23,9 @@ class SweepResults(NamedTuple):
   stl: dict[int, dict[str, float]]  # seed -> task -> STL primary metric
   mtl: dict[str, dict[int, dict[str, float]]]  # method -> seed -> task -> primary metric
   step_time: dict[str, dict[int, float]]  # method -> seed -> median seconds per step
+  # The tasks whose STL baseline is learnable alone in every seed (eval.json's
+  # learnable_alone); None when a baseline's eval.json does not say.
+  learnable: frozenset[str] | None = None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -38,9 +41,11 @@ def median_step_time(records: Sequence[dict]) -> float | None:
   return float(np.median(times[1:] if len(times) > 1 else times)) if times else None
 
 
-def delta_m_by_seed(results: SweepResults, method: str) -> dict[int, float]:
-  """seed -> Δm% of the method against the STL baselines of the same seed."""
-  return {seed: summary.delta_m(values, results.stl[seed], results.higher)
+def delta_m_by_seed(results: SweepResults, method: str, tasks=None) -> dict[int, float]:
+  """seed -> Δm% of the method against the STL baselines of the same seed, over `tasks`
+  (default: all)."""
+  keep = lambda d: {t: v for t, v in d.items() if tasks is None or t in tasks}
+  return {seed: summary.delta_m(keep(values), keep(results.stl[seed]), keep(results.higher))
           for seed, values in results.mtl[method].items() if seed in results.stl}
 
 
@@ -72,8 +77,11 @@ def markdown(results: SweepResults, reference: str, title: str = 'Sweep report')
   best = best_per_task(results)
   ref_times = results.step_time.get(reference, {})
   arrow = {t: '↑' if results.higher[t] else '↓' for t in tasks}
+  learnable = [t for t in tasks if results.learnable is not None and t in results.learnable]
+  filtered = bool(learnable) and len(learnable) < len(tasks)
   header = ['method', 'seeds', *(f'{t} ({results.primary[t]} {arrow[t]})' for t in tasks),
-            'Δm% vs STL', 'step time (ms)', f'overhead vs {reference}']
+            'Δm% vs STL', *(['Δm% over tasks learnable alone'] if filtered else []),
+            'step time (ms)', f'overhead vs {reference}']
   lines = [f'# {title}', '',
            f'Mean ± std over seeds; **bold**: the best row per task. Δm% compares each seed '
            f'with the STL baselines of the same seed.', '',
@@ -82,14 +90,20 @@ def markdown(results: SweepResults, reference: str, title: str = 'Sweep report')
     cells = [row, str(len(seeds))]
     cells += [_cell([v[t] for v in seeds.values()], best[t] == row) for t in tasks]
     if row == STL:
-      cells += ['0 (reference)', '–', '–']
+      cells += ['0 (reference)'] * (1 + filtered) + ['–', '–']
     else:
       cells.append(_cell(list(delta_m_by_seed(results, row).values()), fmt='.2f', sign='+'))
+      if filtered:
+        cells.append(_cell(list(delta_m_by_seed(results, row, learnable).values()), fmt='.2f',
+                           sign='+'))
       times = results.step_time.get(row, {})
       cells.append(_cell([1000 * s for s in times.values()], fmt='.1f'))
       ratios = [times[s] / ref_times[s] for s in times if s in ref_times]
       cells.append(_cell(ratios, fmt='.2f') + '×' if ratios else '–')
     lines.append('| ' + ' | '.join(cells) + ' |')
+  if filtered:
+    lines += ['', 'Not learnable alone (STL at chance in some seed, so a relative gain over it '
+              'measures nothing): ' + ', '.join(t for t in tasks if t not in learnable) + '.']
   lines += ['', '## Best method per task', '']
   lines += [f'- {t}: {best[t]}' for t in tasks]
   return '\n'.join(lines) + '\n'
