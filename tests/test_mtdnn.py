@@ -53,7 +53,8 @@ def test_finetuning_starts_from_the_multi_task_model(smoke_config, tmp_path):
   assert set(report['finetuned']) == set(smoke_config.tasks)
   for task, metrics in report['multi'].items():
     for name, value in metrics.items():
-      np.testing.assert_allclose(report['finetuned'][task][name], value, rtol=1e-6,
+      # 1e-5: the one-task model is another XLA program (a Pearson moved by 1.6e-6).
+      np.testing.assert_allclose(report['finetuned'][task][name], value, rtol=1e-5,
                                  err_msg=f'{task} {name}')
   assert sorted(os.listdir(tmp_path / 'finetune')) == sorted(smoke_config.tasks)
 
