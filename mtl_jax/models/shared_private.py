@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.models.base import ModelOutput, MultiTaskModel, feature, sentence_key
-from mtl_jax.models import encoder as encoder_lib
-from mtl_jax.models.encoder import Encoder, EncoderConfig
+from mtl_jax.models.encoder import Encoder, EncoderConfig, sentence
 from mtl_jax.tasks import TaskKind
 
 
@@ -97,13 +96,13 @@ class SharedPrivate(MultiTaskModel):
     shared = representation['shared']
     private = self.private(*representation['inputs'], deterministic)  # (N, B, S, d)
     mask, pooling = representation['inputs'][2], self.encoder_config.pooling
-    private_sentences = jax.vmap(lambda x: encoder_lib.sentence(x, mask, pooling))(private)
+    private_sentences = jax.vmap(lambda x: sentence(x, mask, pooling))(private)
     features = {}
     for i, task in enumerate(self.tasks):
       own = private[i] if task.kind is TaskKind.TAGGING else private_sentences[i]
       features[task.name] = jnp.concatenate([shared[self.keys()[task.name]], own], axis=-1)
-    sentence = shared[sentence_key(self.encoder_config)]
-    statistics = (cross_statistics(sentence, private_sentences) if self.has_statistics
+    shared_sentence = shared[sentence_key(self.encoder_config)]
+    statistics = (cross_statistics(shared_sentence, private_sentences) if self.has_statistics
                   else None)
     return ModelOutput(self.head_outputs(features, deterministic), jnp.zeros(()),
-                       sentence if self.num_domains else None, statistics)
+                       shared_sentence if self.num_domains else None, statistics)
