@@ -24,7 +24,7 @@ from mtl_jax import weighting
 from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.data.pipeline import (TaskData, load_task_data, scaled_tasks, task_view,
                                    train_batches)
-from mtl_jax.evaluation import summary
+from mtl_jax.evaluation import reference, summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
 from mtl_jax.models import pretrained
@@ -48,8 +48,9 @@ RUN_ENTRIES = ('config.json', 'metrics.jsonl', 'eval.json', 'eval_curve.jsonl',
                'submission')
 EVAL_CURVE = 'eval_curve'  # workdir/eval_curve.jsonl: {'step', 'tasks': task -> metrics}
 OVERWRITE = 'faults.overwrite_workdir'  # the field that allows replacing another run
-# How a run is launched, not what it computes: a resumed run may differ here (a new port).
-LAUNCH_FIELDS = (OVERWRITE, 'distributed.')
+# How a run is launched or checked, not what it computes: a resumed run may differ here (a
+# new port; a reference file to check a finished run against).
+LAUNCH_FIELDS = (OVERWRITE, 'distributed.', 'reference')
 TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
 # The wall-clock entries of a metrics.jsonl record: the rest is a pure function of the run.
 TIMING_KEYS = ('seconds', 'step_time', 'tokens_per_second')
@@ -482,6 +483,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tasks = config_lib.validate(config, jax.device_count())
   checkpoint.check_config(config.checkpoint, tasks)
   method = config_lib.build_weighting(config)
+  expected = reference.for_config(config)
   # Before the workdir is touched: a task without data fails with nothing written. One
   # tokenisation serves every phase.
   data = load_task_data(config.data, tasks)
@@ -519,10 +521,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if single is not None:
     learnable = learnable_alone(tasks, data, single)
     report['learnable_alone'] = learnable
+  if expected is not None:
+    report['reference_check'] = reference.check(expected, report, resolved)
   _write_json(os.path.join(workdir, 'eval.json'), report)
   if distributed.is_writer():
     print(summary.format_table(multi or single, single if multi else None, primary,
                                learnable=learnable))
+    if expected is not None:
+      print(reference.format_check(report['reference_check']))
     if finetuned is not None:
       print('\nAfter per-task fine-tuning (the MTL column is the fine-tuned models):')
       print(summary.format_table(finetuned, single, primary))
