@@ -19,6 +19,7 @@ from mtl_jax.models import architectures, pretrained
 from mtl_jax.models.base import MultiTaskModel
 from mtl_jax.models.encoder import DTYPES, REMAT, EncoderConfig
 from mtl_jax.objectives import adversarial
+from mtl_jax.tasks import builtin as builtin_tasks
 
 MODES = ('multi', 'single', 'both')
 SCHEDULES = ('linear', 'cosine', 'constant')
@@ -150,6 +151,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
            f'tokenizer\'s folder, or \'\' to learn a vocabulary).')
   _require(-1.0 <= config.data.relatedness <= 1.0, 'data.relatedness',
            f'must lie in [-1, 1], got {config.data.relatedness}.')
+  splits = builtin_tasks.eval_splits(config.data)
+  _require(bool(splits) and all(s in builtin_tasks.EVAL_SPLITS for s in splits)
+           and len(set(splits)) == len(splits), 'data.eval_splits',
+           f'must name one or more of {builtin_tasks.EVAL_SPLITS}, each once, the primary '
+           f'first; got {splits}.')
   _require(config.sampling.strategy in STRATEGIES, 'sampling.strategy',
            f'{config.sampling.strategy!r} is not one of {STRATEGIES}.')
   _positive(config, 'sampling.temperature')

@@ -1,4 +1,5 @@
-"""The built-in suite through TFDS and grain, feature tables, and step-indexed batches."""
+"""The built-in suite through TFDS and grain, its scored splits, feature tables, and
+step-indexed batches."""
 
 import collections
 import zlib
@@ -11,6 +12,7 @@ from mtl_jax.data import builtin_suite, builtin_tfds, mixture
 from mtl_jax.data.features import concat_tables, encode_examples
 from mtl_jax.data.pipeline import (eval_batches, load_task_data, scaled_tasks, task_view,
                                    train_batches, train_table)
+from mtl_jax.evaluation.evaluate import evaluate
 
 SIZES = dict(train_size=24, eval_size=8, relatedness=0.5, seed=3)
 
@@ -68,6 +70,24 @@ def test_tables_hold_every_task_label_under_masks(smoke_config):
   assert masks['entailment'][pair].all() and not masks['entailment'][single].any()
   assert masks['pos'][single].any(axis=1).all() and not masks['pos'][pair].any()
   assert set(data.eval) == {'pos', 'sentiment', 'entailment', 'similarity'}
+
+
+def test_each_task_is_scored_on_data_eval_splits_the_first_primary(smoke_config):
+  cfg = _data_cfg(smoke_config)
+  cfg.eval_splits = ('validation', 'test')
+  task = task_lib.get('sentiment')
+  data = load_task_data(cfg, (task,))
+  assert list(data.eval['sentiment']) == ['validation', 'test']
+  validation, test = data.eval['sentiment']['validation'], data.eval['sentiment']['test']
+  assert len(test['input_ids']) == SIZES['eval_size']
+  assert not np.array_equal(test['input_ids'], validation['input_ids'])  # other sentences
+  predict = lambda params, batch: {'sentiment': np.zeros(len(batch['input_ids']), np.int32)}
+  metrics = evaluate(predict, None, (task,), data.eval, batch_size=4)['sentiment']
+  assert set(metrics) == {'accuracy', 'f1', 'matthews', 'test/accuracy', 'test/f1',
+                          'test/matthews'}
+  for prefix, table in (('', validation), ('test/', test)):  # class 0 everywhere
+    assert metrics[prefix + 'accuracy'] == pytest.approx(
+        np.mean(table['labels']['sentiment'] == 0))
 
 
 def test_single_task_sees_only_its_labelled_datasets(smoke_config):

@@ -28,7 +28,7 @@ from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer,
 from mtl_jax.data.train_rows import TrainRows
 from mtl_jax.evaluation.metrics import get_metric
 from mtl_jax.tasks import Task, TaskKind, num_choices
-from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE
+from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE, eval_splits as builtin_eval_splits
 from mtl_jax.train import progress
 
 
@@ -38,7 +38,7 @@ class TaskData(NamedTuple):
   train: TrainRows  # every home dataset of the run, read and tokenised on demand
   train_homes: tuple[int, ...]  # this fit's home datasets: indices into train's
   tasks: tuple[str, ...]  # this fit's tasks, in order
-  eval: dict[str, dict[str, dict]]  # task -> validation split -> table, primary split first
+  eval: dict[str, dict[str, dict]]  # task -> scored split -> table, primary split first
   vocab_size: int
   skipped: tuple[str, ...] = ()  # 'file:line: reason' of each malformed local row skipped
   tokenizer: Any = None  # what made the tables: it encodes other text (test splits) alike
@@ -72,15 +72,17 @@ def _carried(tasks: Sequence[Task], examples: Sequence[Example]) -> frozenset[st
 
 
 def _builtin_examples(data_cfg, tasks: Sequence[Task], data_dir: str) -> _Examples:
-  """Every home dataset of the suite (a sentence carries labels of several tasks). The
-  suite is small and generated, so it is read whole, which tells which tasks each home
-  dataset has labels of."""
+  """Every home dataset of the suite (a sentence carries labels of several tasks), and
+  each task's config.data.eval_splits in that order. The suite is small and generated, so it
+  is read whole, which tells which tasks each home dataset has labels of."""
   suite_cfg = _suite_config(data_cfg)
   split_sources = builtin_tfds.data_sources(suite_cfg, data_dir)
-  validation = builtin_tfds.load_split(split_sources['validation'])
+  scored = {split: builtin_tfds.load_split(split_sources[split])
+            for split in builtin_eval_splits(data_cfg)}
   train = builtin_tfds.load_split(split_sources['train'])
   return _Examples(train, {home: _carried(tasks, ex) for home, ex in train.items()},
-                   {t.name: {'validation': validation[t.name]} for t in tasks})
+                   {t.name: {split: examples[t.name] for split, examples in scored.items()}
+                    for t in tasks})
 
 
 def _tfds_examples(data_cfg, task: Task, data_dir: str) -> _Examples:

@@ -39,12 +39,19 @@ def score(task: Task, outputs: dict) -> dict[str, float]:
   return compute_metrics(task.metrics, inputs)
 
 
+def split_prefix(split: str, splits: Sequence[str]) -> str:
+  """What names a metric of `split` among a task's scored splits (primary first): nothing
+  on the primary split, 'split/' on another."""
+  return '' if split == splits[0] else f'{split}/'
+
+
 def evaluate(predict_step: Callable, params, tasks: Sequence[Task],
              tables: dict[str, dict[str, dict]], batch_size: int) -> dict[str, dict[str, float]]:
-  """task -> metrics on its validation tables (task -> split -> table, primary split first).
+  """task -> metrics on its evaluation tables (task -> split -> table, primary split first).
 
   The primary split's metrics keep their names; another split's are named 'split/metric'
-  (MNLI: 'accuracy' on validation_matched, 'validation_mismatched/accuracy').
+  (split_prefix; MNLI: 'accuracy' on validation_matched, 'validation_mismatched/accuracy';
+  the built-in suite with data.eval_splits=('validation', 'test'): 'test/accuracy').
   """
   results = {}
   batches = sum(-(-num_rows(table) // batch_size)
@@ -52,8 +59,8 @@ def evaluate(predict_step: Callable, params, tasks: Sequence[Task],
   with progress.bar(batches, 'evaluate', unit='batch') as bar:
     for task in tasks:
       results[task.name] = {}
-      for i, (split, table) in enumerate(tables[task.name].items()):
-        prefix = f'{split}/' if i else ''
+      for split, table in tables[task.name].items():
+        prefix = split_prefix(split, list(tables[task.name]))
         scores = score(task, predictions(predict_step, params, task, table, batch_size, bar))
         results[task.name].update({prefix + name: value for name, value in scores.items()})
   return results

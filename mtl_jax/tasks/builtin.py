@@ -5,6 +5,7 @@ from mtl_jax.tasks.registry import register
 from mtl_jax.tasks.spec import Task, TaskKind
 
 SOURCE = 'builtin'
+EVAL_SPLITS = ('validation', 'test')  # the labelled held-out splits (config.data.eval_splits)
 _SINGLE = ('words_a',)
 _PAIR = ('words_a', 'words_b')
 
@@ -24,3 +25,9 @@ TASKS = tuple(register(t) for t in (
     Task('similarity', TaskKind.REGRESSION, 1, _PAIR, 'similarity',
          ('pearson', 'spearman', 'mse'), SOURCE),
 ))
+
+
+def eval_splits(data_cfg) -> tuple[str, ...]:
+  """config.data.eval_splits: the splits each built-in task is scored on, the first primary.
+  A run's config.json from before the field existed scored validation alone."""
+  return tuple(data_cfg.get('eval_splits', EVAL_SPLITS[:1]))
