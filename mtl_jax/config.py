@@ -233,10 +233,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
 def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> EncoderConfig:
   """The encoder of config.model; a pretrained checkpoint's architecture when it names one
   (then only the training choices come from config.model)."""
-  # A run's config.json from before model.pooling existed read [CLS].
+  # A run's config.json from before model.pooling (pair_features) existed read [CLS] (the
+  # joint input's sentence feature).
   training = dict(dropout_rate=model_cfg.dropout_rate,
                   attention_dropout_rate=model_cfg.attention_dropout_rate,
                   pooler=model_cfg.pooler, pooling=model_cfg.get('pooling', 'cls'),
+                  pair_features=model_cfg.get('pair_features', False),
                   dtype=model_cfg.dtype, remat=model_cfg.remat)
   if model_cfg.pretrained:
     return pretrained.encoder_config(model_cfg.pretrained, **training)

@@ -12,7 +12,7 @@ from mtl_jax import weighting
 from mtl_jax.config import ConfigError
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.models.encoder import Encoder, Layer
-from mtl_jax.models.hierarchical import MASK, Hierarchical
+from mtl_jax.models.hierarchical import MASK, SEGMENTS, Hierarchical
 from mtl_jax.models.multitask import HardSharing
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import TaskKind
@@ -146,7 +146,8 @@ def _sgd_step(config, method, mode, diagnostics=False):
 
 def test_representation_mode_is_the_shared_features_the_tasks_branch_from(hier_config):
   """Representation mode: the same SGD step as params mode for 'equal', and per-task
-  gradient norms over the branch features alone (the carried mask adds exactly 0)."""
+  gradient norms over the branch features alone (the carried mask and segment ids add
+  exactly 0)."""
   initial, reference, _, _ = _sgd_step(hier_config, weighting.get('equal'), 'params')
   _, params, metrics, (tasks, model, batch) = _sgd_step(
       hier_config, weighting.get('equal'), 'representation', diagnostics=True)
@@ -157,15 +158,16 @@ def test_representation_mode_is_the_shared_features_the_tasks_branch_from(hier_c
                params, reference, initial)
 
   features = apply_model(model, {'encoder': initial['encoder']}, batch, method='encode')
-  assert sorted(features) == [MASK, 'sequence_1', 'sequence_2']
+  assert sorted(features) == [MASK, SEGMENTS, 'sequence_1', 'sequence_2']
+  carried = {MASK: features[MASK], SEGMENTS: features[SEGMENTS]}
   heads = {k: v for k, v in initial.items() if k != 'encoder'}
 
   def loss_i(branch, i):
     outputs = apply_model(model, heads, batch, method='decode',
-                          inputs=({**branch, MASK: features[MASK]},))
+                          inputs=({**branch, **carried},))
     return loss_vector(tasks, outputs.tasks, batch['labels'], batch['label_masks'])[0][i]
 
-  branch = {k: v for k, v in features.items() if k != MASK}
+  branch = {k: v for k, v in features.items() if k not in carried}
   norms = [np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(
       jax.grad(loss_i)(branch, i)))) for i in range(len(tasks))]
   np.testing.assert_allclose(metrics['task_grad_norms'], norms, rtol=1e-4)

@@ -123,3 +123,55 @@ def test_mean_pooling_reads_the_mean_of_the_real_tokens(pooler):
     np.testing.assert_allclose(representation['mean_3'], mean(hidden[3]), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='pooling'):
     dataclasses.replace(CFG, pooling='max')
+
+
+def _pair_reference(hidden, segments, mask):
+  """numpy's [u, v, |u - v|, u * v] of each segment's masked mean (InferSent)."""
+  h = np.asarray(hidden, np.float64)
+  means = []
+  for segment in (0, 1):
+    m = ((np.asarray(mask) > 0) & (np.asarray(segments) == segment))[..., None]
+    means.append((h * m).sum(1) / m.sum(1))
+  u, v = means
+  return np.concatenate([u, v, np.abs(u - v), u * v], axis=-1)
+
+
+def test_pair_features_compare_the_two_segments_mean_states():
+  """pair_features: a pair task's head reads [u, v, |u - v|, u * v] of its layer's mean
+  token states per segment, padding excluded; a one-input task still reads its sentence
+  feature. Swapping which tokens form each segment permutes u and v."""
+  cfg = dataclasses.replace(CFG, pooling='mean', pooler=False, pair_features=True)
+  ids, seg, mask = _inputs(real=12)
+  mask = mask.at[1, 12:14].set(1)  # rows of different lengths; the extra tokens: segment 1
+  seg = seg.at[1, 12:14].set(1)
+  model = HardSharing(cfg, TASKS)
+  variables = nn.unbox(model.init(jax.random.key(0), ids, seg, mask))
+  representation = model.apply(variables, ids, seg, mask, method='encode')
+  assert model.keys() == {'cls': 'mean_3', 'reg': 'pair_2', 'tag': 'sequence_1'}
+  hidden = Encoder(cfg).apply({'params': variables['params']['encoder']}, ids, seg,
+                              mask).hidden_states
+  np.testing.assert_allclose(representation['pair_2'], _pair_reference(hidden[2], seg, mask),
+                             rtol=1e-5, atol=1e-6)
+  outputs = model.apply(variables, ids, seg, mask)
+  head = variables['params']['head_reg']['classifier']
+  expected = representation['pair_2'] @ head['kernel'] + head['bias']
+  np.testing.assert_allclose(outputs.tasks['reg'], expected[:, 0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('architecture,args,width', [
+    ('hierarchical', {'task_layers': 1}, 4 * 32),
+    ('mmoe', {'expert_hidden': 16}, 4 * 16),
+    ('shared_private', {'private_hidden_size': 8, 'private_heads': 2}, 4 * 32 + 4 * 8),
+])
+def test_every_architecture_gives_pair_tasks_pair_features(architecture, args, width):
+  """Architectures that compute their own token states for a task (task layers, experts, a
+  private encoder) form a pair task's features from them as the encoder's: 4 times the
+  states' width (shared-private: the shared pair features and the private ones)."""
+  from mtl_jax.models import architectures
+  cfg = dataclasses.replace(CFG, pooling='mean', pooler=False, pair_features=True)
+  tasks = tuple(dataclasses.replace(t, depth=-1) for t in TASKS)
+  model = architectures.build(architecture, cfg, tasks, args)
+  ids, seg, mask = _inputs(real=12)
+  variables = nn.unbox(model.init(jax.random.key(0), ids, seg, mask))
+  assert variables['params']['head_reg']['classifier']['kernel'].shape[0] == width
+  assert model.apply(variables, ids, seg, mask).tasks['reg'].shape == (2,)

@@ -72,6 +72,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # the sentence task that learns first takes the whole feature (docs/results.md).
   c.model.pooling = 'mean'  # or 'cls'
   c.model.pooler = False  # tanh(dense(sentence feature)), as BERT's classifier input
+  # A sentence-pair task's head reads [u, v, |u - v|, u * v] of its two segments' mean token
+  # states (InferSent) rather than one sentence feature of the joint input.
+  c.model.pair_features = True
   c.model.dtype = 'float32'  # compute dtype: 'bfloat16' on accelerators (params stay float32)
   c.model.remat = 'none'  # per-layer rematerialisation: 'full' or 'dots' (encoder.REMAT)
   # A Hugging Face BERT/RoBERTa folder (config.json + model.safetensors) to start the encoder

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.models.encoder import EncoderConfig, EncoderOutput, sentence
+from mtl_jax.models.encoder import EncoderConfig, EncoderOutput, pair_features, sentence
 from mtl_jax.models.heads import Head
 from mtl_jax.tasks import Task, TaskKind, num_choices
 
@@ -43,13 +43,20 @@ def task_depth(task: Task, num_layers: int) -> int:
   return depth
 
 
+def is_pair(task: Task) -> bool:
+  """Whether the task reads a sentence pair (two segments of one input row)."""
+  return task.kind is not TaskKind.TAGGING and len(task.input_fields) == 2
+
+
 def representation_key(task: Task, cfg: EncoderConfig) -> str:
   """Which encoder feature a task's head reads: a layer's sequence, its sentence feature
-  ('cls' or 'mean' pooled, cfg.pooling), or the pooler (BERT's classifier input, for a
-  sentence task at the last layer)."""
+  ('cls' or 'mean' pooled, cfg.pooling), a pair task's pair features (cfg.pair_features),
+  or the pooler (BERT's classifier input, for a sentence task at the last layer)."""
   depth = task_depth(task, cfg.num_layers)
   if task.kind is TaskKind.TAGGING:
     return f'sequence_{depth}'
+  if cfg.pair_features and is_pair(task):
+    return f'pair_{depth}'
   if depth == cfg.num_layers and cfg.pooler:
     return 'pooled'
   return f'{cfg.pooling}_{depth}'
@@ -61,7 +68,23 @@ def feature(key: str, features: EncoderOutput) -> jax.Array:
     return features.pooled
   kind, depth = key.split('_')
   sequence = features.hidden_states[int(depth)]
-  return sequence if kind == 'sequence' else sentence(sequence, features.attention_mask, kind)
+  if kind == 'sequence':
+    return sequence
+  if kind == 'pair':
+    return pair_features(sequence, features.attention_mask, features.segment_ids)
+  return sentence(sequence, features.attention_mask, kind)
+
+
+def task_feature(task: Task, sequence: jax.Array, attention_mask: jax.Array,
+                 segment_ids: jax.Array, cfg: EncoderConfig) -> jax.Array:
+  """What a task's head reads from token states an architecture computed for it (task
+  layers, experts, a private encoder): the states themselves for tagging, else pair features
+  or the sentence feature, as `representation_key` chooses for the encoder's."""
+  if task.kind is TaskKind.TAGGING:
+    return sequence
+  if cfg.pair_features and is_pair(task):
+    return pair_features(sequence, attention_mask, segment_ids)
+  return sentence(sequence, attention_mask, cfg.pooling)
 
 
 def sentence_key(cfg: EncoderConfig) -> str:

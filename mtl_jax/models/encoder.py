@@ -55,6 +55,9 @@ class EncoderConfig:
   layer_norm_eps: float = 1e-12
   pooler: bool = True
   pooling: str = 'cls'  # POOLINGS: the sentence feature of a layer (and the pooler's input)
+  # A sentence-pair task's head reads pair_features (the two segments' mean token states
+  # compared), not the sentence feature: see pair_features.
+  pair_features: bool = False
   initializer_range: float = 0.02
   dtype: str = 'float32'  # compute dtype ('bfloat16'); parameters always stay float32
   remat: str = 'none'  # recompute each layer's activations in the backward pass: REMAT
@@ -185,10 +188,24 @@ def sentence(sequence: jax.Array, attention_mask: jax.Array, pooling: str) -> ja
   return sequence[:, 0] if pooling == 'cls' else mean_pool(sequence, attention_mask)
 
 
+def pair_features(sequence: jax.Array, attention_mask: jax.Array,
+                  segment_ids: jax.Array) -> jax.Array:
+  """(B, S, D) token states of sentence pairs -> (B, 4D): [u, v, |u - v|, u * v], with u
+  and v the mean states of the first and the second segment (InferSent's features, Conneau
+  et al. 2017). Comparing two sentences is then elementwise: a small encoder trained from
+  scratch does not learn in a few hundred steps to match tokens across segments by
+  attention (docs/results.md)."""
+  keep = attention_mask > 0
+  u = mean_pool(sequence, keep & (segment_ids == 0))
+  v = mean_pool(sequence, keep & (segment_ids == 1))
+  return jnp.concatenate([u, v, jnp.abs(u - v), u * v], axis=-1)
+
+
 class EncoderOutput(flax.struct.PyTreeNode):
   hidden_states: tuple[jax.Array, ...]  # embeddings, then each layer: L + 1 arrays (B, S, D)
   pooled: jax.Array | None  # tanh(dense(last layer's sentence feature)) when the pooler is on
   attention_mask: jax.Array  # (B, S): which tokens a mean-pooled sentence feature averages
+  segment_ids: jax.Array  # (B, S): 0 for the first sentence of a pair, 1 for the second
 
 
 class Encoder(nn.Module):
@@ -212,4 +229,4 @@ class Encoder(nn.Module):
     if cfg.pooler:
       pooled = jnp.tanh(_dense(cfg.hidden_size, cfg, 'pooler', ('embed', None))(
           sentence(x, attention_mask, cfg.pooling)))
-    return EncoderOutput(tuple(hidden_states), pooled, attention_mask)
+    return EncoderOutput(tuple(hidden_states), pooled, attention_mask, segment_ids)

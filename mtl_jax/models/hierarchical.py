@@ -13,12 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.models.base import ModelOutput, sentence_key, task_depth
-from mtl_jax.models.encoder import EncoderConfig, Layer, attention_bias, sentence
+from mtl_jax.models.base import ModelOutput, sentence_key, task_depth, task_feature
+from mtl_jax.models.encoder import EncoderConfig, Layer, attention_bias
 from mtl_jax.models.multitask import HardSharing
-from mtl_jax.tasks import TaskKind
 
 MASK = 'attention_mask'  # the representation carries it: the task layers attend over tokens
+SEGMENTS = 'segment_ids'  # and these: a pair task's features compare the two segments
 
 
 class TaskLayers(nn.Module):
@@ -67,6 +67,7 @@ class Hierarchical(HardSharing):
                                     deterministic=deterministic)
     if self.task_layers:
       representation[MASK] = attention_mask
+      representation[SEGMENTS] = segment_ids
     return representation
 
   def decode(self, representation: dict[str, jax.Array], *, deterministic=True
@@ -80,8 +81,8 @@ class Hierarchical(HardSharing):
     # hidden states, and each stack is small.
     for task in self.tasks:
       x = self.branches[task.name](representation[keys[task.name]], bias, deterministic)
-      features[task.name] = (x if task.kind is TaskKind.TAGGING else
-                             sentence(x, representation[MASK], self.encoder_config.pooling))
+      features[task.name] = task_feature(task, x, representation[MASK],
+                                         representation[SEGMENTS], self.encoder_config)
     shared = (representation[sentence_key(self.encoder_config)] if self.num_domains
               else None)
     return ModelOutput(self.head_outputs(features, deterministic), jnp.zeros(()), shared)

@@ -9,8 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.models.base import ModelOutput, MultiTaskModel, feature, sentence_key
-from mtl_jax.models.encoder import Encoder, sentence
+from mtl_jax.models.base import (ModelOutput, MultiTaskModel, feature, is_pair, sentence_key,
+                                 task_feature)
+from mtl_jax.models.encoder import Encoder
 from mtl_jax.tasks import TaskKind
 
 
@@ -172,11 +173,14 @@ class ExpertSharing(MultiTaskModel):
     features = self.encoder(input_ids, segment_ids, attention_mask,
                             deterministic=deterministic)
     last = features.hidden_states[-1]
-    # Experts and gates act token by token: without tagging tasks or mean pooling only
-    # [CLS] is read.
-    whole = self.tags or self.encoder_config.pooling == 'mean'
-    representation = {'sequence': last if whole else last[:, :1],
-                      'attention_mask': attention_mask if whole else attention_mask[:, :1]}
+    # Experts and gates act token by token: without tagging tasks, mean pooling or pair
+    # features only [CLS] is read.
+    cfg = self.encoder_config
+    whole = (self.tags or cfg.pooling == 'mean'
+             or (cfg.pair_features and any(map(is_pair, self.tasks))))
+    part = lambda x: x if whole else x[:, :1]
+    representation = {'sequence': part(last), 'attention_mask': part(attention_mask),
+                      'segment_ids': part(segment_ids)}
     if self.num_domains:
       key = sentence_key(self.encoder_config)
       representation[key] = feature(key, features)
@@ -185,8 +189,8 @@ class ExpertSharing(MultiTaskModel):
   def decode(self, representation: dict[str, jax.Array], *, deterministic=True
              ) -> ModelOutput:
     mixtures = self.mixture(representation['sequence'])  # (T, B, S, H)
-    mask, pooling = representation['attention_mask'], self.encoder_config.pooling
-    features = {t.name: m if t.kind is TaskKind.TAGGING else sentence(m, mask, pooling)
+    features = {t.name: task_feature(t, m, representation['attention_mask'],
+                                     representation['segment_ids'], self.encoder_config)
                 for t, m in zip(self.tasks, mixtures)}
     shared = (representation[sentence_key(self.encoder_config)] if self.num_domains
               else None)

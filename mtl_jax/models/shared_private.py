@@ -11,9 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.models.base import ModelOutput, MultiTaskModel, feature, sentence_key
+from mtl_jax.models.base import (ModelOutput, MultiTaskModel, feature, sentence_key,
+                                 task_feature)
 from mtl_jax.models.encoder import Encoder, EncoderConfig, sentence
-from mtl_jax.tasks import TaskKind
 
 
 class _PrivateEncoders(nn.Module):
@@ -95,11 +95,12 @@ class SharedPrivate(MultiTaskModel):
   def decode(self, representation: dict, *, deterministic=True) -> ModelOutput:
     shared = representation['shared']
     private = self.private(*representation['inputs'], deterministic)  # (N, B, S, d)
-    mask, pooling = representation['inputs'][2], self.encoder_config.pooling
+    _, segments, mask = representation['inputs']
+    pooling = self.encoder_config.pooling
     private_sentences = jax.vmap(lambda x: sentence(x, mask, pooling))(private)
     features = {}
     for i, task in enumerate(self.tasks):
-      own = private[i] if task.kind is TaskKind.TAGGING else private_sentences[i]
+      own = task_feature(task, private[i], mask, segments, self.encoder_config)
       features[task.name] = jnp.concatenate([shared[self.keys()[task.name]], own], axis=-1)
     shared_sentence = shared[sentence_key(self.encoder_config)]
     statistics = (cross_statistics(shared_sentence, private_sentences) if self.has_statistics
