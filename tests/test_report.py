@@ -239,6 +239,96 @@ def test_run_config_sets_seed_mode_and_method(tmp_path):
   assert config.base.mode == 'both'  # the base is left as it was
 
 
+def test_run_config_of_the_tuned_static_baseline_scores_both_splits():
+  from experiments.configs import sweep as sweep_config
+  config = sweep.run_config(sweep_config.get_config(), 2, sweep.TUNED_STATIC, (0.5, 2.0))
+  assert (config.weighting.name, config.task_weights) == ('static', (0.5, 2.0))
+  assert config.data.eval_splits == ('validation', 'test')  # the tuning split is primary
+
+
+def test_the_sweep_tunes_on_a_split_other_than_the_reported_one(monkeypatch):
+  from experiments.configs import sweep as sweep_config
+  config = sweep_config.get_config('smoke')
+  config.report_split = 'validation'
+  with pytest.raises(ValueError, match='tuned_static.split: .* other than the one reported'):
+    sweep.check(config)
+  monkeypatch.setattr(sweep.weighting, 'names', lambda: ('equal', 'pcgrad', 'tuned_static'))
+  with pytest.raises(ValueError, match="A weighting module is named 'tuned_static'"):
+    sweep.check(sweep_config.get_config('smoke'))
+
+
+def _brute_force(objective, n, grid):
+  points = [()]
+  for _ in range(n):
+    points = [(*p, float(x)) for p in points for x in grid]
+  return max(points, key=objective)
+
+
+def test_coordinate_ascent_finds_a_separable_optimum_in_one_pass():
+  target = (2.0, 0.5, 1.0)
+  objective = lambda w: -sum((a - b) ** 2 + a * b for a, b in zip(w, target))
+  grid = (0.5, 1.0, 2.0)
+  path, best = sweep.coordinate_ascent(objective, (1.0,) * 3, grid)
+  assert best == _brute_force(objective, 3, grid)
+  assert len(path) == 1 + 3 * (len(grid) - 1)  # every point once; the start's 1 is reused
+  assert path[0] == ((1.0, 1.0, 1.0), objective((1.0, 1.0, 1.0)))
+  assert dict(path)[best] == max(v for _, v in path)
+
+
+def test_coordinate_ascent_is_greedy_and_can_miss_an_interaction():
+  # Raising either weight alone hurts; raising both is best. One pass from (1, 1) keeps 1
+  # for the first task, then 1 for the second: it never tries (2, 2).
+  values = {(1.0, 1.0): 0.0, (2.0, 1.0): -1.0, (1.0, 2.0): -1.0, (2.0, 2.0): 5.0}
+  path, best = sweep.coordinate_ascent(values.__getitem__, (1.0, 1.0), (1.0, 2.0))
+  assert best == (1.0, 1.0) != _brute_force(values.__getitem__, 2, (1.0, 2.0))
+  assert [p for p, _ in path] == [(1.0, 1.0), (2.0, 1.0), (1.0, 2.0)]
+
+
+def test_training_seconds_add_the_stretches_of_a_resumed_run():
+  records = [{'seconds': s} for s in (1.0, 2.5, 0.5, 1.5)]  # resumed after 2.5 s
+  assert tables.training_seconds(records) == 4.0
+
+
+def test_a_smoke_sweep_tunes_static_weights_and_reports_the_other_split(data_dir, tmp_path,
+                                                                        monkeypatch):
+  from experiments.configs import sweep as sweep_config
+  config = sweep_config.get_config('smoke')
+  config.base.data.data_dir = data_dir
+  config.methods, config.seeds = (sweep.TUNED_STATIC,), (0,)
+  workdir = str(tmp_path)
+  report = sweep.run_sweep(config, workdir)
+
+  with open(os.path.join(workdir, sweep.TUNING, sweep.SEARCH)) as f:
+    search = json.load(f)
+  assert (search['split'], search['report_split'], search['seed']) == ('validation', 'test', 0)
+  best = max(search['path'], key=lambda p: p['delta_m'])
+  assert search['weights'] == best['weights'] and search['delta_m'] == best['delta_m']
+  assert search['runs'] == len(search['path']) == 3  # (1, 1), (0.5, 1), (w_0, 0.5)
+  assert search['training_seconds'] == pytest.approx(
+      sum(p['training_seconds'] for p in search['path'])) and search['training_seconds'] > 0
+  assert sorted(os.listdir(os.path.join(workdir, sweep.TUNING))) == sorted(
+      [sweep.SEARCH] + [os.path.basename(p['run']) for p in search['path']])
+
+  tuned = sweep.run_dir(workdir, sweep.TUNED_STATIC, 0)
+  with open(os.path.join(tuned, 'config.json')) as f:
+    ran = json.load(f)
+  assert (ran['weighting']['name'], ran['task_weights']) == ('static', search['weights'])
+  with open(os.path.join(tuned, 'eval.json')) as f:
+    multi = json.load(f)['multi']
+  with open(os.path.join(sweep.run_dir(workdir, None, 0), 'eval.json')) as f:
+    single = json.load(f)['single']
+  rows = {line.split(' | ')[0][2:]: line for line in report.splitlines() if line.startswith('| ')}
+  for row, metrics in ((sweep.TUNED_STATIC, multi), (tables.STL, single)):
+    test, validation = metrics['similarity']['test/pearson'], metrics['similarity']['pearson']
+    assert f'{test:.4f} ± 0.0000' in rows[row] and f'{validation:.4f}' not in rows[row]
+  assert 'Every figure is on the test split' in report
+  assert '## Tuned static weights' in report and 'Cost: 3 runs' in report
+
+  # Nothing is left to train: running it again only rewrites the same report.
+  monkeypatch.setattr('mtl_jax.train.loop.train_and_evaluate', lambda *a: 1 / 0)
+  assert sweep.run_sweep(config, workdir) == report
+
+
 def test_evaluation_shows_progress_on_a_terminal(capsys, monkeypatch):
   from mtl_jax import tasks as task_lib
   from mtl_jax.evaluation.evaluate import evaluate

@@ -3,7 +3,8 @@
 Per method: each task's primary metric as mean ± std over seeds, Δm% against the STL
 baselines of the same seed (then mean ± std over seeds), and the median step time with its
 overhead over a reference method; the best method per task is marked. Std is the sample
-standard deviation (n − 1); with one seed it is 0.
+standard deviation (n − 1); with one seed it is 0. A sweep with a tuned static baseline adds
+its search (tuning_section).
 """
 
 import statistics
@@ -41,6 +42,17 @@ def median_step_time(records: Sequence[dict]) -> float | None:
   return float(np.median(times[1:] if len(times) > 1 else times)) if times else None
 
 
+def training_seconds(records: Sequence[dict]) -> float:
+  """The training time a metrics.jsonl records: its 'seconds' restart when a run resumes from
+  a checkpoint, so the sum of each stretch's last value (compilation and periodic
+  evaluations included; the steps after the last checkpoint of a killed stretch are lost)."""
+  total, last = 0.0, 0.0
+  for seconds in (r['seconds'] for r in records):
+    total += last if seconds < last else 0.0
+    last = seconds
+  return total + last
+
+
 def delta_m_by_seed(results: SweepResults, method: str, tasks=None) -> dict[int, float]:
   """seed -> Δm% of the method against the STL baselines of the same seed, over `tasks`
   (default: all)."""
@@ -71,8 +83,10 @@ def _cell(values: Sequence[float], bold: bool = False, fmt: str = '.4f', sign: s
   return f'**{text}**' if bold else text
 
 
-def markdown(results: SweepResults, reference: str, title: str = 'Sweep report') -> str:
-  """The report as markdown; `reference` is the method step-time overheads are relative to."""
+def markdown(results: SweepResults, reference: str, title: str = 'Sweep report',
+             notes: Sequence[str] = ()) -> str:
+  """The report as markdown; `reference` is the method step-time overheads are relative to;
+  `notes` are paragraphs after the opening one."""
   tasks = list(results.primary)
   best = best_per_task(results)
   ref_times = results.step_time.get(reference, {})
@@ -85,6 +99,7 @@ def markdown(results: SweepResults, reference: str, title: str = 'Sweep report')
   lines = [f'# {title}', '',
            f'Mean ± std over seeds; **bold**: the best row per task. Δm% compares each seed '
            f'with the STL baselines of the same seed.', '',
+           *(line for note in notes for line in (note, '')),
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row, seeds in _rows(results).items():
     cells = [row, str(len(seeds))]
@@ -109,7 +124,27 @@ def markdown(results: SweepResults, reference: str, title: str = 'Sweep report')
   return '\n'.join(lines) + '\n'
 
 
-def primary_values(metrics: Mapping[str, Mapping[str, float]], primary: Mapping[str, str]
-                   ) -> dict[str, float]:
-  """task -> its primary metric, from task -> metric -> value."""
-  return {t: metrics[t][m] for t, m in primary.items()}
+def primary_values(metrics: Mapping[str, Mapping[str, float]], primary: Mapping[str, str],
+                   prefix: str = '') -> dict[str, float]:
+  """task -> its primary metric, from task -> metric -> value; `prefix` names a split other
+  than the primary (mtl_jax.evaluation.evaluate.split_prefix)."""
+  return {t: metrics[t][prefix + m] for t, m in primary.items()}
+
+
+def tuning_section(search: Mapping) -> str:
+  """The report's section on the tuned static baseline, from its search.json: how it was
+  tuned, at what cost, and every point of the search (the chosen one in bold)."""
+  weights = lambda w: ', '.join(f'{x:g}' for x in w)
+  lines = ['## Tuned static weights', '',
+           f'`{search["method"]}` trains static weights λ tuned on the {search["split"]} split '
+           f'of seed {search["seed"]}; the table above reports the {search["report_split"]} '
+           f'split. Search: one greedy pass of coordinate ascent from λ = 1, over the tasks in '
+           f'order, each λ_i tried at every value of the grid ({weights(search["grid"])}) with '
+           f'the others at the best so far; objective: {search["objective"]}. Cost: '
+           f'{search["runs"]} runs, {search["training_seconds"]:.0f} s of training (their '
+           f'metrics.jsonl, compilation included).', '',
+           f'| λ ({", ".join(search["tasks"])}) | Δm% on {search["split"]} |', '|---|---|']
+  for point in search['path']:
+    bold = '**' if point['weights'] == search['weights'] else ''
+    lines.append(f'| {bold}{weights(point["weights"])}{bold} | {point["delta_m"]:+.2f} |')
+  return '\n'.join(lines) + '\n'
