@@ -26,6 +26,7 @@ def config(exact_config):
   # [CLS] through the pooler, the features these tolerances were set on: under mean pooling
   # the data-sharded pcgrad-grouped step matched one device only to 1e-5 absolute.
   exact_config.model.pooling, exact_config.model.pooler = 'cls', True
+  exact_config.model.pair_features = False
   return exact_config
 
 
