@@ -127,6 +127,13 @@ def test_a_run_of_another_config_gets_the_differing_fields_not_verdicts():
   assert 'config differs from theirs in num_steps: 600 -> 20' in reference.format_check(result)
 
 
+def test_only_the_primary_eval_split_is_part_of_the_config():
+  """Scoring another split besides changes nothing a run computes; another primary does."""
+  both = reference.shared_config({'data': {'eval_splits': ['validation', 'test']}})
+  assert both == reference.shared_config({'data': {'eval_splits': ['validation']}})
+  assert both != reference.shared_config({'data': {'eval_splits': ['test', 'validation']}})
+
+
 def _write_run(folder, report, config):
   os.makedirs(folder)
   for name, content in (('eval.json', report), ('config.json', config)):

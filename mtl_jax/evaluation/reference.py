@@ -49,6 +49,7 @@ FORMAT = 1  # the reference file's layout
 # shown or how the run is launched.
 NOT_SHARED = ('seed', 'reference', 'data.data_dir', 'log_every', 'logging', 'checkpoint',
               'distributed', 'faults.overwrite_workdir')
+EVAL_SPLITS = 'data.eval_splits'
 BOUND = 2.0  # the largest |z| that is 'within 2 std'
 SAME = 1e-6  # std 0: the largest |value − mean| that is 'within' (one example of 500: 0.002)
 WITHIN, DIFFERS = 'within 2 std', 'differs'
@@ -70,8 +71,13 @@ def _without(config: Mapping, fields: Sequence[str]) -> dict:
 
 
 def shared_config(config: Mapping) -> dict:
-  """The fields of config.json (flat) that decide what a run computes."""
-  return _without(config, NOT_SHARED)
+  """The fields of config.json (flat) that decide what a run computes. Of data.eval_splits
+  only the primary split counts: the others are scored besides, which trains nothing
+  differently and leaves the primary figures as they are."""
+  flat = _without(config, NOT_SHARED)
+  if flat.get(EVAL_SPLITS):
+    flat[EVAL_SPLITS] = list(flat[EVAL_SPLITS])[:1]
+  return flat
 
 
 def differences(ref: Mapping, run: Mapping) -> list[str]:
