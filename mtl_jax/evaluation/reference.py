@@ -219,13 +219,12 @@ def load(path: str) -> dict:
 
 
 def for_config(config) -> dict | None:
-  """The reference that config.reference names (None for ''), read before any training, so
-  a missing or malformed file, or a mode other than 'both', fails with no work lost."""
-  if not config.reference:
+  """The reference that config.reference names, read before any training, so a missing or
+  malformed file fails with no work lost. None for '' and in modes other than 'both': the
+  reference marks a run's STL and MTL figures together, and configs derived from the main
+  job's (sweeps, experiments) train one phase each."""
+  if not config.reference or config.mode != 'both':
     return None
-  if config.mode != 'both':
-    raise ConfigError(f'config.reference: marks the STL and MTL figures of a mode \'both\' '
-                      f'run; mode is {config.mode!r}.')
   try:
     return load(config.reference)
   except (FileNotFoundError, ValueError) as e:
