@@ -48,18 +48,34 @@ def is_pair(task: Task) -> bool:
   return task.kind is not TaskKind.TAGGING and len(task.input_fields) == 2
 
 
-def representation_key(task: Task, cfg: EncoderConfig) -> str:
-  """Which encoder feature a task's head reads: a layer's sequence, its sentence feature
-  ('cls' or 'mean' pooled, cfg.pooling), a pair task's pair features (cfg.pair_features),
-  or the pooler (BERT's classifier input, for a sentence task at the last layer)."""
-  depth = task_depth(task, cfg.num_layers)
+def feature_kind(task: Task, cfg: EncoderConfig) -> str:
+  """How a task's head reads token states: 'sequence' (tagging), 'pair' (a pair task with
+  cfg.pair_features) or the sentence feature's pooling (cfg.pooling)."""
   if task.kind is TaskKind.TAGGING:
-    return f'sequence_{depth}'
+    return 'sequence'
   if cfg.pair_features and is_pair(task):
-    return f'pair_{depth}'
-  if depth == cfg.num_layers and cfg.pooler:
+    return 'pair'
+  return cfg.pooling
+
+
+def representation_key(task: Task, cfg: EncoderConfig) -> str:
+  """Which encoder feature a task's head reads: '<feature_kind>_<depth>', or the pooler
+  (BERT's classifier input, for a sentence task at the last layer)."""
+  depth = task_depth(task, cfg.num_layers)
+  kind = feature_kind(task, cfg)
+  if kind == cfg.pooling and depth == cfg.num_layers and cfg.pooler:
     return 'pooled'
-  return f'{cfg.pooling}_{depth}'
+  return f'{kind}_{depth}'
+
+
+def read_feature(kind: str, sequence: jax.Array, attention_mask: jax.Array,
+                 segment_ids: jax.Array) -> jax.Array:
+  """Token states (B, S, D) read the way `kind` (feature_kind) says."""
+  if kind == 'sequence':
+    return sequence
+  if kind == 'pair':
+    return pair_features(sequence, attention_mask, segment_ids)
+  return sentence(sequence, attention_mask, kind)
 
 
 def feature(key: str, features: EncoderOutput) -> jax.Array:
@@ -67,24 +83,15 @@ def feature(key: str, features: EncoderOutput) -> jax.Array:
   if key == 'pooled':
     return features.pooled
   kind, depth = key.split('_')
-  sequence = features.hidden_states[int(depth)]
-  if kind == 'sequence':
-    return sequence
-  if kind == 'pair':
-    return pair_features(sequence, features.attention_mask, features.segment_ids)
-  return sentence(sequence, features.attention_mask, kind)
+  return read_feature(kind, features.hidden_states[int(depth)], features.attention_mask,
+                      features.segment_ids)
 
 
 def task_feature(task: Task, sequence: jax.Array, attention_mask: jax.Array,
                  segment_ids: jax.Array, cfg: EncoderConfig) -> jax.Array:
   """What a task's head reads from token states an architecture computed for it (task
-  layers, experts, a private encoder): the states themselves for tagging, else pair features
-  or the sentence feature, as `representation_key` chooses for the encoder's."""
-  if task.kind is TaskKind.TAGGING:
-    return sequence
-  if cfg.pair_features and is_pair(task):
-    return pair_features(sequence, attention_mask, segment_ids)
-  return sentence(sequence, attention_mask, cfg.pooling)
+  layers, experts, a private encoder), as it reads the encoder's."""
+  return read_feature(feature_kind(task, cfg), sequence, attention_mask, segment_ids)
 
 
 def sentence_key(cfg: EncoderConfig) -> str:
