@@ -144,6 +144,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
             'model.dropout_rate model.attention_dropout_rate model.head_dropout_rate',
             allow_zero=True)
   _positive(config, 'model.vocab_size', allow_zero=True)
+  hidden = config.model.get('pair_head_hidden', 0)  # absent from runs stored before it
+  _require(isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 0,
+           'model.pair_head_hidden', f'must be an integer >= 0, got {hidden!r}.')
   _require(config.data.bad_rows in local_source.BAD_ROWS, 'data.bad_rows',
            f'{config.data.bad_rows!r} is not one of {local_source.BAD_ROWS}.')
   _require(not config.data.vocabulary or os.path.isdir(config.data.vocabulary),
@@ -239,6 +242,7 @@ def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> Enc
                   attention_dropout_rate=model_cfg.attention_dropout_rate,
                   pooler=model_cfg.pooler, pooling=model_cfg.get('pooling', 'cls'),
                   pair_features=model_cfg.get('pair_features', False),
+                  pair_head_hidden=model_cfg.get('pair_head_hidden', 0),
                   dtype=model_cfg.dtype, remat=model_cfg.remat)
   if model_cfg.pretrained:
     return pretrained.encoder_config(model_cfg.pretrained, **training)

@@ -30,6 +30,7 @@ def test_default_configs_are_valid():
     ('data.train_size', -5, r'config.data.train_size: must be > 0, got -5'),
     ('batch_size', 0, 'config.batch_size: must be > 0'),
     ('model.dropout_rate', -0.1, 'config.model.dropout_rate: must be >= 0'),
+    ('model.pair_head_hidden', -1, 'config.model.pair_head_hidden: must be an integer >= 0'),
     ('mode', 'joint', "config.mode: 'joint' is not one of"),
     ('sampling.strategy', 'annealed', "config.sampling.strategy: 'annealed'"),
     ('data.relatedness', 1.5, r'config.data.relatedness: must lie in \[-1, 1\]'),

@@ -158,6 +158,26 @@ def test_pair_features_compare_the_two_segments_mean_states():
   np.testing.assert_allclose(outputs.tasks['reg'], expected[:, 0], rtol=1e-5, atol=1e-6)
 
 
+def test_pair_head_hidden_is_a_relu_layer_on_pair_heads_only():
+  """pair_head_hidden: a pair task's head is relu(f W1 + b1) W2 + b2 on its pair features
+  (InferSent's classifier), computed here in numpy; the other heads stay linear."""
+  cfg = dataclasses.replace(CFG, pooling='mean', pooler=False, pair_features=True,
+                            pair_head_hidden=7)
+  ids, seg, mask = _inputs(real=12)
+  model = HardSharing(cfg, TASKS)
+  variables = nn.unbox(model.init(jax.random.key(0), ids, seg, mask))
+  params = variables['params']
+  assert set(params['head_reg']) == {'hidden', 'classifier'}
+  assert set(params['head_cls']) == set(params['head_tag']) == {'classifier'}
+  chex.assert_shape(params['head_reg']['hidden']['kernel'], (4 * 32, 7))
+  features = np.asarray(model.apply(variables, ids, seg, mask, method='encode')['pair_2'])
+  hidden, out = params['head_reg']['hidden'], params['head_reg']['classifier']
+  expected = (np.maximum(features @ np.asarray(hidden['kernel']) + np.asarray(hidden['bias']), 0)
+              @ np.asarray(out['kernel']) + np.asarray(out['bias']))
+  np.testing.assert_allclose(model.apply(variables, ids, seg, mask).tasks['reg'],
+                             expected[:, 0], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('architecture,args,width', [
     ('hierarchical', {'task_layers': 1}, 4 * 32),
     ('mmoe', {'expert_hidden': 16}, 4 * 16),

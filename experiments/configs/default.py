@@ -78,6 +78,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # A sentence-pair task's head reads [u, v, |u - v|, u * v] of its two segments' mean token
   # states (InferSent) rather than one sentence feature of the joint input.
   c.model.pair_features = True
+  # ... through one hidden ReLU layer (InferSent's classifier): whether a hypothesis's
+  # modifiers are a subset of the premise's is not linear in those features (0 = linear).
+  c.model.pair_head_hidden = 512
   c.model.dtype = 'float32'  # compute dtype: 'bfloat16' on accelerators (params stay float32)
   c.model.remat = 'none'  # per-layer rematerialisation: 'full' or 'dots' (encoder.REMAT)
   # A Hugging Face BERT/RoBERTa folder (config.json + model.safetensors) to start the encoder

@@ -58,6 +58,12 @@ def feature_kind(task: Task, cfg: EncoderConfig) -> str:
   return cfg.pooling
 
 
+def head_hidden(task: Task, cfg: EncoderConfig) -> int:
+  """The hidden width of a task's head: cfg.pair_head_hidden for a head that compares two
+  sentences' features (a subset or an overlap is not linear in them), else 0 (linear)."""
+  return cfg.pair_head_hidden if feature_kind(task, cfg) == 'pair' else 0
+
+
 def representation_key(task: Task, cfg: EncoderConfig) -> str:
   """Which encoder feature a task's head reads: '<feature_kind>_<depth>', or the pooler
   (BERT's classifier input, for a sentence task at the last layer)."""
@@ -114,7 +120,8 @@ class MultiTaskModel(nn.Module):
   shared_params: ClassVar[tuple[str, ...]] = ('encoder',)
 
   def setup_heads(self):
-    self.heads = {t.name: Head(t.num_outputs, self.head_dropout_rate, name=f'head_{t.name}')
+    self.heads = {t.name: Head(t.num_outputs, self.head_dropout_rate,
+                               head_hidden(t, self.encoder_config), name=f'head_{t.name}')
                   for t in self.tasks}
     if self.num_domains:
       self.discriminator = Discriminator(self.num_domains, self.discriminator_hidden)

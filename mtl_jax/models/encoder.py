@@ -58,6 +58,9 @@ class EncoderConfig:
   # A sentence-pair task's head reads pair_features (the two segments' mean token states
   # compared), not the sentence feature: see pair_features.
   pair_features: bool = False
+  # The hidden width of the heads that read pair_features (InferSent's MLP classifier has
+  # 512); 0 = a linear head like every other task's.
+  pair_head_hidden: int = 0
   initializer_range: float = 0.02
   dtype: str = 'float32'  # compute dtype ('bfloat16'); parameters always stay float32
   remat: str = 'none'  # recompute each layer's activations in the backward pass: REMAT
