@@ -13,7 +13,7 @@ import optax
 
 from mtl_jax import tasks as task_lib
 from mtl_jax import weighting
-from mtl_jax.data import local_source
+from mtl_jax.data import builtin_suite, local_source
 from mtl_jax.data.mixture import STRATEGIES
 from mtl_jax.models import architectures, pretrained
 from mtl_jax.models.base import MultiTaskModel
@@ -154,6 +154,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
            f'tokenizer\'s folder, or \'\' to learn a vocabulary).')
   _require(-1.0 <= config.data.relatedness <= 1.0, 'data.relatedness',
            f'must lie in [-1, 1], got {config.data.relatedness}.')
+  version = config.data.suite_version
+  _require(type(version) is int and version in builtin_suite.SUITE_VERSIONS, 'data.suite_version',
+           f'must be one of {builtin_suite.SUITE_VERSIONS}, got {version!r}.')
   splits = builtin_tasks.eval_splits(config.data)
   _require(bool(splits) and all(s in builtin_tasks.EVAL_SPLITS for s in splits)
            and len(set(splits)) == len(splits), 'data.eval_splits',

@@ -1,5 +1,6 @@
 """Tests of the built-in suite. Every label is re-derived here from the generated WORDS, with a
-small parser of our own and the exported lexicon, never through the generator's structures."""
+small tagger and parser of our own and the exported lexicon, never through the generator's
+structures."""
 
 import collections
 import hashlib
@@ -8,20 +9,23 @@ import math
 
 import pytest
 
+from experiments.configs import default
+from mtl_jax.config import ConfigError, validate
 from mtl_jax.data import builtin_suite as bs
+from mtl_jax.data import builtin_tfds
 
 L = bs.LEXICON
 N = 300  # examples per task for the rule checks
 NEGATORS = {'not', 'never'}  # as documented
 
 
-def _gen(task, n=N, seed=0, relatedness=0.5):
-  return bs.generate_examples(task, n, seed, relatedness)
+def _gen(task, n=N, seed=0, relatedness=0.5, version=1):
+  return bs.generate_examples(task, n, seed, relatedness, version)
 
 
-@pytest.fixture(scope='module')
-def singles():
-  return [e for t in bs.SINGLE_TASKS for e in _gen(t, N, seed=7)]
+@pytest.fixture(scope='module', params=bs.SUITE_VERSIONS, ids=lambda v: f'v{v}')
+def singles(request):
+  return [e for t in bs.SINGLE_TASKS for e in _gen(t, N, seed=7, version=request.param)]
 
 
 @pytest.fixture(scope='module')
@@ -29,10 +33,20 @@ def pairs():
   return [e for t in bs.PAIR_TASKS for e in _gen(t, 2 * N, seed=7)]
 
 
-# --- an independent parser -------------------------------------------------------------------
+# --- an independent tagger and parser ----------------------------------------------------------
 
 def _pos(w):
   return L[w].pos
+
+
+def _tags(words):
+  """POS from the left context: a homograph after a determiner or adjective is a NOUN, else
+  (after an auxiliary, negator or adverb) a VERB; every other word has its lexicon tag."""
+  tags = []
+  for w in words:
+    noun_use = w in bs.HOMOGRAPHS and tags and tags[-1] in ('DET', 'ADJ')
+    tags.append('NOUN' if noun_use else _pos(w))
+  return tags
 
 
 def _split_clauses(words):
@@ -49,14 +63,14 @@ def _split_clauses(words):
   return clauses
 
 
-def _parse_np(ws, i, max_adjs=2):
-  assert _pos(ws[i]) == 'DET', ws
+def _parse_np(ws, tags, i, max_adjs=2):
+  assert tags[i] == 'DET', ws
   j = i + 1
   adjs = []
-  while _pos(ws[j]) == 'ADJ':
+  while tags[j] == 'ADJ':
     adjs.append(ws[j])
     j += 1
-  assert _pos(ws[j]) == 'NOUN', ws
+  assert tags[j] == 'NOUN', ws
   assert len(adjs) <= max_adjs and len(set(adjs)) == len(adjs), ws
   after_det = ws[i + 1]
   assert ws[i] != 'a' or after_det[0] not in 'aeiou', ws  # 'a'/'an' agreement
@@ -65,25 +79,26 @@ def _parse_np(ws, i, max_adjs=2):
 
 
 def _parse_clause(ws):
-  subj, i = _parse_np(ws, 0)
+  tags = _tags(ws)
+  subj, i = _parse_np(ws, tags, 0)
   aux = neg = adv = None
-  if _pos(ws[i]) == 'AUX':
+  if tags[i] == 'AUX':
     aux, i = ws[i], i + 1
   if ws[i] in NEGATORS:
     neg, i = ws[i], i + 1
-  if _pos(ws[i]) == 'ADV':
+  if tags[i] == 'ADV':
     adv, i = ws[i], i + 1
   verb = ws[i]
-  assert _pos(verb) == 'VERB', ws
+  assert tags[i] == 'VERB', ws
   i += 1
   # grammar: base form after an auxiliary, past tense otherwise; 'not' only after an auxiliary
   assert (verb == L[verb].lemma) == (aux is not None), ws
   assert neg != 'not' or aux is not None, ws
-  obj, i = _parse_np(ws, i)
+  obj, i = _parse_np(ws, tags, i)
   pp = None
   if i < len(ws):
-    assert _pos(ws[i]) == 'ADP', ws
-    pnp, j = _parse_np(ws, i + 1, max_adjs=1)
+    assert tags[i] == 'ADP', ws
+    pnp, j = _parse_np(ws, tags, i + 1, max_adjs=1)
     pp = (ws[i],) + pnp['words']
     i = j
   assert i == len(ws), ws
@@ -96,8 +111,7 @@ def _parse_clause(ws):
 
 def _chunks(words):
   tags, prev = [], None
-  for w in words:
-    p = _pos(w)
+  for p in _tags(words):
     if p == 'DET':
       tags.append('B-NP')
       prev = 'NP'
@@ -129,7 +143,7 @@ def _sentiment_score(words):
 
 
 def _topic(words):
-  nouns = [w for w in words if _pos(w) == 'NOUN']
+  nouns = [w for w, t in zip(words, _tags(words)) if t == 'NOUN']
   counts = collections.Counter(L[w].topic for w in nouns if L[w].topic)
   best = max(counts.values())
   winners = [t for t, c in counts.items() if c == best]
@@ -225,6 +239,9 @@ def test_conflict_weights_are_fixed_lexical_signs():
     (dict(relatedness=-1.01), '-1.01'),
     (dict(relatedness=float('nan')), 'nan'),
     (dict(seed='0'), "'0'"),
+    (dict(version=3), 'version must be one of'),
+    (dict(version=2.0), '2.0'),
+    (dict(version=True), 'True'),
 ])
 def test_bad_arguments(kwargs, match):
   args = dict(task='sentiment', num_examples=3, seed=0, relatedness=0.0) | kwargs
@@ -232,12 +249,13 @@ def test_bad_arguments(kwargs, match):
     bs.generate_examples(**args)
 
 
-def test_deterministic_and_seed_dependent():
+@pytest.mark.parametrize('version', bs.SUITE_VERSIONS)
+def test_deterministic_and_seed_dependent(version):
   for task in bs.TASKS:
-    a = _gen(task, 40, seed=3)
-    assert a == _gen(task, 40, seed=3)
-    assert a[:15] == _gen(task, 15, seed=3)  # a prefix of a larger request
-    other = _gen(task, 40, seed=4)
+    a = _gen(task, 40, seed=3, version=version)
+    assert a == _gen(task, 40, seed=3, version=version)
+    assert a[:15] == _gen(task, 15, seed=3, version=version)  # a prefix of a larger request
+    other = _gen(task, 40, seed=4, version=version)
     assert sum(x['words_a'] == y['words_a'] for x, y in zip(a, other)) <= 2
   assert _gen('pos', 0) == []
   assert _gen('pos', 20)[0]['words_a'] != _gen('chunk', 20)[0]['words_a']
@@ -249,10 +267,46 @@ def test_golden_output():
   assert hashlib.sha256(blob.encode()).hexdigest() == GOLDEN_SHA256
 
 
-def test_relatedness_changes_only_the_conflict_label():
-  base = _gen('conflict', 200, relatedness=0.0)
+def test_golden_output_v2():
+  blob = json.dumps([_gen(t, 10, seed=1, relatedness=0.25, version=2) for t in bs.TASKS])
+  assert hashlib.sha256(blob.encode()).hexdigest() == GOLDEN_V2_SHA256
+
+
+def test_v2_changes_single_sentences_only():
+  for task in bs.PAIR_TASKS:
+    assert _gen(task, 50, version=2) == _gen(task, 50)
+  for task in bs.SINGLE_TASKS:  # its own random stream
+    v1, v2 = _gen(task, 50), _gen(task, 50, version=2)
+    assert sum(a['words_a'] == b['words_a'] for a, b in zip(v1, v2)) <= 2
+
+
+def test_homographs_are_neutral_verb_lemmas():
+  """So a noun use (polarity 0, topic None, the word's own conflict weight) reads like the verb."""
+  for w in bs.HOMOGRAPHS:
+    assert L[w] == bs.LexEntry('VERB', 0, None, w)
+    assert w[0] not in 'aeiou'  # 'a watch': no 'an' to agree with
+
+
+def test_suite_version_reaches_the_tfds_config_name():
+  v1 = builtin_tfds.suite_config(24, 8, 0.5, 3)
+  assert v1.name == 'n24-8_r0.5_s3' and v1.suite_version == 1  # prepared v1 data stays valid
+  v2 = builtin_tfds.suite_config(24, 8, 0.5, 3, suite_version=2)
+  assert v2.name == 'n24-8_r0.5_s3_v2' and v2.suite_version == 2
+
+
+@pytest.mark.parametrize('value', [0, 3])
+def test_config_rejects_an_unknown_suite_version(value):
+  config = default.get_config()
+  config.data.suite_version = value
+  with pytest.raises(ConfigError, match=r'config.data.suite_version: must be one of \(1, 2\)'):
+    validate(config)
+
+
+@pytest.mark.parametrize('version', bs.SUITE_VERSIONS)
+def test_relatedness_changes_only_the_conflict_label(version):
+  base = _gen('conflict', 200, relatedness=0.0, version=version)
   for rel in (1.0, -1.0, 0.5, -0.3, 0.77):
-    other = _gen('conflict', 200, relatedness=rel)
+    other = _gen('conflict', 200, relatedness=rel, version=version)
     for a, b in zip(base, other):
       assert {k: v for k, v in a.items() if k != 'conflict'} == \
           {k: v for k, v in b.items() if k != 'conflict'}
@@ -300,7 +354,27 @@ def test_grammar(singles, pairs):
 
 def test_pos(singles):
   for e in singles:
-    assert [bs.POS_TAGS[i] for i in e['pos']] == [_pos(w) for w in e['words_a']]
+    assert [bs.POS_TAGS[i] for i in e['pos']] == _tags(e['words_a'])
+
+
+@pytest.mark.parametrize('version', bs.SUITE_VERSIONS)
+def test_which_spellings_are_ambiguous(version):
+  """v1: one tag per spelling. v2: each homograph, and no other word, is written with both
+  tags, hundreds of times each in 4,000 sentences, and the context tagger agrees throughout."""
+  counts = collections.defaultdict(collections.Counter)
+  for e in _gen('pos', 4000, seed=13, version=version):
+    tags = [bs.POS_TAGS[i] for i in e['pos']]
+    assert tags == _tags(e['words_a'])
+    for w, t in zip(e['words_a'], tags):
+      counts[w][t] += 1
+  ambiguous = {w for w, c in counts.items() if len(c) > 1}
+  if version == 1:
+    assert not ambiguous
+    return
+  assert ambiguous == set(bs.HOMOGRAPHS)
+  assert all(counts[w]['NOUN'] >= 150 and counts[w]['VERB'] >= 150 for w in bs.HOMOGRAPHS)
+  written = sum(sum(counts[w].values()) for w in bs.HOMOGRAPHS)
+  assert 0.03 < written / sum(sum(c.values()) for c in counts.values()) < 0.05
 
 
 def test_chunk(singles):
@@ -327,10 +401,11 @@ def test_topic(singles):
     assert bs.TOPICS[e['topic']] == _topic(e['words_a'])
 
 
+@pytest.mark.parametrize('version', bs.SUITE_VERSIONS)
 @pytest.mark.parametrize('relatedness', [0.5, 1.0, 0.0, -1.0, -0.35])
-def test_conflict(relatedness):
+def test_conflict(relatedness, version):
   for task in ('conflict', 'sentiment'):
-    for e in _gen(task, 150, seed=11, relatedness=relatedness):
+    for e in _gen(task, 150, seed=11, relatedness=relatedness, version=version):
       assert e['conflict'] == _conflict(e['words_a'], relatedness)
 
 
@@ -391,3 +466,4 @@ def test_distributions_not_degenerate(singles):
 
 CONFLICT_WEIGHTS_SHA256 = '789784e1c9026bda8936067bb5276f13714941189bad2c7d9b59989e515fe9f1'
 GOLDEN_SHA256 = '851f6ac77c0c5a974ffb68903dc5ff824669eca49ed627a1fe404a060668dd13'
+GOLDEN_V2_SHA256 = '83d8f71963400f390917e76b71b49cee82ce35d03cdc5474caeb8de46e086155'

@@ -41,6 +41,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # built-in suite: the splits each task is scored on, the first primary ('validation', 'test')
   c.data.eval_splits = ('validation',)
   c.data.relatedness = 0.5  # built-in suite: how much the `conflict` task shares with sentiment
+  c.data.suite_version = 1  # built-in suite: generator version; 2 adds homographs (its docs)
   c.data.vocab_size = 800  # size of a learnt WordPiece vocabulary
   # '' learns a WordPiece vocabulary (the built-in suite's own, or one from the run's training
   # text); or the folder of a pretrained tokenizer (tokenizer.json or vocab.txt).

@@ -1,8 +1,13 @@
 """The built-in offline suite: English-like sentences with exact, rule-defined labels for 7 tasks.
 
-Everything here is pure Python and deterministic: `generate_examples(task, n, seed, relatedness)`
-returns the same list for the same arguments on every machine and Python version (randomness comes
-only from `random.Random.random()`, seeded from a SHA-256 digest, whose sequence Python guarantees).
+Everything here is pure Python and deterministic: `generate_examples(task, n, seed, relatedness,
+version)` returns the same list for the same arguments on every machine and Python version
+(randomness comes only from `random.Random.random()`, seeded from a SHA-256 digest, whose sequence
+Python guarantees).
+
+Versions (SUITE_VERSIONS): in version 1 every word has one POS tag. Version 2 also writes the
+verbs of HOMOGRAPHS as generic inanimate nouns ('the watch' / 'will watch'), so their tag needs
+context; its pair examples are version 1's.
 
 A sentence is one clause, or two clauses joined by ", but" / "and", ending in ".":
 
@@ -13,7 +18,8 @@ A sentence is one clause, or two clauses joined by ", but" / "and", ending in ".
   PP     = ADP NP
 
 Labels (docs/builtin_suite.md states every rule exactly):
-  pos         one of POS_TAGS per word (the word's entry in LEXICON).
+  pos         one of POS_TAGS per word: the word's entry in LEXICON, except that a homograph
+              (version 2) is NOUN inside a noun phrase.
   chunk       CoNLL-2000 style BIO: NP, VP (aux+neg+adverb+verb), PP (the preposition alone), O.
   sentiment   sign of the polarity sum, with polarity flipped from a negator to the end of its
               clause.
@@ -59,7 +65,8 @@ SIGMA_SENTIMENT = 1.9
 SIGMA_LEXICAL = 3.1
 
 # ----------------------------------------------------------------------------------------------
-# Vocabulary. Every word has exactly one part of speech, so POS is a function of the word.
+# Vocabulary. Every word has one lexicon entry; only the HOMOGRAPHS of version 2 have a second
+# part of speech (NOUN), so in version 1 POS is a function of the word.
 # ----------------------------------------------------------------------------------------------
 
 _DETERMINERS = ('the', 'a', 'this', 'that', 'every', 'some')  # 'a' is written 'an' before a vowel
@@ -168,6 +175,23 @@ def _build_lexicon() -> dict[str, LexEntry]:
 # word -> LexEntry, for every word the generator can write.
 LEXICON: dict[str, LexEntry] = _build_lexicon()
 VOCABULARY: tuple[str, ...] = tuple(sorted(LEXICON))
+
+# Version 2's noun/verb homographs: neutral verb lemmas that are also generic inanimate nouns
+# ('a watch', 'the visit', 'a notice', 'a find', 'the mention'). As a noun each has polarity 0 and
+# topic None, as its verb entry has, so the sentiment and topic rules read both uses alike.
+HOMOGRAPHS = ('watch', 'visit', 'notice', 'find', 'mention')
+
+
+class _Homographs(NamedTuple):
+  """How often a suite version draws a homograph for each use."""
+  p_verb: float  # a clause's verb (else drawn from all verbs, as in version 1)
+  p_noun: float  # an object or PP noun (else drawn as in version 1)
+
+
+# suite version -> its homograph rates (version 1: none, and no random number drawn for them).
+_HOMOGRAPH_RATES = {1: _Homographs(0.0, 0.0), 2: _Homographs(0.2, 0.15)}
+SUITE_VERSIONS = tuple(_HOMOGRAPH_RATES)
+_V1 = _HOMOGRAPH_RATES[1]
 
 # Words whose conflict weight is non-zero: nouns, adjectives, verbs and adverbs except 'never'.
 _CONTENT_POS = ('NOUN', 'ADJ', 'VERB', 'ADV')
@@ -420,7 +444,15 @@ def _adjectives(rng: random.Random, k: int, exclude=()) -> tuple[str, ...]:
   return tuple(out)
 
 
-def _noun(rng: random.Random, topic: str, animate: bool) -> str:
+def _homograph(rng: random.Random, p: float) -> str | None:
+  """A homograph with probability p, else None; at p = 0 it draws nothing (version 1's stream)."""
+  return _choice(rng, HOMOGRAPHS) if p and rng.random() < p else None
+
+
+def _noun(rng: random.Random, topic: str, animate: bool, rates: _Homographs = _V1) -> str:
+  homograph = None if animate else _homograph(rng, rates.p_noun)
+  if homograph:
+    return homograph
   u = rng.random()
   if u < 0.55:
     t = topic
@@ -431,14 +463,15 @@ def _noun(rng: random.Random, topic: str, animate: bool) -> str:
   return _choice(rng, _ANIMATE[t] if animate else _INANIMATE[t])
 
 
-def _np(rng: random.Random, topic: str, animate: bool, adj_weights=(0.45, 0.35, 0.2)) -> _NP:
+def _np(rng: random.Random, topic: str, animate: bool, adj_weights=(0.45, 0.35, 0.2),
+        rates: _Homographs = _V1) -> _NP:
   dets = _DETERMINERS if len(adj_weights) == 3 else _PP_DETERMINERS
   return _NP(_choice(rng, dets), _adjectives(rng, _weighted(rng, adj_weights)),
-             _noun(rng, topic, animate))
+             _noun(rng, topic, animate, rates))
 
 
-def _pp(rng: random.Random, topic: str) -> tuple[str, _NP]:
-  return (_choice(rng, _PREPOSITIONS), _np(rng, topic, False, adj_weights=(0.6, 0.4)))
+def _pp(rng: random.Random, topic: str, rates: _Homographs = _V1) -> tuple[str, _NP]:
+  return (_choice(rng, _PREPOSITIONS), _np(rng, topic, False, (0.6, 0.4), rates))
 
 
 def _negated_vp(rng: random.Random) -> tuple[str | None, str]:
@@ -449,27 +482,28 @@ def _negated_vp(rng: random.Random) -> tuple[str | None, str]:
 
 
 def _clause(rng: random.Random, topic: str, p_neg: float = 0.4, p_adv: float = 0.3,
-            p_pp: float = 0.4) -> _Clause:
+            p_pp: float = 0.4, rates: _Homographs = _V1) -> _Clause:
   subj = _np(rng, topic, True)
   if rng.random() < p_neg:
     aux, neg = _negated_vp(rng)
   else:
     aux, neg = (None if rng.random() < 0.5 else _choice(rng, _AUXILIARIES)), None
   adv = _choice(rng, _ALL_ADVERBS) if rng.random() < p_adv else None
-  verb = _choice(rng, _VERB_LEMMAS)
-  obj = _np(rng, topic, False)
-  pp = _pp(rng, topic) if rng.random() < p_pp else None
+  verb = _homograph(rng, rates.p_verb) or _choice(rng, _VERB_LEMMAS)
+  obj = _np(rng, topic, False, rates=rates)
+  pp = _pp(rng, topic, rates) if rng.random() < p_pp else None
   return _Clause(subj, aux, neg, adv, verb, obj, pp)
 
 
-def _single_example(task: str, rng: random.Random, relatedness: float) -> dict:
+def _single_example(task: str, rng: random.Random, relatedness: float,
+                    rates: _Homographs) -> dict:
   for _ in range(_MAX_ATTEMPTS):
     topic = _choice(rng, TOPICS)
-    clauses = [_clause(rng, topic)]
+    clauses = [_clause(rng, topic, rates=rates)]
     conj = None
     if rng.random() < 0.5:
       conj = _choice(rng, _CONJUNCTIONS)
-      clauses.append(_clause(rng, topic))
+      clauses.append(_clause(rng, topic, rates=rates))
     s = sum(_clause_sentiment(c) for c in clauses)
     topic_id = _topic_label(clauses)
     if s == 0 or topic_id is None:
@@ -707,15 +741,17 @@ def _pair_example(task: str, rng: random.Random) -> dict:
 # Public entry point.
 # ----------------------------------------------------------------------------------------------
 
-def generate_examples(task: str, num_examples: int, seed: int, relatedness: float) -> list[dict]:
+def generate_examples(task: str, num_examples: int, seed: int, relatedness: float,
+                      version: int = 1) -> list[dict]:
   """`num_examples` examples whose home task is `task`; see the module and docs/builtin_suite.md.
 
-  Deterministic given (task, num_examples, seed, relatedness); different seeds give different data.
-  Example i depends only on (task, seed, i) and, through the conflict label, on relatedness: the
-  words and all other labels are the same for every relatedness (a sentence is resampled for one
-  relatedness and not another only if its mixed conflict score is exactly 0, which the constants
-  make impossible for relatedness in {-1, -0.5, 0, 0.5, 1} and practically any other value), and
-  the first n examples of a larger request equal a request for n.
+  Deterministic given (task, num_examples, seed, relatedness, version); different seeds give
+  different data. Example i depends only on (task, seed, version, i) and, through the conflict
+  label, on relatedness: the words and all other labels are the same for every relatedness (a
+  sentence is resampled for one relatedness and not another only if its mixed conflict score is
+  exactly 0, which the constants make impossible for relatedness in {-1, -0.5, 0, 0.5, 1} and
+  practically any other value), and the first n examples of a larger request equal a request
+  for n.
 
   Args:
     task: one of TASKS.
@@ -723,6 +759,7 @@ def generate_examples(task: str, num_examples: int, seed: int, relatedness: floa
     seed: any integer (callers derive it from the suite seed and the split).
     relatedness: in [-1, 1]; how much the conflict task shares with sentiment (1: identical,
       0: an unrelated lexical partition, -1: the opposite of sentiment).
+    version: one of SUITE_VERSIONS; 2 adds the noun uses of HOMOGRAPHS to single sentences.
   """
   if task not in TASKS:
     raise ValueError(f'Unknown built-in task {task!r}; expected one of {TASKS}.')
@@ -735,13 +772,18 @@ def generate_examples(task: str, num_examples: int, seed: int, relatedness: floa
   if (isinstance(relatedness, bool) or not isinstance(relatedness, numbers.Real)
       or not math.isfinite(relatedness) or not -1.0 <= relatedness <= 1.0):
     raise ValueError(f'relatedness must be a number in [-1, 1], got {relatedness!r}.')
+  if (isinstance(version, bool) or not isinstance(version, numbers.Integral)
+      or version not in SUITE_VERSIONS):
+    raise ValueError(f'version must be one of {SUITE_VERSIONS}, got {version!r}.')
   relatedness = float(relatedness)
   seed = operator.index(seed)
+  # Single sentences of each version have their own random streams; pair examples are v1's.
+  stream = operator.index(version) if task in SINGLE_TASKS else 1
   examples = []
   for i in range(operator.index(num_examples)):
-    rng = _rng_from_key(f'mtl_jax.builtin_suite/v1|{task}|{seed}|{i}')
+    rng = _rng_from_key(f'mtl_jax.builtin_suite/v{stream}|{task}|{seed}|{i}')
     if task in SINGLE_TASKS:
-      examples.append(_single_example(task, rng, relatedness))
+      examples.append(_single_example(task, rng, relatedness, _HOMOGRAPH_RATES[version]))
     else:
       examples.append(_pair_example(task, rng))
   return examples

@@ -1,8 +1,8 @@
 """The built-in suite as a TFDS dataset: generated once, stored as array_record, read back
 through `tfds.data_source` and grain, like any other TFDS dataset.
 
-The suite's parameters (sizes, relatedness, seed) form the builder config, so each distinct
-setting is prepared once under data_dir and reused.
+The suite's parameters (sizes, relatedness, seed, version) form the builder config, so each
+distinct setting is prepared once under data_dir and reused.
 """
 
 import dataclasses
@@ -28,6 +28,7 @@ class SuiteConfig(tfds.core.BuilderConfig):
   eval_size: int = 500  # examples per task in the validation and test splits
   relatedness: float = 0.5
   seed: int = 0
+  suite_version: int = 1  # builtin_suite.SUITE_VERSIONS (BuilderConfig has its own `version`)
 
 
 class MtlBuiltin(tfds.core.GeneratorBasedBuilder):
@@ -55,14 +56,18 @@ class MtlBuiltin(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     for task in suite.TASKS:
       seed = zlib.crc32(f'{cfg.seed}/{split}/{task}'.encode())
-      for i, ex in enumerate(suite.generate_examples(task, size, seed, cfg.relatedness)):
+      examples = suite.generate_examples(task, size, seed, cfg.relatedness, cfg.suite_version)
+      for i, ex in enumerate(examples):
         yield f'{task}-{i}', ex
 
 
-def suite_config(train_size: int, eval_size: int, relatedness: float, seed: int) -> SuiteConfig:
+def suite_config(train_size: int, eval_size: int, relatedness: float, seed: int,
+                 suite_version: int = 1) -> SuiteConfig:
   name = f'n{train_size}-{eval_size}_r{relatedness:g}_s{seed}'
+  if suite_version != 1:  # version 1 keeps its first name, so prepared data stays valid
+    name += f'_v{suite_version}'
   return SuiteConfig(name=name, train_size=train_size, eval_size=eval_size,
-                     relatedness=relatedness, seed=seed)
+                     relatedness=relatedness, seed=seed, suite_version=suite_version)
 
 
 def data_sources(cfg: SuiteConfig, data_dir: str) -> dict:

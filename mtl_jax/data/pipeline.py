@@ -107,7 +107,7 @@ def _local_examples(data_cfg, task: Task, spec: local_source.LocalSpec) -> _Exam
 
 def _suite_config(data_cfg) -> builtin_tfds.SuiteConfig:
   return builtin_tfds.suite_config(data_cfg.train_size, data_cfg.eval_size,
-                                   data_cfg.relatedness, data_cfg.seed)
+                                   data_cfg.relatedness, data_cfg.seed, data_cfg.suite_version)
 
 
 def _tokenizer(data_cfg, train: dict[str, Sequence[Example]], builtin_only: bool,
