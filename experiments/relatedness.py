@@ -1,13 +1,17 @@
 """Does the relatedness knob move transfer? Conflict's MTL−STL gap at relatedness −1, 0 and +1.
 
-  PYTHONPATH=. python -m experiments.relatedness --workdir runs/relatedness [--seeds=3]
+  PYTHONPATH=. python -m experiments.relatedness --workdir runs/relatedness \
+      [--seeds=3] [--label_fraction=0.05]
 
-For each relatedness and seed, the main job (experiments/configs/default.py, mode 'both') on
-the tasks (sentiment, conflict): conflict alone (STL) and with sentiment under hard sharing and
-equal weights (MTL), same seed for both, so the gap is paired. A finished run is reused and an
-unfinished one (its `.partial` folder) is redone. Prints a markdown table: conflict's STL and
-MTL accuracy (mean ± sample std), the paired gap's mean and standard error, and the verdict the
-issue asks for: positive transfer if gap > 2 SE, negative if gap < −2 SE, else none.
+For each relatedness and seed, the main job's config (experiments/configs/default.py) trains
+conflict alone (STL: mode 'single') and conflict with sentiment under hard sharing and equal
+weights (MTL: mode 'multi'), same seed for both, so the gap is paired. Both read the same
+sentences (every built-in sentence carries both labels); with --label_fraction < 1 conflict
+keeps its labels on that fraction of them (config.data.label_fraction) while sentiment keeps
+all: a scarce task beside a plentiful one, where sharing has something to give. A finished run
+is reused and an unfinished one (its `.partial` folder) is redone. Prints a markdown table:
+conflict's STL and MTL accuracy (mean ± sample std), the paired gap's mean and standard error,
+and the verdict: positive transfer if gap > 2 SE, negative if gap < −2 SE, else none.
 """
 
 import json
@@ -23,32 +27,37 @@ from mtl_jax.train.loop import train_and_evaluate
 flags.DEFINE_string('workdir', None, 'Where the runs and their eval.json go.')
 flags.DEFINE_list('relatedness', ['-1', '0', '1'], 'Values of config.data.relatedness.')
 flags.DEFINE_integer('seeds', 3, 'Seeds per setting (config.seed; the data stay fixed).')
+flags.DEFINE_float('label_fraction', 1.0, 'Fraction of the sentences labelled for conflict.')
 flags.mark_flags_as_required(['workdir'])
 
-TASKS = ('sentiment', 'conflict')
+PHASES = {'single': ('conflict',), 'multi': ('sentiment', 'conflict')}  # mode -> tasks
 
 
-def run_config(relatedness: float, seed: int):
+def run_config(mode: str, relatedness: float, seed: int, label_fraction: float):
   c = default.get_config()
-  c.tasks = TASKS
+  c.mode = mode
+  c.tasks = PHASES[mode]
   c.seed = seed
   c.data.relatedness = relatedness
+  if label_fraction < 1:
+    c.data.label_fraction = {'conflict': label_fraction}
+  c.reference = ''
   c.checkpoint.every = 0
   c.logging.representations = 0
   return c
 
 
-def conflict_accuracy(relatedness: float, seed: int, workdir: str) -> tuple[float, float]:
-  """(STL, MTL) accuracy of conflict on the validation split."""
+def conflict_accuracy(mode: str, relatedness: float, seed: int, label_fraction: float,
+                      workdir: str) -> float:
+  """Conflict's accuracy on the validation split after the `mode` run."""
   path = os.path.join(workdir, 'eval.json')
   if not os.path.exists(path):
     partial = workdir + '.partial'
     shutil.rmtree(partial, ignore_errors=True)  # our own leftovers from a cut-short sweep
-    train_and_evaluate(run_config(relatedness, seed), partial)
+    train_and_evaluate(run_config(mode, relatedness, seed, label_fraction), partial)
     os.replace(partial, workdir)
   with open(path) as f:
-    report = json.load(f)
-  return report['single']['conflict']['accuracy'], report['multi']['conflict']['accuracy']
+    return json.load(f)[mode]['conflict']['accuracy']
 
 
 def verdict(gap: float, se: float) -> str:
@@ -66,9 +75,12 @@ def main(argv):
   print('| relatedness | conflict STL | conflict MTL | MTL − STL (± SE) | transfer |')
   print('|---|---|---|---|---|')
   for relatedness in map(float, f.relatedness):
-    stl, mtl = np.array([conflict_accuracy(
-        relatedness, seed, os.path.join(f.workdir, f'relatedness_{relatedness:g}',
-                                        f'seed_{seed}')) for seed in range(f.seeds)]).T
+    folder = lambda mode, seed: os.path.join(
+        f.workdir, f'fraction_{f.label_fraction:g}', f'relatedness_{relatedness:g}',
+        f'seed_{seed}', mode)
+    stl, mtl = (np.array([conflict_accuracy(mode, relatedness, seed, f.label_fraction,
+                                            folder(mode, seed)) for seed in range(f.seeds)])
+                for mode in PHASES)
     gaps = mtl - stl
     se = gaps.std(ddof=1) / np.sqrt(len(gaps))
     print(f'| {relatedness:g} | {stl.mean():.4f} ± {stl.std(ddof=1):.4f} | '

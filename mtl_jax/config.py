@@ -152,6 +152,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
   _require(not config.data.vocabulary or os.path.isdir(config.data.vocabulary),
            'data.vocabulary', f'{config.data.vocabulary!r} is not a folder (give a pretrained '
            f'tokenizer\'s folder, or \'\' to learn a vocabulary).')
+  for name, fraction in config.data.get('label_fraction', {}).items():
+    where = f'data.label_fraction.{name}'
+    _require(name in config.tasks, where, f'{name!r} is not a task of the run '
+             f'{list(config.tasks)}.')
+    _require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+             and 0 < fraction <= 1, where, f'must be a fraction in (0, 1], got {fraction!r}.')
   _require(-1.0 <= config.data.relatedness <= 1.0, 'data.relatedness',
            f'must lie in [-1, 1], got {config.data.relatedness}.')
   version = config.data.suite_version

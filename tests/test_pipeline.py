@@ -215,3 +215,27 @@ def test_regression_targets_are_scaled_by_their_training_mean_and_std(smoke_conf
   np.testing.assert_allclose(scaled[1].target_scale, (np.mean(values), np.std(values)),
                              rtol=1e-6)
   assert scaled[1].target_scale[1] > 0.5  # the suite's similarities spread over [0, 5]
+
+
+def test_label_fraction_keeps_a_tasks_labels_on_a_prefix_of_each_home(smoke_config):
+  """data.label_fraction: sentiment keeps its labels on the first ceil(0.2 * 24) = 5 rows of
+  each single-sentence home dataset, similarity on the first 12 of each pair one (its scaler
+  fitted on those alone); other tasks keep every label; every row stays in the mixture."""
+  cfg = _data_cfg(smoke_config)
+  cfg.label_fraction = {'sentiment': 0.2, 'similarity': 0.5}
+  tasks = tuple(task_lib.get(n) for n in ('pos', 'sentiment', 'similarity'))
+  data = load_task_data(cfg, tasks)
+  assert data.train_sizes == (24,) * 7
+  masks = _all_rows(data)['label_masks']
+  row = np.tile(np.arange(24), 7)
+  single = np.repeat(np.arange(7), 24) < 5
+  np.testing.assert_array_equal(masks['sentiment'], single & (row < 5))
+  np.testing.assert_array_equal(masks['similarity'], ~single & (row < 12))
+  assert masks['pos'][single].any(axis=1).all()
+  # The scaler's rows are the ones whose masks are on: the stored order's first 12.
+  homes = [data.train.homes[data.train.names.index(h)] for h in ('entailment', 'similarity')]
+  kept = [home[i].labels['similarity'] for home in homes for i in range(12)]
+  every = [ex.labels['similarity'] for home in homes for ex in home]
+  scale = scaled_tasks(tasks, data)[2].target_scale
+  np.testing.assert_allclose(scale, (np.mean(kept), np.std(kept)), rtol=1e-6)
+  assert not np.allclose(scale, (np.mean(every), np.std(every)), rtol=1e-6)

@@ -52,6 +52,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # c.data.local.glue_cola = dict(format='tsv', paths=dict(train=..., validation=...), ...)
   c.data.local = ml_collections.ConfigDict()
   c.data.bad_rows = 'error'  # a malformed local row: 'error' (file:line) or 'skip' (counted)
+  # Task -> fraction of the training rows that keep its labels (a scarce task beside tasks
+  # labelled on every row; mtl_jax.data.train_rows), e.g. {'conflict': 0.05}. Empty = all.
+  c.data.label_fraction = ml_collections.ConfigDict()
   # Regression heads predict targets standardised by their training mean and std (the loss
   # starts near 1 in any units; predictions and metrics stay in the targets' units).
   c.data.standardize_targets = True

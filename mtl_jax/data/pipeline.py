@@ -10,9 +10,10 @@ are fed.
 """
 
 import dataclasses
+import itertools
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import grain
@@ -25,7 +26,7 @@ from mtl_jax.data.features import (INPUT_KEYS, Example, carries, concat_tables, 
                                    num_rows)
 from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sample_rows
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer, load_wordpiece
-from mtl_jax.data.train_rows import TrainRows
+from mtl_jax.data.train_rows import TrainRows, labelled_rows
 from mtl_jax.evaluation.metrics import get_metric
 from mtl_jax.tasks import Task, TaskKind, num_choices
 from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE, eval_splits as builtin_eval_splits
@@ -175,10 +176,12 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
   if untrained:
     raise ValueError(f'Tasks {untrained} have no labelled training examples (glue_ax is '
                      f'evaluation only; a local task needs a \'train\' path).')
+  # Runs stored before the fields existed: every label kept, raw targets.
+  fractions = dict(data_cfg.get('label_fraction', {}))
   rows = TrainRows(homes, [train[h] for h in homes], [carried[h] for h in homes], tasks,
-                   tokenizer, data_cfg.seq_len)
-  # A run's config.json from before the field existed trained on raw targets.
-  scales = (target_scales(tasks, [train[h] for h in homes], [carried[h] for h in homes])
+                   tokenizer, data_cfg.seq_len, fractions)
+  scales = (target_scales(tasks, [train[h] for h in homes], [carried[h] for h in homes],
+                          fractions)
             if data_cfg.get('standardize_targets', False) else {})
 
   with progress.bar(sum(len(splits) for splits in validation.values()), 'tokenise',
@@ -195,17 +198,27 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
                   tokenizer.get_vocab_size(), skipped, tokenizer, scales)
 
 
+def _labelled(home: Sequence[Example], task: Task, label_fraction: Mapping[str, float]):
+  """The examples of `home` that keep `task`'s labels (config.data.label_fraction)."""
+  if task.name not in label_fraction:
+    return home
+  return itertools.islice(home, labelled_rows(label_fraction[task.name], len(home)))
+
+
 def target_scales(tasks: Sequence[Task], homes: Sequence[Sequence[Example]],
-                  carried: Sequence[frozenset[str]]) -> dict[str, tuple[float, float]]:
+                  carried: Sequence[frozenset[str]], label_fraction: Mapping[str, float]
+                  ) -> dict[str, tuple[float, float]]:
   """Each regression task's (mean, std) over its training targets, as a standard scaler
   fits them (std with ddof 0; 1 if the targets are constant). Reads every training example
-  of the home datasets that carry the task (a TFDS split record by record)."""
+  it keeps labels of (label_fraction) in the home datasets that carry the task (a TFDS
+  split record by record)."""
   scales = {}
   for task in tasks:
     if task.kind is not TaskKind.REGRESSION:
       continue
     values = np.array([ex.labels[task.name] for home, c in zip(homes, carried)
-                       if task.name in c for ex in home if carries(task, ex)], np.float64)
+                       if task.name in c for ex in _labelled(home, task, label_fraction)
+                       if carries(task, ex)], np.float64)
     std = float(values.std())
     scales[task.name] = (float(values.mean()), std if std > 0 else 1.0)
   return scales

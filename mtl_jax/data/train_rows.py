@@ -7,7 +7,8 @@ once, with the labels of every task of the run, and kept: the fits that follow (
 baselines, fine-tuning) reuse them, so every fit reads exactly the tokens the first did.
 """
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -17,17 +18,27 @@ from mtl_jax.tasks import Task
 from mtl_jax.train import progress
 
 
+def labelled_rows(fraction: float, size: int) -> int:
+  """How many leading rows of a home dataset of `size` rows keep a task's labels under
+  config.data.label_fraction (at least one)."""
+  return max(1, math.ceil(fraction * size))
+
+
 class TrainRows:
   """The run's home datasets: `table` reads and tokenises a row the first time it is
   asked for. `carries[h]`: the names of the run's tasks that home dataset h has labels
-  of."""
+  of. `label_fraction[task]` (config.data.label_fraction): the task keeps its labels on
+  the first labelled_rows(fraction, size) rows of every home dataset, and the rest are
+  unlabelled for it (a home's rows are independent draws, so the prefix is a random
+  subset): a scarce task beside tasks that label every row."""
 
   def __init__(self, names: Sequence[str], homes: Sequence[Sequence[Example]],
                carries: Sequence[frozenset[str]], tasks: Sequence[Task], tokenizer,
-               seq_len: int):
+               seq_len: int, label_fraction: Mapping[str, float] | None = None):
     self.names, self.homes, self.carries = tuple(names), tuple(homes), tuple(carries)
     self.tasks, self.tokenizer, self.seq_len = tuple(tasks), tokenizer, seq_len
     self.sizes = tuple(len(h) for h in self.homes)
+    self.label_fraction = dict(label_fraction or {})
     # Per home: the sorted ids of the rows tokenised so far, and their table (None: none).
     self._done: list[tuple[np.ndarray, dict | None]] = [
         (np.zeros(0, np.int64), None) for _ in self.homes]
@@ -51,6 +62,10 @@ class TrainRows:
       new = encode_examples([self.homes[home][int(i)] for i in missing], self.tasks,
                             self.tokenizer, self.seq_len,
                             f'train split, {self.names[home]} examples', missing)
+      for task, fraction in self.label_fraction.items():
+        kept = missing < labelled_rows(fraction, self.sizes[home])
+        masks = new['label_masks'][task]
+        masks *= kept.reshape((-1,) + (1,) * (masks.ndim - 1))
       bar.update(len(missing))
     ids, table = self._done[home]
     if table is None:
