@@ -1,7 +1,9 @@
 import os
 
+from xla_flags import with_host_devices
+
 # Several CPU devices for the multi-device tests; must be set before JAX starts.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ['XLA_FLAGS'] = with_host_devices(os.environ.get('XLA_FLAGS', ''), 8)
 
 import optax
 import pytest

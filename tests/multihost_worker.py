@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from xla_flags import with_host_devices
+
 LOCAL_DEVICES = 4
 
 
@@ -30,7 +32,7 @@ def config(layout: str, data_dir: str):
 
 
 def main(layout, workdir, data_dir, port, process_id, num_processes):
-  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={LOCAL_DEVICES}'
+  os.environ['XLA_FLAGS'] = with_host_devices(os.environ.get('XLA_FLAGS', ''), LOCAL_DEVICES)
   os.environ['JAX_PLATFORMS'] = 'cpu'
   logging.basicConfig(level=logging.INFO, format='%(message)s', force=True)  # rows read
   from mtl_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel

@@ -27,10 +27,9 @@ def _free_port() -> int:
 
 def _run_processes(layout, workdir, data_dir, num_processes=2):
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   procs = [subprocess.Popen([sys.executable, WORKER, layout, workdir, data_dir, str(port),
                              str(i), str(num_processes)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(num_processes)]
   outputs = []
   try:
