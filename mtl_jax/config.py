@@ -160,8 +160,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
              and 0 < fraction <= 1, where, f'must be a fraction in (0, 1], got {fraction!r}.')
   _require(-1.0 <= config.data.relatedness <= 1.0, 'data.relatedness',
            f'must lie in [-1, 1], got {config.data.relatedness}.')
-  version = config.data.suite_version
-  _require(type(version) is int and version in builtin_suite.SUITE_VERSIONS, 'data.suite_version',
+  version = config.data.get('suite_version', 1)  # absent from runs stored before it
+  _require(type(version) is int and version in builtin_suite.SUITE_VERSIONS,
+           'data.suite_version',
            f'must be one of {builtin_suite.SUITE_VERSIONS}, got {version!r}.')
   splits = builtin_tasks.eval_splits(config.data)
   _require(bool(splits) and all(s in builtin_tasks.EVAL_SPLITS for s in splits)

@@ -107,8 +107,9 @@ def _local_examples(data_cfg, task: Task, spec: local_source.LocalSpec) -> _Exam
 
 
 def _suite_config(data_cfg) -> builtin_tfds.SuiteConfig:
-  return builtin_tfds.suite_config(data_cfg.train_size, data_cfg.eval_size,
-                                   data_cfg.relatedness, data_cfg.seed, data_cfg.suite_version)
+  # A run's config.json from before suite versions existed ran version 1.
+  return builtin_tfds.suite_config(data_cfg.train_size, data_cfg.eval_size, data_cfg.relatedness,
+                                   data_cfg.seed, data_cfg.get('suite_version', 1))
 
 
 def _tokenizer(data_cfg, train: dict[str, Sequence[Example]], builtin_only: bool,
