@@ -28,7 +28,7 @@ from mtl_jax.models.base import sentence_key
 from mtl_jax.report.representations import _sentence_feature
 from mtl_jax.tasks import TaskKind
 from mtl_jax.train import loop
-from mtl_jax.train.step import apply_model
+from mtl_jax.train.forward import apply_model
 
 
 def spread(x: np.ndarray) -> dict:

@@ -19,6 +19,7 @@ from mtl_jax.models import architectures, pretrained
 from mtl_jax.models.base import MultiTaskModel
 from mtl_jax.models.encoder import DTYPES, REMAT, EncoderConfig
 from mtl_jax.objectives import adversarial
+from mtl_jax.objectives.terms import Term
 from mtl_jax.tasks import builtin as builtin_tasks
 
 MODES = ('multi', 'single', 'both')
@@ -264,8 +265,8 @@ def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> Enc
 
 
 def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, ...],
-                tokenizer_vocab_size: int, num_domains: int = 0) -> MultiTaskModel:
-  """The run's architecture. `num_domains` > 0 adds the adversary's task discriminator."""
+                tokenizer_vocab_size: int) -> MultiTaskModel:
+  """The run's architecture. With the adversary its output holds the shared features."""
   vocab_size = config.model.vocab_size or tokenizer_vocab_size
   _require(vocab_size >= tokenizer_vocab_size, 'model.vocab_size',
            f'{vocab_size} is smaller than the tokenizer\'s vocabulary '
@@ -274,7 +275,7 @@ def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, .
   try:
     model = architectures.build(name, encoder_config(config.model, vocab_size), tasks,
                                 dict(config.model.args), config.model.head_dropout_rate,
-                                num_domains, config.adversary.hidden)
+                                shared_features=config.adversary.enabled)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model.args: {name}: {e}') from e
   per_task = weighting.needs_task_gradients(build_weighting(config),
@@ -287,15 +288,18 @@ def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, .
   return model
 
 
-def build_adversary(config: ml_collections.ConfigDict) -> adversarial.Adversary | None:
-  """The run's adversary, or None when config.adversary.enabled is off."""
+def build_terms(config: ml_collections.ConfigDict, num_domains: int) -> dict[str, Term]:
+  """The run's objective terms besides the tasks' losses (mtl_jax.objectives.terms): the
+  adversary when config.adversary.enabled, whose discriminator tells `num_domains` training
+  datasets apart."""
   adv = config.adversary
   if not adv.enabled:
-    return None
+    return {}
   weight = lambda step: adversarial.adversary_weight(step, config.num_steps, adv.weight,
                                                       adv.schedule, adv.gamma)
-  return adversarial.Adversary(adv.loss, adv.optimization, weight,
-                               optax.adam(adv.learning_rate))
+  return {adversarial.NAME: adversarial.Adversary(
+      adv.loss, adv.optimization, weight, optax.adam(adv.learning_rate), num_domains,
+      adv.hidden)}
 
 
 def build_weighting(config: ml_collections.ConfigDict) -> weighting.Method:

@@ -50,18 +50,17 @@ def build_step(config, method=None, mode='params', diagnostics=False, sgd_learni
   """
   tasks = config_lib.validate(config)
   data = load_task_data(config.data, tasks)
-  adversary = config_lib.build_adversary(config)
-  if adversary is not None and sgd_learning_rate is not None:
-    adversary = adversary._replace(optimizer=optax.sgd(sgd_learning_rate))
-  num_domains = len(data.train_names) if adversary is not None else 0
-  model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
+  terms = config_lib.build_terms(config, len(data.train_names))
+  if sgd_learning_rate is not None:
+    terms = {k: t._replace(optimizer=optax.sgd(sgd_learning_rate)) for k, t in terms.items()}
+  model = config_lib.build_model(config, tasks, data.vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = (make_optimizer(config.optimizer, schedule) if sgd_learning_rate is None
                else optax.sgd(sgd_learning_rate))
   method = method or weighting.get('equal')
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
-                       mode, config.batch_size, adversary, pretrained.load(model))
+                       mode, config.batch_size, terms, pretrained.load(model))
   step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics,
-                         grouped=config.sampling.strategy == 'grouped', adversary=adversary,
+                         grouped=config.sampling.strategy == 'grouped', terms=terms,
                          axis_name=axis_name, micro_batches=config.micro_batches)
   return tasks, data, state, model, step

@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from conftest import build_step
+from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.models.encoder import EncoderConfig
@@ -23,8 +24,9 @@ from mtl_jax.models.multitask import HardSharing
 from mtl_jax.objectives import adversarial
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import Task, TaskKind
+from mtl_jax.train.forward import apply_model
 from mtl_jax.train.loop import create_state
-from mtl_jax.train.step import apply_model, make_train_step
+from mtl_jax.train.step import make_train_step
 
 LEARNING_RATE = 0.5  # SGD everywhere: a parameter's change is -lr × its gradient
 ADVERSARY_WEIGHT = 0.7
@@ -68,21 +70,20 @@ def config(exact_config):
   return exact_config
 
 
-def _expected_step(model, tasks, params, batch, adversary: adversarial.Adversary):
+def _expected_step(model, tasks, theta, phi, batch, adversary: adversarial.Adversary):
   """One SGD step of Σ L_i + penalty − λ_adv L_adv (or + λ_adv CE(uniform, D)), each part
-  from its own jax.grad call; alternating updates the discriminator first."""
+  from its own jax.grad call; alternating updates the discriminator first. (the model's
+  new parameters, the discriminator's) from the model's `theta` and D's `phi`."""
   lam = ADVERSARY_WEIGHT
-  theta = {k: v for k, v in params.items() if k != 'discriminator'}
 
-  def outputs(t, phi):
-    return apply_model(model, {**t, 'discriminator': phi}, batch)
+  def outputs(t):
+    return apply_model(model, t, batch)
 
   def logits(t, phi):
-    return apply_model(model, {'discriminator': phi}, {}, method='discriminate',
-                       inputs=(outputs(t, phi).shared,))
+    return adversary.logits(phi, outputs(t).shared)
 
   def task_objective(t):
-    out = outputs(t, params['discriminator'])
+    out = outputs(t)
     penalty = model.statistics_penalty(out.statistics) if model.has_statistics else 0.0
     return loss_vector(tasks, out.tasks, batch['labels'], batch['label_masks'])[0].sum() + (
         out.penalty + penalty)
@@ -95,7 +96,6 @@ def _expected_step(model, tasks, params, batch, adversary: adversarial.Adversary
     return -jax.nn.log_softmax(logits(t, phi)).mean()
 
   sgd = lambda p, g: jax.tree.map(lambda x, d: x - LEARNING_RATE * d, p, g)
-  phi = params['discriminator']
   if adversary.optimization == 'alternating':
     phi = sgd(phi, jax.grad(domain_ce, 1)(theta, phi))
   adv = domain_ce if adversary.loss == 'reverse' else confusion
@@ -104,7 +104,7 @@ def _expected_step(model, tasks, params, batch, adversary: adversarial.Adversary
                             jax.grad(adv)(theta, phi))
   if adversary.optimization == 'reversal':
     phi = sgd(phi, jax.grad(domain_ce, 1)(theta, phi))
-  return {**sgd(theta, theta_grad), 'discriminator': phi}
+  return sgd(theta, theta_grad), phi
 
 
 def _run_step(config, method=None, mode='params', diagnostics=False):
@@ -112,7 +112,13 @@ def _run_step(config, method=None, mode='params', diagnostics=False):
                                                sgd_learning_rate=LEARNING_RATE)
   batch = next(train_batches(data, config.sampling, 0, config.batch_size, 0, 1))
   new_state, metrics = jax.jit(step)(state, batch)
-  return new_state, metrics, (tasks, model, state, batch)
+  adversary = config_lib.build_terms(config, len(data.train_names))[adversarial.NAME]
+  return new_state, metrics, (tasks, model, state, batch, adversary)
+
+
+def _trained(state):
+  """The model's and the discriminator's parameters."""
+  return state.params, state.terms[adversarial.NAME].params
 
 
 def _assert_moved_by(actual, expected, initial):
@@ -130,10 +136,9 @@ def test_step_matches_separately_computed_adversarial_update(config, architectur
                                                              optimization, loss):
   config.model.architecture = architecture
   config.adversary.optimization, config.adversary.loss = optimization, loss
-  new_state, metrics, (tasks, model, state, batch) = _run_step(config)
-  expected = _expected_step(model, tasks, state.params, batch,
-                            adversarial.Adversary(loss, optimization, None, None))
-  _assert_moved_by(new_state.params, expected, state.params)
+  new_state, metrics, (tasks, model, state, batch, adversary) = _run_step(config)
+  expected = _expected_step(model, tasks, *_trained(state), batch, adversary)
+  _assert_moved_by(_trained(new_state), expected, _trained(state))
   assert 0.0 <= float(metrics['adversary_accuracy']) <= 1.0
   if architecture == 'shared_private':
     assert float(metrics['penalty']) > 0
@@ -147,9 +152,9 @@ def test_per_task_routes_add_the_penalty_and_adversary_gradients(config, mode, s
   backward pass of a loss weighter, for shared-private with the adversary."""
   config.model.architecture = 'shared_private'
   config.sampling.strategy = strategy
-  reference, ref_metrics, (*_, state, _) = _run_step(config)
+  reference, ref_metrics, (*_, state, _, _) = _run_step(config)
   new_state, metrics, _ = _run_step(config, weighting.get('equal'), mode, diagnostics=True)
-  _assert_moved_by(new_state.params, reference.params, state.params)
+  _assert_moved_by(_trained(new_state), _trained(reference), _trained(state))
   for key in ('loss', 'penalty', 'adversary_loss'):
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5)
 
@@ -168,9 +173,9 @@ def test_zero_adversary_weight_is_plain_mtl(smoke_config):
 
   plain, plain_metrics = run(False)
   adv, adv_metrics = run(True)
-  assert set(adv.params) == set(plain.params) | {'discriminator'}
-  chex.assert_trees_all_close({k: adv.params[k] for k in plain.params}, plain.params,
-                              rtol=1e-5, atol=1e-6)
+  assert set(adv.params) == set(plain.params) and set(adv.terms) == {adversarial.NAME}
+  assert not plain.terms
+  chex.assert_trees_all_close(adv.params, plain.params, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(adv_metrics['task_losses'], plain_metrics['task_losses'],
                              rtol=1e-5)
 
@@ -215,7 +220,7 @@ def _train_toy(loss: str, optimization: str, weights, seeds=TOY_SEEDS,
   model = HardSharing(EncoderConfig(vocab_size=40, hidden_size=32, num_layers=1, num_heads=2,
                                     intermediate_size=64, max_len=TOY_LEN, dropout_rate=0.0,
                                     attention_dropout_rate=0.0, pooler=False),
-                      tasks, head_dropout_rate=0.0, num_domains=2, discriminator_hidden=32)
+                      tasks, head_dropout_rate=0.0, shared_features=True)
   optimizer = optax.adam(3e-3)
   method = weighting.get('equal')
 
@@ -223,16 +228,16 @@ def _train_toy(loss: str, optimization: str, weights, seeds=TOY_SEEDS,
     return adversarial.Adversary(
         loss, optimization,
         lambda step: adversarial.adversary_weight(step, num_steps, weight, 'ganin'),
-        optax.adam(1e-2))
+        optax.adam(1e-2), num_domains=2, hidden=32)
 
   def train_step(state, batch, weight):  # the weight is traced: one step for all runs
     return make_train_step(model, optimizer, tasks, method, lambda s: 3e-3,
-                           adversary=adversary(weight))(state, batch)
+                           terms={adversarial.NAME: adversary(weight)})(state, batch)
 
   runs = [(w, s) for w in weights for s in seeds]
   state = jax.tree.map(lambda *x: jnp.stack(x), *[
-      create_state(model, optimizer, method, 2, s, TOY_LEN, adversary=adversary(w))
-      for w, s in runs])
+      create_state(model, optimizer, method, 2, s, TOY_LEN,
+                   terms={adversarial.NAME: adversary(w)}) for w, s in runs])
   run_weights = jnp.asarray([w for w, _ in runs], jnp.float32)
   step = jax.jit(jax.vmap(train_step))
   rngs = {s: np.random.default_rng(s) for s in seeds}

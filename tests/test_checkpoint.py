@@ -1,6 +1,7 @@
 """Checkpoints: exact resume (in-process crash and a real SIGKILL), SIGTERM saves and stops,
 restores onto other meshes, broken checkpoints are named and skipped, best-M retention."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -8,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,6 +23,7 @@ import pytest
 from experiments.configs import default
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
+from mtl_jax.objectives.terms import TermState
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.train import checkpoint, loop
 from mtl_jax.train.optimizer import make_optimizer
@@ -283,6 +287,43 @@ def test_no_good_checkpoint_is_an_error(tmp_path):
   with pytest.warns(checkpoint.CheckpointWarning), \
       pytest.raises(checkpoint.CheckpointError, match=r'None of the checkpoints in .*steps \[1\]'):
     _restore(str(tmp_path), jax.eval_shape(lambda: _small_state(0)))
+
+
+class Format1State(flax.struct.PyTreeNode):
+  """TrainState as state format 1 had it (before objective terms had their own state)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  weighting: Any
+  rng: jax.Array
+  skipped_steps: jax.Array
+  adversary_opt_state: Any = None
+
+
+def test_an_older_state_format_resumes_without_objective_terms_and_is_refused_with_them(
+    tmp_path):
+  """A checkpoint of state format 1 (its meta has no state_format) holds the same arrays as
+  format 2 when the run has no objective term: it resumes. With one (the adversary, whose
+  discriminator format 1 kept inside the model's params) it is refused by name."""
+  state = _small_state(1)
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != 'terms'}
+  ckpt = _checkpointer(str(tmp_path))
+  ckpt.save(1, Format1State(**fields))
+  ckpt.close()
+  meta_file = tmp_path / 'checkpoints' / '1' / 'meta' / 'metadata'
+  meta = json.loads(meta_file.read_text())
+  assert meta.pop('state_format') == 2
+  meta_file.write_text(json.dumps(meta))
+  abstract = jax.eval_shape(lambda: _small_state(0))
+  restored = _restore(str(tmp_path), abstract)
+  assert isinstance(restored, TrainState) and restored.terms == {}
+  for x, y in zip(_host(restored), _host(state), strict=True):
+    np.testing.assert_array_equal(x, y)
+  term = TermState({'w': jnp.zeros(2)}, optax.sgd(0.1).init({'w': jnp.zeros(2)}))
+  with_term = jax.eval_shape(lambda: _small_state(0).replace(terms={'adversary': term}))
+  with pytest.raises(checkpoint.CheckpointError, match=r'has state format 1; this mtl_jax '
+                     r'writes and reads format 2 \(objective terms'):
+    _restore(str(tmp_path), with_term)
 
 
 def test_keeps_the_latest_and_the_best(tmp_path):

@@ -58,10 +58,9 @@ def _step(config, method_name='equal', mode='params', edit=None, axis_name=None)
 
 
 def _assert_skipped(before, after, metrics, names):
-  chex.assert_trees_all_equal((after.params, after.opt_state, after.weighting,
-                               after.adversary_opt_state),
+  chex.assert_trees_all_equal((after.params, after.opt_state, after.weighting, after.terms),
                               (before.params, before.opt_state, before.weighting,
-                               before.adversary_opt_state))
+                               before.terms))
   assert int(after.step) == int(before.step) + 1  # the next step takes the next batch
   assert int(after.skipped_steps) == 1 == int(metrics['skipped_steps'])
   assert bool(metrics['nonfinite'])

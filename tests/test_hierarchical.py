@@ -16,7 +16,7 @@ from mtl_jax.models.hierarchical import MASK, SEGMENTS, Hierarchical
 from mtl_jax.models.multitask import HardSharing
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import TaskKind
-from mtl_jax.train.step import apply_model
+from mtl_jax.train.forward import apply_model
 from conftest import build_step
 from test_model import CFG, TASKS, _inputs  # encoder config, tasks at depths 3, 2, 1
 
@@ -27,9 +27,9 @@ def _init(model, inputs):
 
 def test_no_task_layers_is_hard_sharing():
   inputs = _inputs()
-  model = Hierarchical(CFG, TASKS, num_domains=2, task_layers=0)
+  model = Hierarchical(CFG, TASKS, shared_features=True, task_layers=0)
   params = _init(model, inputs)
-  hard = HardSharing(CFG, TASKS, num_domains=2)
+  hard = HardSharing(CFG, TASKS, shared_features=True)
   assert jax.tree.structure(params) == jax.tree.structure(_init(hard, inputs))
   for rngs in (None, {'dropout': jax.random.key(1)}):
     kwargs = {'deterministic': rngs is None, 'rngs': rngs}
@@ -42,7 +42,7 @@ def test_no_task_layers_is_hard_sharing():
 def test_task_layers_are_standalone_layers_over_the_depth_d_states(task_layers):
   """Each task: Layer^k(hidden_states[d]) by standalone Layers, then the head in numpy."""
   inputs = _inputs()
-  model = Hierarchical(CFG, TASKS, num_domains=2, task_layers=task_layers)
+  model = Hierarchical(CFG, TASKS, shared_features=True, task_layers=task_layers)
   params = _init(model, inputs)
   out = model.apply({'params': params}, *inputs)
   encoded = Encoder(CFG).apply({'params': params['encoder']}, *inputs)

@@ -123,7 +123,7 @@ def _independent_outputs(workdir: str, fit_dir: str, head: str, task, split: str
   config.tasks = tuple(ran['tasks']) if fit_dir == workdir else (head,)
   config.data.data_dir = ran['data']['data_dir']
   tasks = config_lib.validate(config)
-  model = config_lib.build_model(config, tasks, ran['model']['vocab_size'], 0)
+  model = config_lib.build_model(config, tasks, ran['model']['vocab_size'])
   tokenizer = load_pretrained_tokenizer(ran['data']['vocabulary'], ran['data']['seq_len'])
   data = tfds_source.tfds_data(task)
   texts = [tfds_source.to_example(task, data, r).inputs for r in _records(

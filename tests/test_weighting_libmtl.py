@@ -7,10 +7,9 @@ optimizer) and weights; this file runs our method on the same G and losses throu
 tests/weighting_harness.py and compares directions. No torch is needed here.
 
 MAPPING from LibMTL's names and hyperparameters to ours lives in OURS below (one line per
-method; the kwarg names of our factories were guessed before the methods were merged; fix
-them there). When our factory has no counterpart of a non-default LibMTL hyperparameter, the
-record is skipped with a message saying so (never silently passed). A method whose module
-mtl_jax/weighting/<name>.py does not exist yet is skipped.
+method). Every mapped hyperparameter must be an argument of our factory, and a LibMTL
+hyperparameter we do not implement must have the one value we do: a renamed or removed
+argument, or a missing method, fails the record (never a skip).
 
   LibMTL       hyperparameters (LibMTL default)                ours
   EW           -                                                equal()
@@ -22,9 +21,8 @@ mtl_jax/weighting/<name>.py does not exist yet is skipped.
   CAGrad       calpha (0.5), rescale (1)                        cagrad(c=calpha, rescale=rescale)
   IMTL         lr (1e-4), weight_decay (1e-5): the Trainer's    imtl(learning_rate=lr,
                Adam, which trains loss_scale s                  weight_decay=weight_decay)
-  Nash_MTL     update_weights_every (1), optim_niter (20),      nash_mtl(max_norm=..., ...);
-               max_norm (1.0)                                   without a max_norm kwarg we
-                                                                compare LibMTL's unclipped Σα_i g_i
+  Nash_MTL     update_weights_every (1), optim_niter (20),      nash_mtl(max_norm=,
+               max_norm (1.0)                                   update_weights_every=)
   Aligned_MTL  -                                                aligned_mtl()
   DB_MTL       DB_beta (0.9), DB_beta_sigma (0.0)               db_mtl(beta=, beta_sigma=)
   FAMO         FAMO_w_lr (0.025), FAMO_w_gamma (1e-3)           famo(learning_rate=, weight_decay=)
@@ -60,17 +58,19 @@ with open(DATA) as _f:
   REFERENCE = json.load(_f)
 
 
-class NoCounterpart(Exception):
-  """LibMTL's hyperparameter has no kwarg in our factory and is not at its default."""
+def _arg(accepted, ours, value):
+  """{ours: value}; TypeError when our factory has no argument `ours`."""
+  if ours not in accepted:
+    raise TypeError(f'our factory has no argument {ours!r} (its arguments: '
+                    f'{sorted(accepted)}); fix OURS in this file.')
+  return {ours: value}
 
 
-def _arg(accepted, ours, value, libmtl_default):
-  """{ours: value} if our factory takes `ours`; {} if value is LibMTL's default anyway."""
-  if ours in accepted:
-    return {ours: value}
-  if value == libmtl_default:
-    return {}
-  raise NoCounterpart(f'our factory has no {ours!r} for LibMTL value {value!r}')
+def _only(hparams, name, value):
+  """{} when LibMTL's `name` has the one value our method implements; ValueError if not."""
+  if hparams[name] != value:
+    raise ValueError(f'LibMTL {name}={hparams[name]!r}: ours implements only {value!r}.')
+  return {}
 
 
 # LibMTL name -> (our method, (hparams, accepted kwargs) -> (our kwargs, field to compare)).
@@ -78,31 +78,33 @@ OURS = {
     'EW': ('equal', lambda h, a: ({}, 'direction')),
     'GLS': ('gls', lambda h, a: ({}, 'direction')),
     # LibMTL starts log σ² at -0.5 (ours at 0 by default); its epochs are our windows of 1.
-    'UW': ('uncertainty', lambda h, a: ({'init_log_variance': -0.5}, 'direction')),
-    'DWA': ('dwa', lambda h, a: ({**_arg(a, 'temperature', h['T'], 2.0), 'window': 1},
+    'UW': ('uncertainty', lambda h, a: (_arg(a, 'init_log_variance', -0.5), 'direction')),
+    'DWA': ('dwa', lambda h, a: ({**_arg(a, 'temperature', h['T']), **_arg(a, 'window', 1)},
                                  'direction')),
-    'GradNorm': ('gradnorm', lambda h, a: (_arg(a, 'alpha', h['alpha'], 1.5), 'direction')),
-    'MGDA': ('mgda', lambda h, a: (_arg(a, 'normalization', h['mgda_gn'], 'none'),
-                                   'direction')),
-    'CAGrad': ('cagrad', lambda h, a: ({**_arg(a, 'c', h['calpha'], 0.5),
-                                        **_arg(a, 'rescale', h['rescale'], 1)}, 'direction')),
+    'GradNorm': ('gradnorm', lambda h, a: (_arg(a, 'alpha', h['alpha']), 'direction')),
+    'MGDA': ('mgda', lambda h, a: (_arg(a, 'normalization', h['mgda_gn']), 'direction')),
+    'CAGrad': ('cagrad', lambda h, a: ({**_arg(a, 'c', h['calpha']),
+                                        **_arg(a, 'rescale', h['rescale'])}, 'direction')),
     # LibMTL's model optimizer (Adam) trains IMTL's loss_scale; ours has its own Adam.
-    'IMTL': ('imtl', lambda h, a: ({**_arg(a, 'learning_rate', h['lr'], 1e-4),
-                                    **_arg(a, 'weight_decay', h['weight_decay'], 1e-5)},
+    'IMTL': ('imtl', lambda h, a: ({**_arg(a, 'learning_rate', h['lr']),
+                                    **_arg(a, 'weight_decay', h['weight_decay'])},
                                    'direction')),
-    'Nash_MTL': ('nash_mtl', lambda h, a: _nash_kwargs(h, a)),
+    # LibMTL's optim_niter counts its solver's iterations; ours runs to max_iter.
+    'Nash_MTL': ('nash_mtl', lambda h, a: (
+        {**_arg(a, 'max_norm', h['max_norm']),
+         **_arg(a, 'update_weights_every', h['update_weights_every'])}, 'direction')),
     'Aligned_MTL': ('aligned_mtl', lambda h, a: ({}, 'direction')),
-    'DB_MTL': ('db_mtl', lambda h, a: ({**_arg(a, 'beta', h['DB_beta'], 0.9),
-                                        **_arg(a, 'beta_sigma', h['DB_beta_sigma'], 0.0)},
+    'DB_MTL': ('db_mtl', lambda h, a: ({**_arg(a, 'beta', h['DB_beta']),
+                                        **_arg(a, 'beta_sigma', h['DB_beta_sigma'])},
                                        'direction')),
-    'FAMO': ('famo', lambda h, a: ({**_arg(a, 'learning_rate', h['FAMO_w_lr'], 0.025),
-                                    **_arg(a, 'weight_decay', h['FAMO_w_gamma'], 1e-3)},
+    'FAMO': ('famo', lambda h, a: ({**_arg(a, 'learning_rate', h['FAMO_w_lr']),
+                                    **_arg(a, 'weight_decay', h['FAMO_w_gamma'])},
                                    'direction')),
     'PCGrad': ('pcgrad', lambda h, a: ({}, 'direction')),
-    'GradVac': ('gradvac', lambda h, a: ({**_arg(a, 'beta', h['GradVac_beta'], 0.5),
-                                          **_arg(a, 'group_type', h['GradVac_group_type'], 0)},
-                                         'direction')),
-    'GradDrop': ('graddrop', lambda h, a: (_arg(a, 'leak', h['leak'], 0.0), 'direction')),
+    # group_type 0: one group, the whole shared parameters (the only one ours has).
+    'GradVac': ('gradvac', lambda h, a: ({**_arg(a, 'beta', h['GradVac_beta']),
+                                          **_only(h, 'GradVac_group_type', 0)}, 'direction')),
+    'GradDrop': ('graddrop', lambda h, a: (_arg(a, 'leak', h['leak']), 'direction')),
     'RLW': ('rlw', lambda h, a: ({}, 'direction')),
 }
 
@@ -115,26 +117,11 @@ DIRECTION_SCALE = {'CAGrad': lambda num_tasks: 1.0 / num_tasks}
 STATE_COMPARED = {'IMTL': ('loss_scale_after', lambda state: state.log_scale)}
 
 
-def _nash_kwargs(h, accepted):
-  kwargs = {}
-  if 'update_weights_every' in accepted:
-    kwargs['update_weights_every'] = h['update_weights_every']
-  if 'max_norm' in accepted:
-    return {**kwargs, 'max_norm': h['max_norm']}, 'direction'
-  # No clipping in our method: LibMTL's direction before clip_grad_norm_ is Σ α_i g_i.
-  return kwargs, 'unclipped_direction'
-
-
 def _method(record):
-  """(our Method, the record field to compare), or pytest.skip with the reason."""
+  """(our Method, the record field to compare)."""
   ours, kwargs_of = OURS[record['libmtl']]
-  if ours not in weighting.names():
-    pytest.skip(f'mtl_jax/weighting/{ours}.py is not merged yet')
-  accepted = weighting.default_args(ours)
-  try:
-    kwargs, field = kwargs_of(record['hparams'], accepted)
-  except NoCounterpart as e:
-    pytest.skip(f'{ours}: {e} (LibMTL {record["hparams"]}); adjust OURS in this file')
+  assert ours in weighting.names(), f'no weighting method {ours!r} (mtl_jax/weighting/)'
+  kwargs, field = kwargs_of(record['hparams'], weighting.default_args(ours))
   return weighting.get(ours, **kwargs), field
 
 

@@ -14,7 +14,7 @@ from conftest import build_step
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.objectives.losses import loss_vector
-from mtl_jax.train.step import apply_model
+from mtl_jax.train.forward import apply_model
 from mtl_jax.weighting import EmptyState, Method, Needs
 
 

@@ -23,8 +23,8 @@ ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
 }
 
 
-COMMON_FIELDS = ('encoder_config', 'tasks', 'head_dropout_rate', 'num_domains',
-                 'discriminator_hidden', 'parent', 'name')
+COMMON_FIELDS = ('encoder_config', 'tasks', 'head_dropout_rate', 'shared_features', 'parent',
+                 'name')
 
 
 def default_args(name: str) -> dict:
@@ -34,8 +34,7 @@ def default_args(name: str) -> dict:
 
 
 def build(name: str, encoder_config: EncoderConfig, tasks: Sequence[Task], args: dict,
-          head_dropout_rate: float = 0.1, num_domains: int = 0,
-          discriminator_hidden: int = 0) -> MultiTaskModel:
+          head_dropout_rate: float = 0.1, shared_features: bool = False) -> MultiTaskModel:
   """The architecture `name` with its own fields from `args`; TypeError or ValueError on a
   field it does not have or a bad value."""
   if name not in ARCHITECTURES:
@@ -45,7 +44,6 @@ def build(name: str, encoder_config: EncoderConfig, tasks: Sequence[Task], args:
   unknown = sorted(set(args) - own)
   if unknown:
     raise TypeError(f'no field(s) {unknown}; its fields are {sorted(own)}.')
-  model = cls(encoder_config, tuple(tasks), head_dropout_rate, num_domains,
-              discriminator_hidden, **args)
+  model = cls(encoder_config, tuple(tasks), head_dropout_rate, shared_features, **args)
   model.validate()
   return model

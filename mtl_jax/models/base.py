@@ -28,7 +28,7 @@ class ModelOutput(flax.struct.PyTreeNode):
   tasks: dict  # task name -> logits (B, C) | tag logits (B, S, C) | regression values (B,)
   #              | choice scores (B, C)
   penalty: jax.Array  # scalar regulariser the architecture adds to the objective (0: none)
-  shared: jax.Array | None  # (B, D) shared sentence features; the adversary reads these
+  shared: jax.Array | None  # (B, D) shared sentence features (MultiTaskModel.shared_features)
   # Batch sums (a pytree) that a regulariser is a nonlinear function of: the step sums them
   # over the whole batch (every device and micro-batch) and calls model.statistics_penalty.
   statistics: dict | None = None
@@ -106,16 +106,17 @@ def sentence_key(cfg: EncoderConfig) -> str:
 
 
 class MultiTaskModel(nn.Module):
-  """Fields and parts common to all architectures: the encoder's config, the tasks, their
-  heads, and the optional task discriminator of adversarial MTL.
+  """Fields and parts common to all architectures: the encoder's config, the tasks and their
+  heads.
 
   Subclasses call `self.setup_heads()` in their setup and implement encode and decode.
   """
   encoder_config: EncoderConfig
   tasks: tuple[Task, ...]
   head_dropout_rate: float = 0.1
-  num_domains: int = 0  # classes of the task discriminator; 0 = no discriminator
-  discriminator_hidden: int = 0  # its hidden layer width; 0 = a linear discriminator
+  # ModelOutput.shared holds the shared sentence features (an objective term reads them,
+  # e.g. the adversary's discriminator); off, it is None.
+  shared_features: bool = False
 
   shared_params: ClassVar[tuple[str, ...]] = ('encoder',)
 
@@ -123,8 +124,6 @@ class MultiTaskModel(nn.Module):
     self.heads = {t.name: Head(t.num_outputs, self.head_dropout_rate,
                                head_hidden(t, self.encoder_config), name=f'head_{t.name}')
                   for t in self.tasks}
-    if self.num_domains:
-      self.discriminator = Discriminator(self.num_domains, self.discriminator_hidden)
 
   def validate(self):
     """Raises ValueError on fields that do not fit together (architectures override)."""
@@ -165,11 +164,6 @@ class MultiTaskModel(nn.Module):
       outputs[task.name] = out if task.num_outputs > 1 else out[..., 0]
     return outputs
 
-  def discriminate(self, shared: jax.Array, *, deterministic=True) -> jax.Array:
-    """(B, D) shared features -> (B, num_domains) logits of which dataset a row came from."""
-    del deterministic  # the discriminator has no dropout
-    return self.discriminator(shared)
-
   @property
   def num_choices(self) -> int:
     return num_choices(self.tasks)
@@ -206,15 +200,3 @@ class MultiTaskModel(nn.Module):
                                        deterministic=deterministic)
     return self.decode_batch(representation, deterministic=deterministic)
 
-
-class Discriminator(nn.Module):
-  """The adversary of ASP-MTL (Liu, Qiu & Huang 2017): which task's dataset a row is from."""
-  num_domains: int
-  hidden: int = 0
-
-  @nn.compact
-  def __call__(self, shared: jax.Array) -> jax.Array:
-    x = shared
-    if self.hidden:
-      x = jnp.tanh(nn.Dense(self.hidden, name='hidden')(x))
-    return nn.Dense(self.num_domains, name='logits')(x)

@@ -83,6 +83,6 @@ class Hierarchical(HardSharing):
       x = self.branches[task.name](representation[keys[task.name]], bias, deterministic)
       features[task.name] = task_feature(task, x, representation[MASK],
                                          representation[SEGMENTS], self.encoder_config)
-    shared = (representation[sentence_key(self.encoder_config)] if self.num_domains
+    shared = (representation[sentence_key(self.encoder_config)] if self.shared_features
               else None)
     return ModelOutput(self.head_outputs(features, deterministic), jnp.zeros(()), shared)

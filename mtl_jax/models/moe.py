@@ -181,7 +181,7 @@ class ExpertSharing(MultiTaskModel):
     part = lambda x: x if whole else x[:, :1]
     representation = {'sequence': part(last), 'attention_mask': part(attention_mask),
                       'segment_ids': part(segment_ids)}
-    if self.num_domains:
+    if self.shared_features:
       key = sentence_key(self.encoder_config)
       representation[key] = feature(key, features)
     return representation
@@ -192,7 +192,7 @@ class ExpertSharing(MultiTaskModel):
     features = {t.name: task_feature(t, m, representation['attention_mask'],
                                      representation['segment_ids'], self.encoder_config)
                 for t, m in zip(self.tasks, mixtures)}
-    shared = (representation[sentence_key(self.encoder_config)] if self.num_domains
+    shared = (representation[sentence_key(self.encoder_config)] if self.shared_features
               else None)
     return ModelOutput(self.head_outputs(features, deterministic), jnp.zeros(()), shared)
 

@@ -22,13 +22,13 @@ class HardSharing(MultiTaskModel):
     features = self.encoder(input_ids, segment_ids, attention_mask,
                             deterministic=deterministic)
     keys = set(self.keys().values())
-    if self.num_domains:
+    if self.shared_features:
       keys.add(sentence_key(self.encoder_config))
     return {key: feature(key, features) for key in sorted(keys)}
 
   def decode(self, representation: dict[str, jax.Array], *, deterministic=True
              ) -> ModelOutput:
     features = {name: representation[key] for name, key in self.keys().items()}
-    shared = (representation[sentence_key(self.encoder_config)] if self.num_domains
+    shared = (representation[sentence_key(self.encoder_config)] if self.shared_features
               else None)
     return ModelOutput(self.head_outputs(features, deterministic), jnp.zeros(()), shared)

@@ -106,4 +106,4 @@ class SharedPrivate(MultiTaskModel):
     statistics = (cross_statistics(shared_sentence, private_sentences) if self.has_statistics
                   else None)
     return ModelOutput(self.head_outputs(features, deterministic), jnp.zeros(()),
-                       shared_sentence if self.num_domains else None, statistics)
+                       shared_sentence if self.shared_features else None, statistics)

@@ -5,29 +5,91 @@ cross-entropy. The shared encoder plays against it (Liu, Qiu & Huang 2017, ASP-M
   'reverse'  maximise L_adv: the objective's −λ_adv L_adv term (Ganin & Lempitsky 2015);
   'entropy'  minimise λ_adv CE(uniform, D): push D's prediction toward uniform, which keeps
              the encoder's gradient from vanishing once D is confident.
-Two ways to optimise the min-max (mtl_jax.train.step): a gradient reversal layer (one pass)
-or alternating updates of D and of the model.
+Two ways to optimise the min-max: a gradient reversal layer (one pass), or alternating
+updates of D and of the model. The adversary is an objective term (mtl_jax.objectives.terms):
+D's parameters and optimizer state live in TrainState.terms['adversary'], not in the model.
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from mtl_jax.models.base import ModelOutput
+from mtl_jax.objectives.terms import TermValue
 
 LOSSES = ('reverse', 'entropy')
 OPTIMIZATIONS = ('reversal', 'alternating')
 SCHEDULES = ('constant', 'ganin')
 
 
+NAME = 'adversary'  # its key in TrainState.terms
+
+
+class Discriminator(nn.Module):
+  """The adversary of ASP-MTL (Liu, Qiu & Huang 2017): which task's dataset a row is from."""
+  num_domains: int
+  hidden: int = 0
+
+  @nn.compact
+  def __call__(self, shared: jax.Array) -> jax.Array:
+    x = shared
+    if self.hidden:
+      x = jnp.tanh(nn.Dense(self.hidden, name='hidden')(x))
+    return nn.Dense(self.num_domains, name='logits')(x)
+
+
+class _Holder(nn.Module):
+  """D as a submodule named 'discriminator', so that its parameters initialise as they did
+  when D was part of the multi-task model."""
+  num_domains: int
+  hidden: int
+
+  def setup(self):
+    self.discriminator = Discriminator(self.num_domains, self.hidden)
+
+  def __call__(self, shared: jax.Array) -> jax.Array:
+    return self.discriminator(shared)
+
+
 class Adversary(NamedTuple):
-  """How the train step plays the min-max: `loss` in LOSSES, `optimization` in
-  OPTIMIZATIONS, `weight(step)` the λ_adv schedule, and the discriminator's own optimizer."""
+  """The adversarial objective term (mtl_jax.objectives.terms.Term): `loss` in LOSSES,
+  `optimization` in OPTIMIZATIONS, `weight(step)` the λ_adv schedule, the discriminator's
+  own optimizer, its classes (the run's training datasets) and hidden width (0: linear).
+  It reads ModelOutput.shared and the batch's 'domain' (each row's home dataset)."""
   loss: str
   optimization: str
   weight: Callable[[jax.Array], jax.Array]
   optimizer: optax.GradientTransformation
+  num_domains: int
+  hidden: int = 0
+
+  @property
+  def _module(self) -> nn.Module:
+    return _Holder(self.num_domains, self.hidden)
+
+  def init(self, key: jax.Array, output: ModelOutput):
+    shared = jnp.zeros(output.shared.shape, output.shared.dtype)
+    return self._module.init(key, shared)['params']['discriminator']
+
+  def logits(self, params, shared: jax.Array) -> jax.Array:
+    return self._module.apply({'params': {'discriminator': params}}, shared)
+
+  def apply(self, params, output: ModelOutput, batch: dict, step: jax.Array) -> TermValue:
+    return TermValue(*adversarial_terms(self, self.logits, params, output.shared,
+                                        batch['domain'], self.weight(step)))
+
+  @property
+  def first_loss(self):
+    """Alternating: D first descends L_adv on the model's (fixed) shared features."""
+    if self.optimization != 'alternating':
+      return None
+    return lambda params, output, batch: domain_loss(
+        self.logits(params, output.shared), batch['domain'],
+        jnp.ones(batch['domain'].shape, jnp.float32))
 
 
 @jax.custom_vjp

@@ -17,7 +17,7 @@ from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.models.base import sentence_key
 from mtl_jax.parallel.distributed import is_writer
 from mtl_jax.tasks import Task
-from mtl_jax.train.step import apply_model
+from mtl_jax.train.forward import apply_model
 
 FILENAME = 'representations.npz'
 

@@ -13,6 +13,7 @@ devices) and a restore is used only if the restored state has the same fingerpri
 docs/checkpoints.md has the whole story.
 """
 
+import dataclasses
 import os
 import signal
 import warnings
@@ -28,6 +29,7 @@ from jax.experimental import multihost_utils
 from mtl_jax.config import ConfigError
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
 from mtl_jax.tasks import Task
+from mtl_jax.train.state import STATE_FORMAT
 
 STATE, META, CONFIG = 'state', 'meta', 'config'
 # Exit status of a run stopped by SIGTERM after its checkpoint was written: 128 + SIGTERM,
@@ -125,7 +127,7 @@ class Checkpointer:
     """Starts an asynchronous save of `state` at `step` (a step already saved is skipped)."""
     if step == self._manager.latest_step():
       return
-    meta = {'step': step, 'fingerprint': fingerprint(state)}
+    meta = {'step': step, 'fingerprint': fingerprint(state), 'state_format': STATE_FORMAT}
     metrics = None
     if self._cfg.best_metric:
       task, _, metric = self._cfg.best_metric.partition('/')
@@ -145,9 +147,22 @@ class Checkpointer:
     for step in steps:
       path = os.path.join(self.directory, str(step))
       try:
+        meta = self._manager.restore(step, args=ocp.args.Composite(**{
+            META: ocp.args.JsonRestore()}))[META]
+      except Exception as e:  # any failure: this checkpoint is unusable
+        warnings.warn(f'Checkpoint {path} is unusable ({type(e).__name__}: {e}); trying an '
+                      f'older one.', CheckpointWarning, stacklevel=2)
+        continue
+      _check_format(meta, abstract_state, path)
+      legacy = meta.get('state_format', 1) != STATE_FORMAT
+      try:
         restored = self._manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
-        changed = _changed_leaves(restored[META]['fingerprint'], fingerprint(restored[STATE]))
+            STATE: ocp.args.StandardRestore(_format_1(abstract_state) if legacy
+                                            else abstract_state),
+            META: ocp.args.JsonRestore()}))
+        state = restored[STATE]
+        state = _from_format_1(state, abstract_state) if legacy else state
+        changed = _changed_leaves(restored[META]['fingerprint'], fingerprint(state))
         if changed:
           raise ValueError(f'its contents differ from what was saved (in '
                            f'{", ".join(changed[:3])}{" ..." if len(changed) > 3 else ""})')
@@ -155,7 +170,7 @@ class Checkpointer:
         warnings.warn(f'Checkpoint {path} is unusable ({type(e).__name__}: {e}); trying an '
                       f'older one.', CheckpointWarning, stacklevel=2)
         continue
-      return restored[STATE]
+      return state
     if steps:
       raise CheckpointError(f'None of the checkpoints in {self.directory} (steps {steps}) can '
                             f'be used (warnings above say why); move that folder away to '
@@ -166,6 +181,34 @@ class Checkpointer:
     """Waits for the last save to finish, then releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _check_format(meta: dict, abstract_state, path: str):
+  """CheckpointError for a checkpoint of an older state layout that this state cannot take.
+  Format 1 (before 2026-12-07) kept the adversary's discriminator inside the model's params
+  and its optimizer state in `adversary_opt_state`; without objective terms both layouts
+  hold the same arrays, so such a checkpoint still resumes."""
+  written = meta.get('state_format', 1)
+  if written == STATE_FORMAT or (written == 1 and not abstract_state.terms):
+    return
+  raise CheckpointError(
+      f'Checkpoint {path} has state format {written}; this mtl_jax writes and reads format '
+      f'{STATE_FORMAT} (objective terms such as the adversary keep their parameters and '
+      f'optimizer state in TrainState.terms, no longer inside the model\'s params). Resume '
+      f'it with the mtl_jax that wrote it, or start the run afresh in a new --workdir.')
+
+
+def _format_1(abstract_state) -> dict:
+  """A state without objective terms as format 1 saved it: its fields, with an empty
+  adversary_opt_state where format 2 has the (empty) terms."""
+  fields = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)}
+  del fields['terms']
+  return {**fields, 'adversary_opt_state': None}
+
+
+def _from_format_1(restored: dict, abstract_state):
+  del restored['adversary_opt_state']
+  return type(abstract_state)(**restored, terms={})
 
 
 def _changed_leaves(saved: dict[str, list[int]], restored: dict[str, list[int]]) -> list[str]:

@@ -28,7 +28,8 @@ from mtl_jax.evaluation import reference, summary
 from mtl_jax.evaluation.evaluate import evaluate
 from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
 from mtl_jax.models import pretrained
-from mtl_jax.objectives.adversarial import Adversary
+from mtl_jax.objectives import terms as terms_lib
+from mtl_jax.objectives.terms import Term
 from mtl_jax.parallel import distributed
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.parallel import pmap as pmap_lib
@@ -37,8 +38,8 @@ from mtl_jax.tasks import Task
 from mtl_jax.train import checkpoint, progress
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
-from mtl_jax.train.step import (make_predict_step, make_train_step, split_discriminator,
-                                task_gradient_like)
+from mtl_jax.train.gradients import task_gradient_like
+from mtl_jax.train.step import make_predict_step, make_train_step
 from mtl_jax.train.writer import flatten, metric_writer
 
 RUN_FILES = ('metrics.jsonl', 'eval.json')
@@ -58,54 +59,53 @@ TIMING_KEYS = ('seconds', 'step_time', 'tokens_per_second')
 SCALAR_TERMS = ('penalty', 'adversary_loss', 'adversary_accuracy', 'adversary_weight')
 
 
-def init_params(model, seed: int, seq_len: int, adversary: Adversary | None = None) -> dict:
-  """The model's (and the discriminator's) initial parameters, boxed with their logical
-  axis names (nn.unbox gives the arrays; mtl_jax.parallel.mesh the shardings)."""
-  init_key = jax.random.key(seed)
+def _example_inputs(model, seq_len: int) -> jax.Array:
   inputs = model.example_inputs(1, seq_len)
-  dummy = jnp.zeros(inputs.shape, inputs.dtype)
-  params = model.init(init_key, dummy, dummy, dummy)['params']
-  if adversary is not None:  # the discriminator is only called by the train step
-    shared = jax.eval_shape(lambda: model.apply({'params': params}, dummy, dummy, dummy).shared)
-    params = {**params, **model.init(jax.random.fold_in(init_key, 1),
-                                     jnp.zeros(shared.shape, shared.dtype),
-                                     method='discriminate')['params']}
-  return params
+  return jnp.zeros(inputs.shape, inputs.dtype)
+
+
+def init_params(model, seed: int, seq_len: int) -> dict:
+  """The model's initial parameters, boxed with their logical axis names (nn.unbox gives the
+  arrays; mtl_jax.parallel.mesh the shardings)."""
+  dummy = _example_inputs(model, seq_len)
+  return model.init(jax.random.key(seed), dummy, dummy, dummy)['params']
 
 
 def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
                  mode: str = 'params', batch_size: int = 1,
-                 adversary: Adversary | None = None, encoder: dict | None = None
+                 terms: dict[str, Term] | None = None, encoder: dict | None = None
                  ) -> TrainState:
   """`mode` and `batch_size` shape the state of methods that keep per-task gradients.
+  `terms`: the objective terms, whose parameters start from keys folded from the seed's.
   `encoder`: the pretrained encoder's parameters (pretrained.load(model)), which replace the
   encoder's random init; give them whenever model.encoder_config.pretrained is set."""
   # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
   # default model's layers. Still a pure function of (seed, step).
   dropout_key = jax.random.key(seed, impl='unsafe_rbg')
-  params = pretrained.initialise(model, nn.unbox(init_params(model, seed, seq_len, adversary)),
-                                 encoder)
-  model_params, disc_params = split_discriminator(params)
+  params = pretrained.initialise(model, nn.unbox(init_params(model, seed, seq_len)), encoder)
   grads_like = (task_gradient_like(model, params, mode, batch_size, seq_len)
                 if method.needs is weighting.Needs.GRADS else None)
+  output = None
+  if terms:  # the shapes of what the terms read
+    dummy = _example_inputs(model, seq_len)
+    output = jax.eval_shape(lambda: model.apply({'params': params}, dummy, dummy, dummy))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(model_params),
+                    opt_state=optimizer.init(params),
                     weighting=weighting.init_state(method, num_tasks, grads_like),
                     rng=dropout_key, skipped_steps=jnp.zeros((), jnp.int32),
-                    adversary_opt_state=(None if adversary is None
-                                         else adversary.optimizer.init(disc_params)))
+                    terms=terms_lib.init_states(terms or {}, jax.random.key(seed), output))
 
 
 def state_layout(mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, model, optimizer, method,
                  num_tasks: int, seed: int, seq_len: int, mode: str = 'params',
-                 batch_size: int = 1, adversary: Adversary | None = None
+                 batch_size: int = 1, terms: dict[str, Term] | None = None
                  ) -> tuple[Callable[[], TrainState], TrainState]:
   """(a function of the pretrained encoder (or None) that runs create_state with these
   arguments, the state's shardings). The shardings come from abstract shapes: nothing is
   allocated."""
   create = lambda encoder=None: create_state(model, optimizer, method, num_tasks, seed,
-                                             seq_len, mode, batch_size, adversary, encoder)
-  boxed_params = jax.eval_shape(lambda: init_params(model, seed, seq_len, adversary))
+                                             seq_len, mode, batch_size, terms, encoder)
+  boxed_params = jax.eval_shape(lambda: init_params(model, seed, seq_len))
   return create, mesh_lib.state_shardings(jax.eval_shape(create), boxed_params, mesh, rules)
 
 
@@ -251,20 +251,19 @@ def _stop_if_nonfinite(metrics: dict, tasks: Sequence[Task], step: int):
 
 
 def _fit_parts(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData):
-  """(model, optimizer, learning-rate schedule, adversary or None) of a fit of `tasks`."""
-  adversary = config_lib.build_adversary(config)
-  num_domains = len(data.train_names) if adversary is not None else 0
-  model = config_lib.build_model(config, tasks, data.vocab_size, num_domains)
+  """(model, optimizer, learning-rate schedule, objective terms) of a fit of `tasks`."""
+  terms = config_lib.build_terms(config, num_domains=len(data.train_names))
+  model = config_lib.build_model(config, tasks, data.vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
-  return model, make_optimizer(config.optimizer, schedule), schedule, adversary
+  return model, make_optimizer(config.optimizer, schedule), schedule, terms
 
 
 def _state_maker(config: ml_collections.ConfigDict, num_tasks: int, method, model, optimizer,
-                 adversary) -> Callable[..., TrainState]:
+                 terms) -> Callable[..., TrainState]:
   """create_state for this fit, as a function of the pretrained encoder (or None)."""
   return lambda encoder=None: create_state(
       model, optimizer, method, num_tasks, config.seed, config.data.seq_len,
-      config.weighting.mode, config.batch_size, adversary, encoder)
+      config.weighting.mode, config.batch_size, terms, encoder)
 
 
 def trained_params(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
@@ -272,9 +271,9 @@ def trained_params(config: ml_collections.ConfigDict, tasks: Sequence[Task], dat
   """(model, trained parameters on the first local device) of the finished fit in
   `workdir`, as `fit(config, tasks, data, workdir, method)` left them in its last
   checkpoint. FileNotFoundError when it has none; ValueError when the fit did not finish."""
-  model, optimizer, _, adversary = _fit_parts(config, tasks, data)
+  model, optimizer, _, terms = _fit_parts(config, tasks, data)
   abstract = _placed(jax.eval_shape(_state_maker(config, len(tasks), method, model, optimizer,
-                                                  adversary)),
+                                                  terms)),
                      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
@@ -313,16 +312,16 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   if distributed.is_writer():
     os.makedirs(workdir, exist_ok=True)
   tasks = scaled_tasks(tasks, data)
-  model, optimizer, schedule, adversary = _fit_parts(config, tasks, data)
+  model, optimizer, schedule, terms = _fit_parts(config, tasks, data)
   step_fn = functools.partial(
       make_train_step, model, optimizer, tasks, method, schedule, config.weighting.mode,
       config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
-      adversary=adversary, micro_batches=config.micro_batches)
+      terms=terms, micro_batches=config.micro_batches)
   # Per path: the state's layout when saved (abstract), and the conversions between the
   # state the step takes and the one saved.
   if config.parallelism == 'pmap':  # replicated state, the batch split over local devices
     # Saved as global arrays whole on every device (orbax saves only global arrays).
-    create = _state_maker(config, len(tasks), method, model, optimizer, adversary)
+    create = _state_maker(config, len(tasks), method, model, optimizer, terms)
     init = lambda: pmap_lib.to_global(pmap_lib.replicate(create(pretrained.load(model))))
     abstract = _placed(jax.eval_shape(create), pmap_lib.everywhere())
     to_saved, from_saved = pmap_lib.to_global, pmap_lib.from_global
@@ -336,7 +335,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
     mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
     create, shardings = state_layout(mesh, rules, model, optimizer, method, len(tasks),
                                      config.seed, config.data.seq_len, config.weighting.mode,
-                                     config.batch_size, adversary)
+                                     config.batch_size, terms)
     # Made in place on the mesh; the checkpoint (read only when no state is restored) is an
     # argument, not a constant of the compile.
     init = lambda: jax.jit(create, out_shardings=shardings)(pretrained.load(model))
