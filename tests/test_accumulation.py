@@ -52,6 +52,7 @@ def _assert_same_run(config, method_name, micro_batches, pmapped=False):
   assert_same_training((whole, whole_history), (accumulated, history), initial)
 
 
+@pytest.mark.integration
 def test_micro_batches_have_unequal_label_counts(config):
   """Guards the point of the tests: a mean of the micro-batches' means would be wrong."""
   _, data, *_ = build_step(config)
@@ -61,12 +62,14 @@ def test_micro_batches_have_unequal_label_counts(config):
   assert (per_slice != per_slice[:, :1]).any()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('method_name', ['equal', 'uncertainty', 'pcgrad', 'mgda'])
 @pytest.mark.parametrize('micro_batches', [2, 4])
 def test_micro_batches_equal_the_whole_batch(config, method_name, micro_batches):
   _assert_same_run(config, method_name, micro_batches)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('method_name', ['equal', 'mgda'])
 def test_micro_batches_with_the_adversary_and_a_parameter_penalty(config, method_name):
   config.adversary.enabled = True
@@ -77,11 +80,13 @@ def test_micro_batches_with_the_adversary_and_a_parameter_penalty(config, method
   _assert_same_run(config, 'equal', 2)
 
 
+@pytest.mark.integration
 def test_micro_batches_under_pmap(config):
   config.batch_size = 4 * jax.local_device_count()
   _assert_same_run(config, 'mgda', 2, pmapped=True)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('method_name,pmapped', [('mgda', False), ('equal', True)])
 def test_micro_batches_with_shared_private(config, method_name, pmapped):
   """Per-task gradients on one device; a loss weighter under pmap (8 devices × 2)."""

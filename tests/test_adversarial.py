@@ -129,6 +129,7 @@ def _assert_moved_by(actual, expected, initial):
                actual, expected, initial)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('architecture', ['hard', 'shared_private'])
 @pytest.mark.parametrize('optimization', adversarial.OPTIMIZATIONS)
 @pytest.mark.parametrize('loss', adversarial.LOSSES)
@@ -144,6 +145,7 @@ def test_step_matches_separately_computed_adversarial_update(config, architectur
     assert float(metrics['penalty']) > 0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('mode,strategy', [('params', 'proportional'),
                                            ('representation', 'proportional'),
                                            ('params', 'grouped')])
@@ -159,6 +161,7 @@ def test_per_task_routes_add_the_penalty_and_adversary_gradients(config, mode, s
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_zero_adversary_weight_is_plain_mtl(smoke_config):
   smoke_config.num_steps = 3
 
@@ -256,6 +259,7 @@ def _train_toy(loss: str, optimization: str, weights, seeds=TOY_SEEDS,
   return accuracy, first, last
 
 
+@pytest.mark.integration
 # Seeds and instruction sets change these runs' outcomes (CPUs round differently and the
 # min-max amplifies it), so the test asserts over seeds 0..4 by the median, not one run's
 # figure. This test's runs with XLA's AVX2, AVX and SSE4.2 code: unattacked, D 1.0 in every

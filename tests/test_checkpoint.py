@@ -35,9 +35,11 @@ SUBPROCESS_TIMEOUT_S = 240
 
 def _config(data_dir: str) -> ml_collections.ConfigDict:
   """The job every resume test runs: MTL on the smoke suite, with dropout (so the restored
-  RNG matters) and a checkpoint every EVERY steps."""
+  RNG matters), a weighting method with a state (so the restored weighting state matters)
+  and a checkpoint every EVERY steps."""
   c = default.get_config('smoke')
   c.data.data_dir, c.mode = data_dir, 'multi'
+  c.weighting.name = 'uncertainty'
   c.num_steps, c.checkpoint.every = NUM_STEPS, EVERY
   return c
 
@@ -45,6 +47,7 @@ def _config(data_dir: str) -> ml_collections.ConfigDict:
 def _flags(config) -> list[str]:
   """The command-line form of _config's overrides."""
   return [f'--config.data.data_dir={config.data.data_dir}', f'--config.mode={config.mode}',
+          f'--config.weighting.name={config.weighting.name}',
           f'--config.num_steps={config.num_steps}',
           f'--config.checkpoint.every={config.checkpoint.every}']
 
@@ -109,12 +112,14 @@ def _crash_and_resume(config, workdir: str, monkeypatch):
   assert starts == [2 * EVERY]  # resumed, not started again
 
 
+@pytest.mark.integration
 def test_resume_after_crash_is_bitwise_identical(data_dir, uninterrupted, tmp_path,
                                                  monkeypatch):
   _crash_and_resume(_config(data_dir), str(tmp_path), monkeypatch)
   _assert_same_run(str(tmp_path), uninterrupted)
 
 
+@pytest.mark.integration
 def test_pmap_resume_after_crash_is_bitwise_identical(data_dir, tmp_path, monkeypatch):
   """pmap's per-device copies are saved as one global array and handed back to every
   device on restore (mtl_jax.parallel.pmap.to_global / from_global)."""
@@ -136,6 +141,7 @@ def _popen(command):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
   workdir, config = str(tmp_path), _config(data_dir)
   proc = _popen(_train_command(config, workdir))
@@ -155,6 +161,7 @@ def test_resume_after_sigkill_is_bitwise_identical(data_dir, uninterrupted, tmp_
   _assert_same_run(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_exits(data_dir, tmp_path):
   workdir, config = str(tmp_path), _config(data_dir)
   config.num_steps, config.checkpoint.every = 2000, 5000  # no periodic save: only SIGTERM's
@@ -197,6 +204,7 @@ def _host(tree) -> list[np.ndarray]:
                      else x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('layout', [dict(data=1, fsdp=1, tensor=1, devices=1),
                                     dict(data=2, fsdp=2, tensor=2, devices=8)])
 def test_restore_onto_another_mesh(smoke_config, tmp_path, layout):

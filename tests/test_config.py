@@ -146,6 +146,7 @@ def test_unknown_fields_are_named_with_the_closest_known_one():
       'model.hiden_size (did you mean model.hidden_size?)', 'num_step (did you mean num_steps?)']
 
 
+@pytest.mark.slow
 def test_a_config_file_with_a_typo_fails_before_anything_is_written(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config_file = tmp_path / 'typo.py'

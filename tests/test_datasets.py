@@ -358,6 +358,7 @@ def test_a_spec_must_fit_the_registered_task():
         label_field='y', labels=('a', 'b')))
 
 
+@pytest.mark.integration
 def test_a_local_task_trains_and_reports_skipped_rows(tmp_path, caplog):
   train = _write(tmp_path / 'train.tsv', 'text\tlabel\nvery good\tpos\nbad\tneg\nugly\t?\n')
   dev = _write(tmp_path / 'dev.tsv', 'text\tlabel\nso good\tpos\n')
@@ -454,6 +455,7 @@ def test_a_learnt_vocabulary_is_cached_by_its_text(tmp_path):
 # The main job on mock GLUE.
 
 
+@pytest.mark.integration
 def test_train_and_evaluate_on_mock_glue(tmp_path):
   config = _glue_config(str(tmp_path / 'data'))
   config.mode, config.num_steps, config.log_every, config.batch_size = 'multi', 4, 2, 8

@@ -77,6 +77,7 @@ ROUTES = {  # name: (config edits, weighting method, mode)
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('route', ROUTES)
 def test_a_nan_loss_skips_the_update_on_every_route(config, route):
   edits, method_name, mode = ROUTES[route]
@@ -86,10 +87,12 @@ def test_a_nan_loss_skips_the_update_on_every_route(config, route):
   _assert_skipped(*_step(config, method_name, mode, _nan_label))
 
 
+@pytest.mark.integration
 def test_a_nan_loss_skips_the_update_under_pmap(config):
   _assert_skipped(*_step(config, 'pcgrad', edit=_nan_label, axis_name=pmap_lib.AXIS))
 
 
+@pytest.mark.integration
 def test_a_finite_step_is_applied_and_not_counted(config):
   before, after, metrics, _ = _step(config, 'pcgrad')
   assert not bool(metrics['nonfinite']) and not metrics['nonfinite_tasks'].any()
@@ -99,6 +102,7 @@ def test_a_finite_step_is_applied_and_not_counted(config):
   assert all(changed)
 
 
+@pytest.mark.integration
 def test_a_nan_parameter_is_caught_in_the_gradient_of_a_loss_weighter(config):
   """A NaN in an encoder weight makes every loss NaN: all tasks are named."""
   tasks, data, state, _, step = build_step(config, weighting.get('equal'),
@@ -134,6 +138,7 @@ def diverging(config):
   return config
 
 
+@pytest.mark.integration
 def test_stop_names_the_tasks_and_step_and_logs_nothing_after(diverging, tmp_path):
   diverging.faults.nonfinite = 'stop'
   with pytest.raises(loop.NonFiniteError,
@@ -143,6 +148,7 @@ def test_stop_names_the_tasks_and_step_and_logs_nothing_after(diverging, tmp_pat
   assert not (tmp_path / 'eval.json').exists()
 
 
+@pytest.mark.integration
 def test_skip_counts_the_skipped_steps_in_the_log(diverging, tmp_path):
   loop.train_and_evaluate(diverging, str(tmp_path))
   records = _records(tmp_path)
@@ -194,6 +200,7 @@ def test_a_missing_local_file_is_named(config, tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_an_unknown_field_on_the_command_line_is_named(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run(
@@ -206,6 +213,7 @@ def test_an_unknown_field_on_the_command_line_is_named(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.integration
 def test_a_workdir_of_another_config_is_refused_unless_asked(config, tmp_path):
   config = _run_config(config)
   loop.train_and_evaluate(config, str(tmp_path))

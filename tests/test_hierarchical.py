@@ -25,6 +25,7 @@ def _init(model, inputs):
   return nn.unbox(model.init(jax.random.key(0), *inputs))['params']
 
 
+@pytest.mark.integration
 def test_no_task_layers_is_hard_sharing():
   inputs = _inputs()
   model = Hierarchical(CFG, TASKS, shared_features=True, task_layers=0)
@@ -74,6 +75,7 @@ def _is_zero(tree):
   return all(not np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(tree))
 
 
+@pytest.mark.integration
 def test_a_task_depends_on_the_encoder_only_up_to_its_depth():
   inputs = _inputs()
   model = Hierarchical(CFG, TASKS, task_layers=1)
@@ -121,6 +123,7 @@ def hier_config(smoke_config):
   return smoke_config
 
 
+@pytest.mark.integration
 def test_train_step_learns_a_fixed_batch(hier_config):
   hier_config.optimizer.learning_rate = 3e-3
   hier_config.optimizer.schedule = 'constant'
@@ -144,6 +147,7 @@ def _sgd_step(config, method, mode, diagnostics=False):
   return state.params, new_state.params, metrics, (tasks, model, batch)
 
 
+@pytest.mark.integration
 def test_representation_mode_is_the_shared_features_the_tasks_branch_from(hier_config):
   """Representation mode: the same SGD step as params mode for 'equal', and per-task
   gradient norms over the branch features alone (the carried mask and segment ids add
@@ -173,6 +177,7 @@ def test_representation_mode_is_the_shared_features_the_tasks_branch_from(hier_c
   np.testing.assert_allclose(metrics['task_grad_norms'], norms, rtol=1e-4)
 
 
+@pytest.mark.integration
 def test_gradient_method_in_representation_mode_runs(hier_config):
   initial, params, metrics, _ = _sgd_step(hier_config, weighting.get('mgda'), 'representation')
   assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(metrics))

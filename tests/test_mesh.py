@@ -59,6 +59,7 @@ def _specs(shardings) -> dict:
   }
 
 
+@pytest.mark.integration
 def test_rules_give_the_tensor_and_fsdp_layout(config):
   """Megatron's split: q/k/v and the intermediate kernel by output, the attention output and
   output kernels by input; every matrix's model-width axis on fsdp; Adam's moments follow
@@ -88,6 +89,7 @@ def test_config_rules_take_precedence(config):
   assert specs['query'] == P('fsdp', 'tensor')
 
 
+@pytest.mark.integration
 def test_fsdp_creates_the_state_in_place_sharded(config):
   """Under fsdp=8 each device holds 1/8 of every weight matrix and of Adam's moments, and the
   state created in its shardings equals the one created on one device, up to a few float32
@@ -117,6 +119,7 @@ def _adversarial(config):
   return weighting.get('equal')
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('make_method', [
     lambda c: weighting.get('equal'),
     lambda c: weighting.get('uncertainty'),
@@ -161,6 +164,7 @@ def test_mesh_step_equals_single_device_step(config, make_method):
             == shardings.params['encoder']['layer_0']['attention']['query']['kernel'])
 
 
+@pytest.mark.integration
 def test_default_features_step_on_the_mesh(exact_config):
   """The default model's features (mean pooling, pair features, no pooler) under data and
   tensor sharding: the same SGD steps as on one device, at a learning rate where the steps
@@ -197,6 +201,7 @@ def test_bad_mesh_is_a_config_error(config, sizes, message):
     _mesh(config, *sizes)
 
 
+@pytest.mark.integration
 def test_sharded_evaluation_equals_one_device(config):
   """The mesh's predictor (sharded parameters, each process feeding its rows, the last batch
   padded) predicts and scores as the one-device predictor does."""

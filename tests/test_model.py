@@ -178,6 +178,7 @@ def test_pair_head_hidden_is_a_relu_layer_on_pair_heads_only():
                              expected[:, 0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('architecture,args,width', [
     ('hierarchical', {'task_layers': 1}, 4 * 32),
     ('mmoe', {'expert_hidden': 16}, 4 * 16),

@@ -159,12 +159,14 @@ def _grad_norms(levels, task):
   return own, shared
 
 
+@pytest.mark.integration
 def test_cgc_task_reads_its_own_and_shared_experts_only():
   own, shared = _grad_norms(levels=1, task=1)
   assert own[(0, 0)] == 0.0 and own[(0, 2)] == 0.0  # exactly: not wired, not just small
   assert own[(0, 1)] > 0.0 and shared[0] > 0.0
 
 
+@pytest.mark.integration
 def test_ple_lower_levels_reach_every_task_through_the_shared_gate():
   own, shared = _grad_norms(levels=2, task=1)
   assert own[(1, 0)] == 0.0 and own[(1, 2)] == 0.0  # the last level is a CGC
@@ -185,6 +187,7 @@ def _inputs():
   return ids, jnp.zeros_like(ids), jnp.ones_like(ids)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('pooling', ['cls', 'mean'])
 def test_sentence_heads_read_the_mixture_of_the_full_sequence(pooling):
   """Without tagging tasks and with [CLS] pooling only [CLS] goes through the experts; that
@@ -210,6 +213,7 @@ def test_sentence_heads_read_the_mixture_of_the_full_sequence(pooling):
                              out.tasks['cls'], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_adversary_reads_the_encoders_sentence_feature():
   inputs = _inputs()
   model = PLESharing(CFG, (TAG, CLS), shared_features=True, expert_hidden=8)
@@ -222,6 +226,7 @@ def test_adversary_reads_the_encoders_sentence_feature():
   plain = PLESharing(CFG, (TAG, CLS), expert_hidden=8)
   assert plain.apply({'params': params}, *inputs).shared is None
 
+@pytest.mark.integration
 @pytest.mark.parametrize('architecture,args', [
     ('mmoe', {'num_experts': 3, 'expert_hidden': 16}),
     ('ple', {'task_experts': 1, 'shared_experts': 2, 'expert_hidden': 16, 'levels': 2}),
@@ -244,6 +249,7 @@ def test_train_step_learns_a_fixed_batch(smoke_config, architecture, args):
   assert losses[-1].sum() < 0.5 * losses[0].sum(), (losses[0], losses[-1])
 
 
+@pytest.mark.integration
 def test_gradient_method_on_the_representation_updates_the_experts(smoke_config):
   """Mode 'representation': per-task gradients w.r.t. the encoder output; the experts and
   gates are outside it and still get the step's head update."""

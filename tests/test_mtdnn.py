@@ -43,6 +43,7 @@ def test_start_from_takes_every_leaf_at_its_path():
     start_from({'encoder': {'w': np.zeros((3, 3))}}, multi)
 
 
+@pytest.mark.integration
 def test_finetuning_starts_from_the_multi_task_model(smoke_config, tmp_path):
   """With a vanishing learning rate, each fine-tuned model predicts exactly as the MTL model
   did: the second stage starts from the MTL encoder and that task's head."""
@@ -71,6 +72,7 @@ def test_a_required_pretrained_folder_is_named(smoke_config):
     config_lib.validate(smoke_config)
 
 
+@pytest.mark.integration
 def test_mtdnn_smoke_on_mock_glue(tmp_path):
   config = mtdnn.get_config('smoke')
   config.data.data_dir = str(tmp_path / 'data')

@@ -15,6 +15,8 @@ import pytest
 import multihost_worker
 from mtl_jax.train.loop import train_and_evaluate
 
+pytestmark = pytest.mark.slow
+
 WORKER = os.path.abspath(multihost_worker.__file__)
 TIMEOUT_S = 420  # both processes together; a hang fails the test instead of the suite
 

@@ -73,6 +73,7 @@ def test_a_table_holds_every_candidate_and_other_rows_fill_the_first(tokenizer):
     encode_examples([copa._replace(labels={'superglue_copa': 2})], (COPA,), tokenizer, 12)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('architecture,args', [
     ('hard', {}), ('shared_private', {'private_hidden_size': 8}), ('mmoe', {'num_experts': 2}),
     ('hierarchical', {'task_layers': 1}), ('soft', {})])
@@ -161,6 +162,7 @@ def _log(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.integration
 def test_copa_trains_the_same_on_the_mesh_pmap_and_micro_batches(copa_config, tmp_path):
   """Choices ride on the rows' trailing axes: slicing rows over devices or micro-batches
   keeps each example's candidates together. The adversary reads each example once."""
@@ -196,6 +198,7 @@ def test_the_copa_loss_is_cross_entropy_over_the_candidates():
   assert counts[0] == 2
 
 
+@pytest.mark.integration
 def test_single_task_baselines_of_a_run_with_copa_read_their_own_inputs(copa_config, tmp_path):
   """A run with COPA holds two inputs per row; a baseline of another task reads the first
   (the one MTL gave it) as (n, S) rows, and COPA's baseline both."""

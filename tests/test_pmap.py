@@ -58,6 +58,7 @@ def _assert_same_run(config, method_name, mode='params'):
   assert_same_training((single, single_history), (parallel, parallel_history), initial)
 
 
+@pytest.mark.integration
 def test_batch_counts_differ_between_device_slices(config):
   """Guards the point of the test: with unequal label counts per slice, a mean of the
   devices' means is not the global mean."""
@@ -69,15 +70,18 @@ def test_batch_counts_differ_between_device_slices(config):
   assert (per_device != per_device[:, :1]).any()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('method_name', ['equal', 'uncertainty', 'pcgrad', 'mgda'])
 def test_pmap_matches_one_device(config, method_name):
   _assert_same_run(config, method_name)
 
 
+@pytest.mark.integration
 def test_pmap_matches_one_device_in_representation_mode(config):
   _assert_same_run(config, 'mgda', 'representation')
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('optimization,method_name', [('reversal', 'equal'),
                                                       ('alternating', 'equal'),
                                                       ('reversal', 'mgda')])
@@ -88,6 +92,7 @@ def test_pmap_matches_one_device_with_the_adversary(config, optimization, method
   _assert_same_run(config, method_name)
 
 
+@pytest.mark.integration
 def test_pmap_matches_one_device_with_shared_private(config):
   use_shared_private(config)
   _assert_same_run(config, 'equal')
@@ -98,6 +103,7 @@ def test_uneven_batch_is_a_clear_error():
     pmap_lib.split_batch({'x': np.zeros((8, 2))}, 3)
 
 
+@pytest.mark.integration
 def test_main_job_trains_the_same_under_pmap_and_the_mesh(smoke_config, tmp_path):
   smoke_config.mode = 'multi'
   smoke_config.num_steps, smoke_config.log_every = 8, 1

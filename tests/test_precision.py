@@ -49,6 +49,7 @@ def _loss_and_grads(cfg, params=None, dropout=False):
   return params, *jax.value_and_grad(loss)(params)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('remat', ['full', 'dots'])
 def test_remat_computes_the_same_loss_and_gradients(remat):
   params, loss, grads = _loss_and_grads(CFG, dropout=True)
@@ -75,6 +76,7 @@ def test_remat_recomputes_in_the_backward_pass():
       CFG)
 
 
+@pytest.mark.integration
 def test_bfloat16_compute_keeps_float32_parameters_and_stays_close():
   params, loss, grads = _loss_and_grads(CFG)
   bf16 = dataclasses.replace(CFG, dtype='bfloat16')

@@ -188,6 +188,7 @@ def test_config_takes_the_architecture_from_the_checkpoint(smoke_config):
     config_lib.validate(smoke_config)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('architecture, args, encoder_key', [
     ('hard', {}, 'encoder'),
     ('hierarchical', {'task_layers': 1}, 'encoder'),
@@ -219,6 +220,7 @@ def test_create_state_starts_every_encoder_copy_from_the_checkpoint(architecture
   jax.tree.map(np.testing.assert_array_equal, rest(loaded), rest(random))
 
 
+@pytest.mark.integration
 def test_training_starts_from_the_checkpoint(smoke_config, tmp_path):
   """End to end on the built-in suite: config.model.pretrained -> state -> a finite step. The
   suite is tokenised with the checkpoint folder's own vocab.txt."""

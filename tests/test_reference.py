@@ -209,6 +209,7 @@ def _read(folder, name):
   return json.loads((folder / name).read_text())
 
 
+@pytest.mark.integration
 def test_a_documented_seed_lies_within_n_minus_1_over_root_n_std(documented):
   ref = reference.load(str(documented / 'reference.json'))
   reports = [_read(documented / f'seed_{s}', 'eval.json') for s in SEEDS]
@@ -224,6 +225,7 @@ def test_a_documented_seed_lies_within_n_minus_1_over_root_n_std(documented):
     assert result['tasks']['similarity']['single']['std'] > 0  # the seeds do differ
 
 
+@pytest.mark.slow
 def test_the_main_job_prints_and_writes_its_check(documented, data_dir):
   """Given a finished seed's workdir, the main job with --config.reference reads the run back
   (no training), prints the check after its table and writes it into eval.json."""

@@ -97,6 +97,7 @@ def tiny_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.integration
 def test_a_run_logs_throughput_curves_events_and_representations(tiny_run):
   records = plots.read_jsonl(os.path.join(tiny_run, 'metrics.jsonl'))
   assert [r['step'] for r in records] == [1, 2, 3, 4]
@@ -122,6 +123,7 @@ def _assert_png(path):
     assert image.format == 'PNG'
 
 
+@pytest.mark.integration
 def test_plots_of_a_tiny_run_are_decodable_pngs(tiny_run):
   written = plots.write_plots(tiny_run)
   assert written['task_gain.png'] is None  # an MTL-only run has no STL baselines
@@ -289,6 +291,7 @@ def test_training_seconds_add_the_stretches_of_a_resumed_run():
   assert tables.training_seconds(records) == 4.0
 
 
+@pytest.mark.integration
 def test_a_smoke_sweep_tunes_static_weights_and_reports_the_other_split(data_dir, tmp_path,
                                                                         monkeypatch):
   from experiments.configs import sweep as sweep_config

@@ -51,6 +51,7 @@ def _squared_norm(tree):
   return sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.integration
 def test_copy_g_is_a_standalone_encoder_with_params_g():
   model = SoftSharing(CFG, TASKS)
   params = _init(model)
@@ -67,6 +68,7 @@ def test_copy_g_is_a_standalone_encoder_with_params_g():
   assert all(not np.allclose(kernel[g], kernel[h]) for g, h in itertools.combinations(range(3), 2))
 
 
+@pytest.mark.integration
 def test_copies_get_independent_dropout():
   model = SoftSharing(CFG, TASKS)
   params = _init(model)
@@ -112,6 +114,7 @@ def test_l2_penalty_is_the_pairwise_form():
   np.testing.assert_allclose(penalty, strength * pairwise / 3, rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_l2_penalty_gradient_is_analytic():
   strength = 0.3
   model = SoftSharing(CFG, TASKS, strength=strength)
@@ -163,6 +166,7 @@ def test_without_coupling_a_tasks_gradient_touches_only_its_encoder():
       assert touched == (g == i), (name, g)
 
 
+@pytest.mark.integration
 def test_regularized_needs_strength_and_two_copies():
   assert SoftSharing(CFG, TASKS).regularized
   assert not SoftSharing(CFG, TASKS, groups=(0, 0, 0)).regularized
@@ -184,6 +188,7 @@ def _distance(params):
   return _squared_norm(jax.tree.map(lambda x: x - x.mean(0), params['encoders']))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('penalty', ['l2', 'trace'])
 def test_train_step_reports_the_models_penalty(smoke_config, penalty):
   config = _soft_config(smoke_config, penalty=penalty, strength=0.01)
@@ -196,6 +201,7 @@ def test_train_step_reports_the_models_penalty(smoke_config, penalty):
   np.testing.assert_allclose(metrics['penalty'], expected, rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_a_strong_l2_coupling_pulls_the_copies_together(smoke_config):
   """SGD on strength × Σ_g ||θ_g − θ̄||² scales each deviation by (1 − 2 lr strength)."""
   distances = {}

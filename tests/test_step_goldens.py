@@ -48,6 +48,7 @@ def assert_close(actual: dict, expected: dict, what: str):
       np.testing.assert_array_equal(got, want, err_msg=f'{what}{key}')
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('route', step_goldens.ROUTES)
 def test_one_step_equals_the_golden(route, data_dir):
   stored = np.load(f'{step_goldens.DIRECTORY}/{route}.npz')

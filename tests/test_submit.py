@@ -135,6 +135,7 @@ def _independent_outputs(workdir: str, fit_dir: str, head: str, task, split: str
                                 deterministic=True).tasks[head])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('phase', ['multi', 'finetune'])
 def test_submission_files(run, phase, tmp_path):
   workdir, _ = run
@@ -170,6 +171,7 @@ def test_submission_files(run, phase, tmp_path):
         assert got == want and len(got) == NUM_EXAMPLES
 
 
+@pytest.mark.integration
 def test_multirc_exact_match_end_to_end(run):
   """The run's EM on mock validation data equals EM recomputed from the records' idx and
   independent predictions of the final model."""
@@ -186,6 +188,7 @@ def test_multirc_exact_match_end_to_end(run):
       np.mean(list(right.values())))
 
 
+@pytest.mark.integration
 def test_trained_params_are_the_finished_fits_last_checkpoint(run):
   workdir, _ = run
   config = submit.run_config(workdir)

@@ -27,6 +27,7 @@ def _losses(workdir):
     return [json.loads(line)['task_losses'] for line in f]
 
 
+@pytest.mark.integration
 def test_two_runs_with_one_seed_give_identical_losses(smoke_config, tmp_path):
   smoke_config.mode, smoke_config.num_steps, smoke_config.log_every = 'multi', 6, 1
   tasks = config_lib.validate(smoke_config)
@@ -41,6 +42,7 @@ def test_two_runs_with_one_seed_give_identical_losses(smoke_config, tmp_path):
   assert _losses(tmp_path / 'a') != _losses(tmp_path / 'c')
 
 
+@pytest.mark.integration
 def test_step_compiles_once_and_learns_a_fixed_batch(smoke_config):
   smoke_config.optimizer.learning_rate = 3e-3
   smoke_config.optimizer.schedule = 'constant'
@@ -61,6 +63,7 @@ def test_step_compiles_once_and_learns_a_fixed_batch(smoke_config):
   assert (losses[-1] < 0.5 * losses[0]).all(), (losses[0], losses[-1])
 
 
+@pytest.mark.integration
 def test_static_weights_scale_the_gradient(smoke_config):
   """λ enters linearly: doubling every weight doubles the loss and the gradient norm."""
   smoke_config.model.dropout_rate = smoke_config.model.attention_dropout_rate = 0.0
@@ -79,6 +82,7 @@ def test_static_weights_scale_the_gradient(smoke_config):
   np.testing.assert_allclose(results[0]['loss'], float(jnp.dot(losses, weights)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_main_job_smoke_variant_end_to_end(data_dir, tmp_path):
   workdir = tmp_path / 'run'
   cmd = [sys.executable, '-m', 'mtl_jax.train', '--config',
@@ -113,6 +117,7 @@ def test_main_job_smoke_variant_end_to_end(data_dir, tmp_path):
   assert (workdir / 'eval.json').read_text() == before
 
 
+@pytest.mark.slow
 def test_bad_config_fails_before_any_work(tmp_path):
   cmd = [sys.executable, '-m', 'mtl_jax.train', '--config',
          os.path.join(ROOT, 'experiments/configs/default.py:smoke'),

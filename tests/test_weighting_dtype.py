@@ -50,6 +50,7 @@ def _float32_reference(name):
   return [[np.asarray(x, np.float64) for x in r] for r in results]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', weighting.names())
 def test_float64_inputs_give_float64_outputs_equal_to_float32(name):
   reference = _float32_reference(name)

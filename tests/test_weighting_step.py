@@ -69,6 +69,7 @@ def _assert_same_params(a, b, initial):
                a, b, initial)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('mode', ['params', 'representation'])
 def test_per_task_routes_equal_one_backward_for_linear_methods(config, mode):
   """Σ_i g_i formed from per-task gradients == the gradient of Σ_i L_i (one backward)."""
@@ -98,6 +99,7 @@ def _separate_task_gradients(tasks, model, params, batch, mode):
                      ).astype(np.float64) for i in range(len(tasks))])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('mode,strategy', [('params', 'proportional'),
                                            ('representation', 'proportional'),
                                            ('params', 'grouped')])
@@ -113,6 +115,7 @@ def test_diagnostics_match_separately_computed_gradients(config, mode, strategy)
   assert np.allclose(np.diag(metrics['task_grad_cosine']), 1.0, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_grouped_route_equals_one_backward(config):
   """On grouped batches the one-backward per-task route gives the same step as Σ_i L_i."""
   config.sampling.strategy = 'grouped'
@@ -123,6 +126,7 @@ def test_grouped_route_equals_one_backward(config):
     np.testing.assert_allclose(metrics['task_losses'], ref_metrics['task_losses'], rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_absent_task_gets_weight_zero_and_no_nan(config):
   def drop_sentiment(batch):
     masks = dict(batch['label_masks'])
@@ -139,6 +143,7 @@ def test_absent_task_gets_weight_zero_and_no_nan(config):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.integration
 def test_chain_scales_tasks_before_the_aggregator(config):
   """chain(static λ, sum of gradients) == static λ alone: Σ λ_i g_i either way."""
   lam = (2.0, 0.5, 1.0, 0.0)
@@ -155,6 +160,7 @@ def test_unknown_method_is_a_clear_error():
     weighting.get('nope')
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name,strategy', [('mgda', 'proportional'), ('pcgrad', 'grouped')])
 def test_methods_see_global_gradients_in_the_data_sharded_step(config, name, strategy):
   """The batch split over 4 devices (jit + NamedSharding): the same step as on one device,
