@@ -42,6 +42,9 @@ SHARED_PRIVATE = {'model.architecture': 'shared_private', 'model.num_layers': 1,
                   'adversary.enabled': True, 'adversary.hidden': 8}
 ROUTES = {
     'loss_weighter': {'weighting.name': 'uncertainty'},
+    # per-task gradients for the diagnostics; the heads still get the weighter's λ
+    'loss_weighter_diagnostics': {'weighting.name': 'uncertainty',
+                                  'weighting.diagnostics': True},
     'task_params': {'weighting.name': 'gradvac'},
     'grouped': {'weighting.name': 'pcgrad', 'sampling.strategy': 'grouped'},
     'representation': {'weighting.name': 'imtl', 'weighting.mode': 'representation'},
