@@ -39,6 +39,7 @@ def test_no_task_layers_is_hard_sharing():
     jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('task_layers', [1, 2])
 def test_task_layers_are_standalone_layers_over_the_depth_d_states(task_layers):
   """Each task: Layer^k(hidden_states[d]) by standalone Layers, then the head in numpy."""
@@ -88,6 +89,7 @@ def test_a_task_depends_on_the_encoder_only_up_to_its_depth():
     assert _is_zero(encoder['pooler'])
 
 
+@pytest.mark.integration
 def test_a_task_layers_affect_only_that_task():
   inputs = _inputs()
   model = Hierarchical(CFG, TASKS, task_layers=1)

@@ -79,6 +79,7 @@ def test_rules_give_the_tensor_and_fsdp_layout(config):
   assert mesh_lib.batch_sharding(mesh, rules, 16).spec == P(('data', 'fsdp'))
 
 
+@pytest.mark.integration
 def test_config_rules_take_precedence(config):
   _, _, state, model, _ = build_step(config)
   config.mesh.rules = (('vocab', 'tensor'), ('mlp', None))

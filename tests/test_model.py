@@ -83,6 +83,7 @@ def test_head_shapes_and_depths():
   assert not np.allclose(out2['cls'], out['cls'])
 
 
+@pytest.mark.integration
 def test_dropout_is_deterministic_given_the_key():
   ids, seg, mask = _inputs()
   model = HardSharing(CFG, TASKS)

@@ -132,6 +132,7 @@ def _ple_numpy(params, x, num_tasks, task_experts, levels):
   return np.stack(tasks)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('levels', [1, 2, 3])
 def test_ple_matches_the_papers_equations(levels):
   x = _x((9, D))

@@ -60,6 +60,7 @@ def test_remat_computes_the_same_loss_and_gradients(remat):
                remat_grads, grads)
 
 
+@pytest.mark.integration
 def test_remat_recomputes_in_the_backward_pass():
   """The compiled gradient of the rematerialised encoder holds the layers' forward ops
   twice: once in the forward pass and once recomputed for the backward pass."""

@@ -80,6 +80,7 @@ def test_copies_get_independent_dropout():
   assert not np.allclose(noisy[0], noisy[1])
 
 
+@pytest.mark.integration
 def test_each_task_reads_its_groups_encoder():
   """Task i's output equals the reference (HardSharing) with encoder = copy groups[i]."""
   model = SoftSharing(CFG, TASKS, groups=(1, 0, 1))
@@ -103,6 +104,7 @@ def test_tasks_in_one_group_share_features():
   assert not np.allclose(out['a'], out['b'], atol=1e-3)
 
 
+@pytest.mark.integration
 def test_l2_penalty_is_the_pairwise_form():
   strength = 0.3
   model = SoftSharing(CFG, TASKS, strength=strength)
@@ -154,6 +156,7 @@ def test_trace_penalty_gradient_is_u_v_transpose():
   np.testing.assert_array_equal(grad(np.zeros((3, 5))), 0.0)
 
 
+@pytest.mark.integration
 def test_without_coupling_a_tasks_gradient_touches_only_its_encoder():
   model = SoftSharing(CFG, TASKS, strength=0.0)
   assert not model.regularized

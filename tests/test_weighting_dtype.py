@@ -66,6 +66,7 @@ def test_float64_inputs_give_float64_outputs_equal_to_float32(name):
   assert all(d == dtypes[0] for d in dtypes), f'{name}: the state changes dtype: {dtypes}'
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', weighting.names())
 def test_float32_inputs_stay_float32_with_x64_enabled(name):
   reference = _float32_reference(name)
