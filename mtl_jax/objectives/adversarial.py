@@ -79,8 +79,33 @@ class Adversary(NamedTuple):
     return self._module.apply({'params': {'discriminator': params}}, shared)
 
   def apply(self, params, output: ModelOutput, batch: dict, step: jax.Array) -> TermValue:
-    return TermValue(*adversarial_terms(self, self.logits, params, output.shared,
-                                        batch['domain'], self.weight(step)))
+    """The adversary's part of one forward pass. Its `extra` is the scalar whose gradient
+    every parameter should get from the adversary: the discriminator its own descent
+    direction (in 'reversal'; in 'alternating' it was updated before this pass and is fixed
+    here), the encoder the adversarial one. Its `objective` is the adversary's part of the
+    reported joint objective: −λ_adv L_adv, or λ_adv CE(uniform, D) for 'entropy'."""
+    sg = jax.lax.stop_gradient
+    shared, domains, weight = output.shared, batch['domain'], self.weight(step)
+    mask = jnp.ones(domains.shape, jnp.float32)
+    if self.optimization == 'reversal' and self.loss == 'reverse':
+      logits = self.logits(params, reverse_gradient(shared, weight))
+      loss = domain_loss(logits, domains, mask)
+      term, objective = loss, -weight * loss
+    elif self.optimization == 'reversal':  # entropy: D descends L_adv on fixed features
+      logits = self.logits(params, sg(shared))
+      loss = domain_loss(logits, domains, mask)
+      confusion = weight * uniform_loss(self.logits(sg(params), shared), mask)
+      term, objective = loss + confusion, confusion
+    else:
+      logits = self.logits(sg(params), shared)
+      loss = domain_loss(logits, domains, mask)
+      objective = (-weight * loss if self.loss == 'reverse'
+                   else weight * uniform_loss(logits, mask))
+      term = objective
+    metrics = {'adversary_loss': sg(loss),
+               'adversary_accuracy': domain_accuracy(sg(logits), domains, mask),
+               'adversary_weight': jnp.asarray(weight, jnp.float32)}
+    return TermValue(term, objective, metrics)
 
   @property
   def first_loss(self):
@@ -141,38 +166,3 @@ def uniform_loss(logits: jax.Array, mask: jax.Array) -> jax.Array:
 
 def domain_accuracy(logits: jax.Array, domains: jax.Array, mask: jax.Array) -> jax.Array:
   return _masked_mean((jnp.argmax(logits, -1) == domains).astype(jnp.float32), mask)
-
-
-def adversarial_terms(adversary: Adversary, discriminate: Callable, disc_params,
-                      shared: jax.Array, domains: jax.Array, weight: jax.Array
-                      ) -> tuple[jax.Array, jax.Array, dict]:
-  """The adversary's part of one forward pass.
-
-  Returns (gradient term, objective term, metrics). The gradient term is the scalar whose
-  gradient every parameter should get from the adversary: the discriminator its own descent
-  direction (in 'reversal'; in 'alternating' it was updated before this pass and is fixed
-  here), the encoder the adversarial one. The objective term is the adversary's part of
-  the reported joint objective: −λ_adv L_adv, or λ_adv CE(uniform, D) for 'entropy'.
-  `discriminate(disc_params, shared)` gives the discriminator's logits.
-  """
-  sg = jax.lax.stop_gradient
-  mask = jnp.ones(domains.shape, jnp.float32)
-  if adversary.optimization == 'reversal' and adversary.loss == 'reverse':
-    logits = discriminate(disc_params, reverse_gradient(shared, weight))
-    loss = domain_loss(logits, domains, mask)
-    term, objective = loss, -weight * loss
-  elif adversary.optimization == 'reversal':  # entropy: D descends L_adv on fixed features
-    logits = discriminate(disc_params, sg(shared))
-    loss = domain_loss(logits, domains, mask)
-    confusion = weight * uniform_loss(discriminate(sg(disc_params), shared), mask)
-    term, objective = loss + confusion, confusion
-  else:
-    logits = discriminate(sg(disc_params), shared)
-    loss = domain_loss(logits, domains, mask)
-    objective = (-weight * loss if adversary.loss == 'reverse'
-                 else weight * uniform_loss(logits, mask))
-    term = objective
-  metrics = {'adversary_loss': sg(loss),
-             'adversary_accuracy': domain_accuracy(sg(logits), domains, mask),
-             'adversary_weight': jnp.asarray(weight, jnp.float32)}
-  return term, objective, metrics

@@ -3,8 +3,9 @@
 The objective is Σ λ_i L_i + the architecture's penalty + the objective terms
 (mtl_jax.objectives.terms, e.g. the adversary's −λ_adv L_adv). A forward pass yields the
 task losses (N,), which a weighting method turns into λ or into per-task gradients, and one
-scalar `extra`: the sum of the other terms, whose gradient is added to the method's update. On a slice (a device's rows, a micro-batch) each value is the slice's share, so that
-summed over the slices it is the whole batch's (mtl_jax.train.collectives).
+scalar `extra`: the sum of the other terms, whose gradient is added to the method's update.
+On a slice (a device's rows, a micro-batch) each value is the slice's share, so that summed
+over the slices it is the whole batch's (mtl_jax.train.collectives).
 """
 
 from collections.abc import Sequence
