@@ -19,7 +19,7 @@ from absl import app, flags, logging
 
 from experiments.configs import sharing
 from mtl_jax.train.host_memory import keep_step_buffers_resident
-from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.jobs.main import train_and_evaluate
 
 flags.DEFINE_string('workdir', None, 'Where the runs and their eval.json go.')
 flags.DEFINE_list('relatedness', ['0', '0.5', '1'], 'Values of config.data.relatedness.')

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from mtl_jax import config as config_lib
 from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.data.pipeline import load_task_data, scaled_tasks
-from mtl_jax.evaluation.submit import run_config
+from mtl_jax.jobs.submit import run_config
 from mtl_jax.models.base import sentence_key
 from mtl_jax.report.representations import _sentence_feature
 from mtl_jax.tasks import TaskKind
@@ -51,8 +51,7 @@ def main(workdir: str):
   fit_tasks = scaled_tasks(tasks, data)
   method = config_lib.build_weighting(config)
   model, trained = loop.trained_params(config, fit_tasks, data, workdir, method)
-  model_, optimizer, _, adversary = loop._fit_parts(config, fit_tasks, data)
-  initial = loop._state_maker(config, len(tasks), method, model_, optimizer, adversary)().params
+  initial = loop.program(config, fit_tasks, data, method)[1].create().params
   key = sentence_key(model.encoder_config)
   encode = jax.jit(lambda params, inputs: _sentence_feature(
       apply_model(model, params, {}, method='encode', inputs=inputs), key))

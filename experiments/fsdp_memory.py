@@ -25,7 +25,7 @@ from mtl_jax import weighting
 from mtl_jax.bench import synthetic_batch
 from mtl_jax.models.encoder import REMAT
 from mtl_jax.parallel import mesh as mesh_lib
-from mtl_jax.train.loop import state_layout
+from mtl_jax.train.loop import create_state, init_params
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.step import make_train_step
 
@@ -46,9 +46,11 @@ def compile_step(config, devices) -> dict:
   optimizer = make_optimizer(config.optimizer, schedule)
   method = weighting.get('equal')
   mesh, rules = mesh_lib.make_mesh(config.mesh, devices), mesh_lib.axis_rules(config.mesh)
-  create, shardings = state_layout(mesh, rules, model, optimizer, method, len(tasks),
-                                   config.seed, config.data.seq_len)
-  state = jax.eval_shape(create)
+  create = lambda encoder=None: create_state(model, optimizer, method, len(tasks), config.seed,
+                                             config.data.seq_len, encoder=encoder)
+  boxed = jax.eval_shape(lambda: init_params(model, config.seed, config.data.seq_len))
+  _, state = mesh_lib.placement(create, boxed, mesh, rules)  # shapes only: nothing allocated
+  shardings = jax.tree.map(lambda a: a.sharding, state)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), synthetic_batch(
       tasks, config.batch_size, config.data.seq_len, config.model.vocab_size))
   step = mesh_lib.shard_step(make_train_step(model, optimizer, tasks, method, schedule), mesh,

@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments.configs import default
-from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.jobs.main import train_and_evaluate
 
 flags.DEFINE_string('workdir', None, 'Where the runs and their eval.json go.')
 flags.DEFINE_list('relatedness', ['-1', '0', '1'], 'Values of config.data.relatedness.')

@@ -7,7 +7,9 @@ second instead of after compilation.
 import difflib
 import json
 import os
+from collections.abc import Sequence
 
+import jax
 import ml_collections
 import optax
 
@@ -15,11 +17,15 @@ from mtl_jax import tasks as task_lib
 from mtl_jax import weighting
 from mtl_jax.data import builtin_suite, local_source
 from mtl_jax.data.mixture import STRATEGIES
+from mtl_jax.errors import ConfigError
 from mtl_jax.models import architectures, pretrained
 from mtl_jax.models.base import MultiTaskModel
 from mtl_jax.models.encoder import DTYPES, REMAT, EncoderConfig
 from mtl_jax.objectives import adversarial
 from mtl_jax.objectives.terms import Term
+from mtl_jax.parallel import mesh as mesh_lib
+from mtl_jax.parallel import pmap as pmap_lib
+from mtl_jax.parallel.backend import Backend, Program
 from mtl_jax.tasks import builtin as builtin_tasks
 
 MODES = ('multi', 'single', 'both')
@@ -29,10 +35,6 @@ NONFINITE = ('skip', 'stop')  # config.faults.nonfinite
 # config.model fields a pretrained checkpoint fixes (resolve_pretrained).
 PRETRAINED_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                      'intermediate_size', 'max_len', 'layer_norm_eps')
-
-
-class ConfigError(ValueError):
-  pass
 
 
 def _require(condition: bool, field: str, message: str):
@@ -194,11 +196,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
   _require(config.parallelism in PARALLELISMS, 'parallelism',
            f'{config.parallelism!r} is not one of {PARALLELISMS}.')
   if num_devices is not None and config.parallelism == 'mesh':
-    from mtl_jax.parallel import mesh  # here: mesh.py imports ConfigError from this module
-    shape = dict(zip(mesh.MESH_AXES, mesh.mesh_shape(config.mesh, num_devices)))
-    rules = mesh.axis_rules(config.mesh)
+    shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(config.mesh, num_devices)))
+    rules = mesh_lib.axis_rules(config.mesh)
     for field in ('batch_size', 'eval_batch_size'):  # evaluation is sharded like training
-      mesh.check_batch_size(shape, rules, config[field], f'config.{field}')
+      mesh_lib.check_batch_size(shape, rules, config[field], f'config.{field}')
   _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
            f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
   _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',
@@ -300,6 +301,16 @@ def build_terms(config: ml_collections.ConfigDict, num_domains: int) -> dict[str
   return {adversarial.NAME: adversarial.Adversary(
       adv.loss, adv.optimization, weight, optax.adam(adv.learning_rate), num_domains,
       adv.hidden)}
+
+
+def build_backend(config: ml_collections.ConfigDict, program: Program,
+                  devices: Sequence[jax.Device] | None = None) -> Backend:
+  """`program` placed by config.parallelism's backend, on `devices` (default: all)."""
+  if config.parallelism == 'pmap':
+    return pmap_lib.backend(program, config.batch_size)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  return mesh_lib.backend(program, mesh, mesh_lib.axis_rules(config.mesh), config.batch_size,
+                          config.eval_batch_size)
 
 
 def build_weighting(config: ml_collections.ConfigDict) -> weighting.Method:

@@ -1,9 +1,23 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 from xla_flags import with_host_devices
 
-# Several CPU devices for the multi-device tests; must be set before JAX starts.
+# Set before JAX starts, and inherited by the processes the tests start (the CLI, two hosts).
+# Several CPU devices for the multi-device tests.
 os.environ['XLA_FLAGS'] = with_host_devices(os.environ.get('XLA_FLAGS', ''), 8)
+# Compiling is most of the suite's time: XLA's optimisation passes are skipped (the same
+# programs, about half the compile time; JAX_DISABLE_MOST_OPTIMIZATIONS=0 turns them on), and
+# a program compiled by one test or process is read by the next from a cache that lives as
+# long as the session.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mtl_jax_tests_xla_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import optax
 import pytest

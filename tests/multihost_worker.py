@@ -35,7 +35,7 @@ def main(layout, workdir, data_dir, port, process_id, num_processes):
   os.environ['XLA_FLAGS'] = with_host_devices(os.environ.get('XLA_FLAGS', ''), LOCAL_DEVICES)
   os.environ['JAX_PLATFORMS'] = 'cpu'
   logging.basicConfig(level=logging.INFO, format='%(message)s', force=True)  # rows read
-  from mtl_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from mtl_jax.jobs.main import train_and_evaluate  # pylint: disable=import-outside-toplevel
   c = config(layout, data_dir)
   c.distributed.initialize = True
   c.distributed.coordinator_address = f'localhost:{port}'

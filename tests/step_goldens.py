@@ -26,10 +26,7 @@ import numpy as np  # noqa: E402
 from experiments.configs import default  # noqa: E402
 from mtl_jax import config as config_lib  # noqa: E402
 from mtl_jax.data.pipeline import load_task_data, scaled_tasks, train_batches  # noqa: E402
-from mtl_jax.parallel import mesh as mesh_lib  # noqa: E402
-from mtl_jax.parallel import pmap as pmap_lib  # noqa: E402
 from mtl_jax.train import loop  # noqa: E402
-from mtl_jax.train.step import make_train_step  # noqa: E402
 
 DIRECTORY = os.path.join(os.path.dirname(__file__), 'data', 'step_goldens')
 STEPS_BEFORE = 2
@@ -79,8 +76,7 @@ def route_config(route: str):
 
 
 def build(route: str, data_dir: str):
-  """(the initial state on the host, the route's batches, its step as `fit` runs it, the
-  batch's and the state's conversions to the step's layout, and back to host arrays)."""
+  """(the route's backend, whose step is the one `fit` runs; its batches)."""
   config = route_config(route)
   config.data.data_dir = data_dir
   devices = (jax.devices() if config.parallelism == 'pmap'
@@ -88,34 +84,21 @@ def build(route: str, data_dir: str):
   tasks = config_lib.validate(config, len(devices))
   data = load_task_data(config.data, tasks)
   tasks = scaled_tasks(tasks, data)
-  method = config_lib.build_weighting(config)
-  model, optimizer, schedule, terms = loop._fit_parts(config, tasks, data)
-  step_fn = lambda **kw: make_train_step(
-      model, optimizer, tasks, method, schedule, config.weighting.mode,
-      config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
-      terms=terms, micro_batches=config.micro_batches, **kw)
-  if config.parallelism == 'pmap':
-    state = pmap_lib.replicate(loop._state_maker(config, len(tasks), method, model,
-                                                 optimizer, terms)())
-    step = pmap_lib.pmap_step(step_fn(axis_name=pmap_lib.AXIS))
-    feed = lambda b: pmap_lib.split_batch(b, jax.local_device_count())
-    to_layout = pmap_lib.replicate
-    to_host = lambda tree: jax.device_get(pmap_lib.unreplicate(tree))
-  else:
-    mesh = mesh_lib.make_mesh(config.mesh, devices)
-    rules = mesh_lib.axis_rules(config.mesh)
-    create, shardings = loop.state_layout(mesh, rules, model, optimizer, method, len(tasks),
-                                          config.seed, config.data.seq_len,
-                                          config.weighting.mode, config.batch_size, terms)
-    state = jax.jit(create, out_shardings=shardings)()
-    batch_sharding = mesh_lib.batch_sharding(mesh, rules, config.batch_size)
-    step = mesh_lib.shard_step(step_fn(), mesh, shardings, batch_sharding)
-    feed = lambda b: jax.device_put(b, batch_sharding)
-    to_layout = lambda tree: jax.device_put(tree, shardings)
-    to_host = jax.device_get
+  _, program = loop.program(config, tasks, data, config_lib.build_weighting(config))
   batches = lambda: ({k: b[k] for k in loop.TRAIN_KEYS} for b in train_batches(
       data, config.sampling, config.seed, config.batch_size, 0, STEPS_BEFORE + 1))
-  return to_host(state), batches, step, feed, to_layout, to_host
+  return config_lib.build_backend(config, program, devices), batches
+
+
+def to_step(backend, host_state):
+  """A state of host arrays in the layout the backend's step takes."""
+  shardings = jax.tree.map(lambda a: a.sharding, backend.abstract)
+  return backend.from_saved(jax.device_put(host_state, shardings))
+
+
+def to_host(backend, tree):
+  """The step's state (or its metrics) as host arrays."""
+  return jax.device_get(backend.to_saved(tree))
 
 
 def flat(tree) -> dict[str, np.ndarray]:
@@ -142,18 +125,18 @@ def unflat(like, stored: dict[str, np.ndarray]):
 
 
 def write(route: str, data_dir: str):
-  state, batches, step, feed, to_layout, to_host = build(route, data_dir)
+  backend, batches = build(route, data_dir)
   batches = batches()
-  state = to_layout(state)
+  state = backend.from_saved(backend.init(None))
   for _ in range(STEPS_BEFORE):
-    state, _ = step(state, feed(next(batches)))
-  state, batch = to_host(state), next(batches)
+    state, _ = backend.step(state, next(batches))
+  state, batch = to_host(backend, state), next(batches)
   before = flat(state)  # before the step donates the state's buffers (a key stays on device)
-  new_state, metrics = step(to_layout(state), feed(batch))
+  new_state, metrics = backend.step(to_step(backend, state), batch)
   arrays = {**{f'state{k}': v for k, v in before.items()},
             **{f'batch{k}': v for k, v in flat(batch).items()},
-            **{f'new_state{k}': v for k, v in flat(to_host(new_state)).items()},
-            **{f'metrics{k}': v for k, v in flat(to_host(metrics)).items()}}
+            **{f'new_state{k}': v for k, v in flat(to_host(backend, new_state)).items()},
+            **{f'metrics{k}': v for k, v in flat(jax.device_get(metrics)).items()}}
   os.makedirs(DIRECTORY, exist_ok=True)
   np.savez_compressed(os.path.join(DIRECTORY, f'{route}.npz'), **arrays)
 

@@ -14,6 +14,7 @@ from training_equivalence import assert_same_training, starting_state, use_share
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
+from mtl_jax.errors import ConfigError
 from mtl_jax.parallel import pmap as pmap_lib
 
 NUM_STEPS = 3
@@ -97,9 +98,9 @@ def test_micro_batches_with_shared_private(config, method_name, pmapped):
 
 def test_bad_micro_batches_are_config_errors(smoke_config):
   smoke_config.micro_batches = 3
-  with pytest.raises(config_lib.ConfigError, match='config.micro_batches: batch_size 16'):
+  with pytest.raises(ConfigError, match='config.micro_batches: batch_size 16'):
     config_lib.validate(smoke_config)
   smoke_config.micro_batches = 2
   smoke_config.weighting.name, smoke_config.weighting.mode = 'mgda', 'representation'
-  with pytest.raises(config_lib.ConfigError, match="config.micro_batches: .*mode 'params'"):
+  with pytest.raises(ConfigError, match="config.micro_batches: .*mode 'params'"):
     config_lib.validate(smoke_config)

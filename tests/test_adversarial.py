@@ -6,7 +6,6 @@ update against one written here with separate jax.grad calls (a second implement
 against plain MTL; and a toy where the task is linearly decodable from the features.
 """
 
-import dataclasses
 
 import chex
 import jax

@@ -10,7 +10,8 @@ import math
 import pytest
 
 from experiments.configs import default
-from mtl_jax.config import ConfigError, validate
+from mtl_jax.config import validate
+from mtl_jax.errors import ConfigError
 from mtl_jax.data import builtin_suite as bs
 from mtl_jax.data import builtin_tfds
 

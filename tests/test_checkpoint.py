@@ -23,6 +23,7 @@ import pytest
 from experiments.configs import default
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
+from mtl_jax.jobs import main as main_job
 from mtl_jax.objectives.terms import TermState
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.train import checkpoint, loop
@@ -86,7 +87,7 @@ def _wait_for(path: str, timeout_s: float = SUBPROCESS_TIMEOUT_S, proc=None):
 @pytest.fixture(scope='module')
 def uninterrupted(data_dir, tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  loop.train_and_evaluate(_config(data_dir), workdir)
+  main_job.train_and_evaluate(_config(data_dir), workdir)
   return workdir
 
 
@@ -101,14 +102,14 @@ def _crash_and_resume(config, workdir: str, monkeypatch):
   with monkeypatch.context() as m:
     m.setattr(checkpoint.PreemptionWatch, 'reached', crash)
     with pytest.raises(KeyboardInterrupt):
-      loop.train_and_evaluate(config, workdir)
+      main_job.train_and_evaluate(config, workdir)
   assert max(r['step'] for r in _log(workdir)) > 2 * EVERY  # the log ran past the checkpoint
 
   starts = []
   train_batches = loop.train_batches
   monkeypatch.setattr(loop, 'train_batches',
                       lambda *a, **k: (starts.append(a[4]), train_batches(*a, **k))[1])
-  loop.train_and_evaluate(config, workdir)
+  main_job.train_and_evaluate(config, workdir)
   assert starts == [2 * EVERY]  # resumed, not started again
 
 
@@ -125,7 +126,7 @@ def test_pmap_resume_after_crash_is_bitwise_identical(data_dir, tmp_path, monkey
   device on restore (mtl_jax.parallel.pmap.to_global / from_global)."""
   config = _config(data_dir)
   config.parallelism = 'pmap'
-  loop.train_and_evaluate(config, str(tmp_path / 'uninterrupted'))
+  main_job.train_and_evaluate(config, str(tmp_path / 'uninterrupted'))
   _crash_and_resume(config, str(tmp_path / 'resumed'), monkeypatch)
   _assert_same_run(str(tmp_path / 'resumed'), str(tmp_path / 'uninterrupted'))
 
@@ -192,11 +193,12 @@ def _mesh_state(config, devices):
   tasks = config_lib.validate(config)
   model = config_lib.build_model(config, tasks, tokenizer_vocab_size=100)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
-  create, shardings = loop.state_layout(
-      mesh, mesh_lib.axis_rules(config.mesh), model, make_optimizer(config.optimizer, 1e-3),
-      weighting.get('equal'), len(tasks), config.seed, config.data.seq_len)
-  return jax.jit(create, out_shardings=shardings)(), loop._placed(jax.eval_shape(create),
-                                                                   shardings)
+  create = lambda encoder=None: loop.create_state(
+      model, make_optimizer(config.optimizer, 1e-3), weighting.get('equal'), len(tasks),
+      config.seed, config.data.seq_len, encoder=encoder)
+  boxed = jax.eval_shape(lambda: loop.init_params(model, config.seed, config.data.seq_len))
+  init, abstract = mesh_lib.placement(create, boxed, mesh, mesh_lib.axis_rules(config.mesh))
+  return init(None), abstract
 
 
 def _host(tree) -> list[np.ndarray]:

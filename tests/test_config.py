@@ -10,7 +10,8 @@ from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from experiments.configs import (bert_mini, default, gradient_aggregation, loss_weighting,
                                  representation_aggregation, sharing)
-from mtl_jax.config import ConfigError, build_model, build_weighting, validate
+from mtl_jax.config import build_model, build_weighting, validate
+from mtl_jax.errors import ConfigError
 from mtl_jax.models import architectures
 
 
@@ -159,6 +160,6 @@ def test_a_config_file_with_a_typo_fails_before_anything_is_written(tmp_path):
       [sys.executable, '-m', 'mtl_jax.train', '--config', str(config_file),
        '--workdir', str(tmp_path / 'run')], cwd=root, capture_output=True, text=True,
       timeout=120, env={**os.environ, 'PYTHONPATH': root})
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert 'num_step (did you mean num_steps?)' in result.stderr
   assert not (tmp_path / 'run').exists()

@@ -22,12 +22,13 @@ from mtl_jax.data import local_source, mixture, tfds_source
 from mtl_jax.data.features import Example
 from mtl_jax.data.pipeline import load_task_data, train_batches, train_table
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer
+from mtl_jax.errors import ConfigError
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import evaluate
-from mtl_jax.evaluation.metrics import compute_metrics
+from mtl_jax.metrics import compute_metrics
 from mtl_jax.tasks import TaskKind
 from mtl_jax.tasks.glue import TFDS
-from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.jobs.main import train_and_evaluate
 
 
 def _fields(task):
@@ -347,7 +348,7 @@ def test_a_bad_spec_names_its_field(fields, message):
 def test_bad_data_fields_are_named(field, value, message):
   config = default.get_config('smoke')
   config.data[field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     config_lib.validate(config)
 
 

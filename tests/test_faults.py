@@ -15,8 +15,9 @@ import pytest
 
 from conftest import build_step
 from mtl_jax import weighting
-from mtl_jax.config import ConfigError
+from mtl_jax.errors import ConfigError
 from mtl_jax.data.pipeline import train_batches
+from mtl_jax.jobs import main as main_job
 from mtl_jax.parallel import pmap as pmap_lib
 from mtl_jax.train import loop
 
@@ -143,14 +144,14 @@ def test_stop_names_the_tasks_and_step_and_logs_nothing_after(diverging, tmp_pat
   diverging.faults.nonfinite = 'stop'
   with pytest.raises(loop.NonFiniteError,
                      match=r"Step 2: .*task\(s\) \['sentiment', 'similarity'\] is NaN or Inf"):
-    loop.train_and_evaluate(diverging, str(tmp_path))
+    main_job.train_and_evaluate(diverging, str(tmp_path))
   assert [r['step'] for r in _records(tmp_path)] == [1]
   assert not (tmp_path / 'eval.json').exists()
 
 
 @pytest.mark.integration
 def test_skip_counts_the_skipped_steps_in_the_log(diverging, tmp_path):
-  loop.train_and_evaluate(diverging, str(tmp_path))
+  main_job.train_and_evaluate(diverging, str(tmp_path))
   records = _records(tmp_path)
   assert [r['skipped_steps'] for r in records] == [0, 1, 2]
   assert 'nonfinite_tasks' not in records[0]
@@ -187,7 +188,7 @@ def test_a_bad_config_fails_naming_its_field_with_nothing_written(config, field,
     config.tasks = ('sentiment', 'mine')
   workdir = tmp_path / 'run'
   with pytest.raises(ConfigError, match=message):
-    loop.train_and_evaluate(config, str(workdir))
+    main_job.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
 
 
@@ -196,7 +197,7 @@ def test_a_missing_local_file_is_named(config, tmp_path):
                                 text_fields=('text',), label_field='label', regression=True)
   config.tasks = ('mine',)
   with pytest.raises(ConfigError, match=r'config.data.local.mine.paths.train: no file .*nope'):
-    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+    main_job.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
 
@@ -208,7 +209,7 @@ def test_an_unknown_field_on_the_command_line_is_named(tmp_path):
        os.path.join(root, 'experiments/configs/default.py:smoke'), '--config.no_such_key=1',
        '--workdir', str(tmp_path / 'run')], cwd=root, capture_output=True, text=True,
       timeout=120, env={**os.environ, 'PYTHONPATH': root})
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert "the config has no field 'no_such_key'" in result.stderr.splitlines()[-1]
   assert not (tmp_path / 'run').exists()
 
@@ -216,15 +217,15 @@ def test_an_unknown_field_on_the_command_line_is_named(tmp_path):
 @pytest.mark.integration
 def test_a_workdir_of_another_config_is_refused_unless_asked(config, tmp_path):
   config = _run_config(config)
-  loop.train_and_evaluate(config, str(tmp_path))
+  main_job.train_and_evaluate(config, str(tmp_path))
   files = lambda: {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
   written = files()
   config.num_steps = 2
   with pytest.raises(FileExistsError, match=r'num_steps: 3 -> 2.*overwrite_workdir=True'):
-    loop.train_and_evaluate(config, str(tmp_path))
+    main_job.train_and_evaluate(config, str(tmp_path))
   assert files() == written
   config.faults.overwrite_workdir = True
-  loop.train_and_evaluate(config, str(tmp_path))
+  main_job.train_and_evaluate(config, str(tmp_path))
   # The old run's step-3 checkpoint was removed, not resumed.
   assert [r['step'] for r in _records(tmp_path)] == [1, 2]
   assert '3' not in os.listdir(tmp_path / 'checkpoints')
@@ -233,8 +234,8 @@ def test_a_workdir_of_another_config_is_refused_unless_asked(config, tmp_path):
 def test_config_changes_name_each_differing_field():
   stored = {'a': 1, 'b': {'c': [1, 2], 'd': 'x'}, 'faults': {'overwrite_workdir': False}}
   new = {'a': 1, 'b': {'c': [1, 3], 'e': 0}, 'faults': {'overwrite_workdir': True}}
-  assert loop.config_changes(stored, new) == [
+  assert main_job.config_changes(stored, new) == [
       'b.c: [1, 2] -> [1, 3]', "b.d: 'x' -> '(absent)'", "b.e: '(absent)' -> 0"]
-  assert loop.config_changes(stored, stored) == []
+  assert main_job.config_changes(stored, stored) == []
   launched = {**stored, 'distributed': {'coordinator_address': 'host:1', 'process_id': 1}}
-  assert loop.config_changes(stored, launched) == []  # a resumed job may get a new port
+  assert main_job.config_changes(stored, launched) == []  # a resumed job may get a new port

@@ -9,7 +9,7 @@ import pytest
 
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
-from mtl_jax.config import ConfigError
+from mtl_jax.errors import ConfigError
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.models.encoder import Encoder, Layer
 from mtl_jax.models.hierarchical import MASK, SEGMENTS, Hierarchical

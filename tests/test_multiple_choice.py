@@ -22,7 +22,8 @@ from mtl_jax.models.encoder import EncoderConfig
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import TaskKind
 from mtl_jax.tasks.glue import TFDS
-from mtl_jax.train.loop import init_params, train_and_evaluate
+from mtl_jax.jobs.main import train_and_evaluate
+from mtl_jax.train.loop import init_params
 from mtl_jax.train.step import make_predict_step
 
 COPA, RTE = task_lib.get('superglue_copa'), task_lib.get('glue_rte')

@@ -17,7 +17,7 @@ from training_equivalence import assert_same_training, starting_state, use_share
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.parallel import pmap as pmap_lib
-from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.jobs.main import train_and_evaluate
 
 NUM_STEPS = 3
 

@@ -19,11 +19,12 @@ from experiments.reference import bert_parity_reference as reference
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
+from mtl_jax.errors import ConfigError
 from mtl_jax.models import architectures, pretrained
 from mtl_jax.models.encoder import Encoder
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.tasks import Task, TaskKind
-from mtl_jax.train.loop import create_state, sharded_state, state_layout
+from mtl_jax.train.loop import create_state, init_params
 from conftest import build_step
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
@@ -181,10 +182,10 @@ def test_config_takes_the_architecture_from_the_checkpoint(smoke_config):
           smoke_config.model.num_heads, smoke_config.model.intermediate_size,
           smoke_config.model.max_len, smoke_config.model.vocab_size) == (32, 2, 4, 64, 16, 64)
   smoke_config.data.seq_len = 17
-  with pytest.raises(config_lib.ConfigError, match=r'config\.data\.seq_len: 17 exceeds'):
+  with pytest.raises(ConfigError, match=r'config\.data\.seq_len: 17 exceeds'):
     config_lib.validate(smoke_config)
   smoke_config.model.pretrained = '/no/such/folder'
-  with pytest.raises(config_lib.ConfigError, match=r'config\.model\.pretrained: .*/no/such/'):
+  with pytest.raises(ConfigError, match=r'config\.model\.pretrained: .*/no/such/'):
     config_lib.validate(smoke_config)
 
 
@@ -246,9 +247,11 @@ def test_the_checkpoint_is_an_argument_of_the_compiled_initialiser():
   mesh_config = default.get_config().mesh
   mesh, rules = mesh_lib.make_mesh(mesh_config), mesh_lib.axis_rules(mesh_config)
   args = (model, optax.sgd(0.1), weighting.get('equal'), len(TASKS), 0, 8)
-  create, _ = state_layout(mesh, rules, *args)
+  create = lambda encoder=None: create_state(*args, encoder=encoder)
   encoder = pretrained.load(model)
   smallest = min(np.size(x) for x in jax.tree.leaves(encoder))
   assert not [c for c in jax.make_jaxpr(create)(encoder).consts if np.size(c) >= smallest]
-  state, _ = sharded_state(mesh, rules, *args)
+  init, _ = mesh_lib.placement(create, jax.eval_shape(lambda: init_params(model, 0, 8)), mesh,
+                               rules)
+  state = init(encoder)
   jax.tree.map(np.testing.assert_array_equal, state.params['encoder'], encoder)

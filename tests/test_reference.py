@@ -1,4 +1,4 @@
-"""A run's figures against documented seeds (mtl_jax.evaluation.reference): the spread, z and
+"""A run's figures against documented seeds (mtl_jax.report.reference): the spread, z and
 verdicts, configs that differ, the reference command, and the main job's check end to end."""
 
 import json
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import default
-from mtl_jax.config import ConfigError
-from mtl_jax.evaluation import reference, summary
-from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.errors import ConfigError
+from mtl_jax.evaluation import summary
+from mtl_jax.report import reference
+from mtl_jax.jobs.main import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRIMARY = {'pos': 'token_accuracy', 'similarity': 'pearson'}

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_jax.report import plots, sweep, tables
-from mtl_jax.train import progress
-from mtl_jax.train.loop import train_and_evaluate
+from mtl_jax.jobs import sweep
+from mtl_jax.report import plots, tables
+from mtl_jax import progress
+from mtl_jax.jobs.main import train_and_evaluate
 from mtl_jax.train.writer import JsonlWriter, metric_writer, scalars
 
 
@@ -328,7 +329,7 @@ def test_a_smoke_sweep_tunes_static_weights_and_reports_the_other_split(data_dir
   assert '## Tuned static weights' in report and 'Cost: 3 runs' in report
 
   # Nothing is left to train: running it again only rewrites the same report.
-  monkeypatch.setattr('mtl_jax.train.loop.train_and_evaluate', lambda *a: 1 / 0)
+  monkeypatch.setattr('mtl_jax.jobs.main.train_and_evaluate', lambda *a: 1 / 0)
   assert sweep.run_sweep(config, workdir) == report
 
 

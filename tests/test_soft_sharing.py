@@ -12,6 +12,7 @@ import pytest
 from experiments.configs import sharing
 from mtl_jax import config as config_lib
 from mtl_jax.data.pipeline import train_batches
+from mtl_jax.errors import ConfigError
 from mtl_jax.models.encoder import Encoder, EncoderConfig
 from mtl_jax.models.multitask import HardSharing
 from mtl_jax.models.soft import TRACE_EPSILON, SoftSharing, trace_penalty
@@ -237,7 +238,7 @@ def test_config_errors(smoke_config, args, weighting, message):
   config = _soft_config(smoke_config, **args)
   config.weighting.name = weighting
   tasks = config_lib.validate(config)
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     config_lib.build_model(config, tasks, 100)
 
 

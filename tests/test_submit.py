@@ -16,8 +16,9 @@ from mtl_jax.data import tfds_source
 from mtl_jax.data.features import Example
 from mtl_jax.data.pipeline import load_task_data
 from mtl_jax.data.tokenizer import load_pretrained_tokenizer
-from mtl_jax.evaluation import submit
-from mtl_jax.evaluation.metrics import exact_match
+from mtl_jax.jobs import main as main_job
+from mtl_jax.jobs import submit
+from mtl_jax.metrics import exact_match
 from mtl_jax.train import loop
 
 MULTIRC = task_lib.get('superglue_multirc')
@@ -102,7 +103,7 @@ def run(tmp_path_factory):
   config.data.data_dir = str(tmp / 'data')
   config.finetune.num_steps = 1
   with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-    report = loop.train_and_evaluate(config, str(tmp / 'run'))
+    report = main_job.train_and_evaluate(config, str(tmp / 'run'))
   return str(tmp / 'run'), report
 
 
@@ -195,7 +196,7 @@ def test_trained_params_are_the_finished_fits_last_checkpoint(run):
   tasks = config_lib.validate(config)
   with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
     data = load_task_data(config.data, tasks)
-  args = loop.fit_args(config, tasks, data, workdir, 'multi')
+  args = main_job.fit_args(config, tasks, data, workdir, 'multi')
   _, params = loop.trained_params(*args)
   raw = ocp.StandardCheckpointer().restore(
       os.path.join(workdir, 'checkpoints', str(config.num_steps), 'state'))
@@ -204,4 +205,4 @@ def test_trained_params_are_the_finished_fits_last_checkpoint(run):
   with pytest.raises(ValueError, match=f'step {config.num_steps - 1}, not the last step'):
     loop.trained_params(*args)
   with pytest.raises(FileNotFoundError, match='checkpoint.every=0'):
-    loop.trained_params(*loop.fit_args(config, tasks, data, workdir, 'single', tasks[0]))
+    loop.trained_params(*main_job.fit_args(config, tasks, data, workdir, 'single', tasks[0]))

@@ -11,12 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import default
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import load_task_data, train_batches
 from mtl_jax.evaluation import summary
-from mtl_jax.train.loop import fit, train_and_evaluate
+from mtl_jax.train.loop import fit
 from conftest import build_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,11 +117,13 @@ def test_main_job_smoke_variant_end_to_end(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_config_fails_before_any_work(tmp_path):
+def test_bad_config_fails_before_any_work_in_one_line_with_exit_status_2(tmp_path):
   cmd = [sys.executable, '-m', 'mtl_jax.train', '--config',
          os.path.join(ROOT, 'experiments/configs/default.py:smoke'),
          '--workdir', str(tmp_path / 'w'), '--config.task_weights=(1.0, 2.0)']
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  assert 'config.task_weights: has 2 entries for 4 tasks' in result.stderr
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.splitlines()[-1].startswith(
+      'FATAL config error: config.task_weights: has 2 entries for 4 tasks')
   assert not (tmp_path / 'w').exists()

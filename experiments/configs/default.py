@@ -19,7 +19,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.mode = 'both'  # 'multi', 'single' (each task alone), or 'both' (STL then MTL, and Δm%)
-  # A JSON file of this config's documented 3-seed results (mtl_jax.evaluation.reference):
+  # A JSON file of this config's documented 3-seed results (mtl_jax.report.reference):
   # mode 'both' marks each figure of its one seed against their spread. '' = none.
   c.reference = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              'reference', 'default.json')  # seeds 0-2 of this config

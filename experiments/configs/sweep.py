@@ -1,5 +1,5 @@
 """A comparison sweep: weighting methods × seeds, with shared STL baselines
-(`python -m mtl_jax.report.sweep --config experiments/configs/sweep.py[:variant] --workdir W`,
+(`python -m mtl_jax.jobs.sweep --config experiments/configs/sweep.py[:variant] --workdir W`,
 docs/report.md).
 
 Variants:

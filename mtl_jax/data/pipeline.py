@@ -27,10 +27,10 @@ from mtl_jax.data.features import (INPUT_KEYS, Example, carries, concat_tables, 
 from mtl_jax.data.mixture import mixture_probabilities, sample_grouped_rows, sample_rows
 from mtl_jax.data.tokenizer import learnt_vocabulary, load_pretrained_tokenizer, load_wordpiece
 from mtl_jax.data.train_rows import TrainRows, labelled_rows
-from mtl_jax.evaluation.metrics import get_metric
+from mtl_jax.metrics import get_metric
 from mtl_jax.tasks import Task, TaskKind, num_choices
 from mtl_jax.tasks.builtin import SOURCE as BUILTIN_SOURCE, eval_splits as builtin_eval_splits
-from mtl_jax.train import progress
+from mtl_jax import progress
 
 
 class TaskData(NamedTuple):

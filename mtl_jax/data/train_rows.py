@@ -15,7 +15,7 @@ import numpy as np
 
 from mtl_jax.data.features import Example, concat_tables, encode_examples
 from mtl_jax.tasks import Task
-from mtl_jax.train import progress
+from mtl_jax import progress
 
 
 def labelled_rows(fraction: float, size: int) -> int:

@@ -6,9 +6,9 @@ import numpy as np
 
 from mtl_jax.data.features import num_rows
 from mtl_jax.data.pipeline import eval_batches
-from mtl_jax.evaluation.metrics import compute_metrics
+from mtl_jax.metrics import compute_metrics
 from mtl_jax.tasks import Task, TaskKind
-from mtl_jax.train import progress
+from mtl_jax import progress
 
 
 def predictions(predict_step: Callable, params, task: Task, table: dict, batch_size: int,

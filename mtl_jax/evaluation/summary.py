@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mtl_jax.evaluation import metrics as metrics_lib
+from mtl_jax import metrics as metrics_lib
 
 # A relative gain over a baseline that learnt nothing measures nothing. A task is learnable
 # alone when its STL primary metric clears this bar: the majority-class rate + 0.05 for an
@@ -95,7 +95,7 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
     stl: the same for the single-task baselines, or None.
     primary: task -> the metric used for Δm%; must be a key of mtl[task].
     higher_is_better: metric name -> direction; defaults to
-      mtl_jax.evaluation.metrics.HIGHER_IS_BETTER. Keyed by metric, not by task; a
+      mtl_jax.metrics.HIGHER_IS_BETTER. Keyed by metric, not by task; a
       metric of a further validation split, 'split/metric', goes by 'metric'.
     learnable: task -> whether its STL baseline clears learnable_bar. When some task's
       does not, a second Δm% line averages over the learnable tasks only and names the

@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mtl_jax.config import ConfigError
+from mtl_jax.errors import ConfigError
 
 
 def initialize(cfg: ml_collections.ConfigDict):

@@ -6,6 +6,7 @@ are derived from the parameters' alone: any state leaf named and shaped like a p
 (the parameter itself, Adam's moments, ...) is sharded like it, the rest is replicated.
 """
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -14,7 +15,10 @@ import jax
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mtl_jax.config import ConfigError
+from mtl_jax.data.features import INPUT_KEYS
+from mtl_jax.errors import ConfigError
+from mtl_jax.parallel import distributed
+from mtl_jax.parallel.backend import Backend, Program, placed
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -134,3 +138,45 @@ def shard_step(step: Callable, mesh: jax.sharding.Mesh, shardings, batch: NamedS
   buffers are reused for the new state), the batch is split, the metrics replicated."""
   return jax.jit(step, in_shardings=(shardings, batch),
                  out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+
+
+def placement(create: Callable, boxed_params, mesh: jax.sharding.Mesh, rules: Rules
+              ) -> tuple[Callable, object]:
+  """(`create` compiled to make the state in place on the mesh, the state's abstract shapes
+  with their shardings). The shardings come from abstract shapes: nothing is allocated, and a
+  large model is never whole on one device. The pretrained encoder is an argument of the
+  compiled `create`, not a constant of it."""
+  abstract = jax.eval_shape(create)
+  shardings = state_shardings(abstract, boxed_params, mesh, rules)
+  return jax.jit(create, out_shardings=shardings), placed(abstract, shardings)
+
+
+def predictor(predict: Callable, mesh: jax.sharding.Mesh, rules: Rules, param_shardings,
+              batch_size: int) -> Callable:
+  """(sharded params, a whole evaluation batch on every process) -> predictions on every
+  process, computed by all devices: each process feeds the rows its devices hold."""
+  sharding = batch_sharding(mesh, rules, batch_size, 'config.eval_batch_size')
+  rows = distributed.process_rows(sharding, batch_size)
+  sharded = shard_predict(predict, mesh, param_shardings, sharding)
+  return lambda params, batch: sharded(params, distributed.global_batch(
+      {k: batch[k][rows] for k in INPUT_KEYS}, sharding, batch_size))
+
+
+def backend(program: Program, mesh: jax.sharding.Mesh, rules: Rules, batch_size: int,
+            eval_batch_size: int) -> Backend:
+  """`program` on `mesh`: the state made in place in its shardings (and saved in them),
+  each process feeding the rows of every batch that its devices hold; evaluation reads the
+  sharded parameters."""
+  init, abstract = placement(program.create, program.boxed_params, mesh, rules)
+  shardings = jax.tree.map(lambda a: a.sharding, abstract)
+  batch = batch_sharding(mesh, rules, batch_size)
+  step = shard_step(program.train_step(), mesh, shardings, batch)
+  feed = functools.partial(distributed.global_batch, sharding=batch, batch_size=batch_size)
+  same = lambda state: state
+  return Backend(init=init, abstract=abstract, from_saved=same, to_saved=same,
+                 step=lambda state, rows: step(state, feed(rows)),
+                 rows=distributed.process_rows(batch, batch_size),
+                 host_params=lambda state: distributed.fetch(state.params, mesh),
+                 eval_params=lambda state: state.params,
+                 predict=predictor(program.predict, mesh, rules, shardings.params,
+                                   eval_batch_size))

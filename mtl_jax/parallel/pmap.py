@@ -12,6 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax.parallel import distributed
+from mtl_jax.parallel.backend import Backend, Program, placed
+
 AXIS = 'batch'
 
 
@@ -76,3 +79,22 @@ def pmap_step(train_step: Callable) -> Callable:
   """The per-device `train_step` (built with axis_name=AXIS) pmapped, state donated:
   (replicated state, split batch) -> (replicated state, replicated metrics)."""
   return jax.pmap(train_step, axis_name=AXIS, donate_argnums=0)
+
+
+def backend(program: Program, batch_size: int) -> Backend:
+  """`program` under pmap: each process feeds one contiguous block of every batch, split
+  over its local devices; the state is saved whole on every device (orbax saves global
+  arrays), and evaluation runs on one device with the parameters on the host."""
+  step = pmap_step(program.train_step(axis_name=AXIS))
+  num_devices = jax.local_device_count()
+
+  def train_step(state, batch):
+    state, metrics = step(state, split_batch(batch, num_devices))
+    return state, unreplicate(metrics)
+
+  host_params = lambda state: jax.device_get(state.params)
+  return Backend(init=lambda encoder: to_global(replicate(program.create(encoder))),
+                 abstract=placed(jax.eval_shape(program.create), everywhere()),
+                 from_saved=from_global, to_saved=to_global, step=train_step,
+                 rows=distributed.pmap_rows(batch_size), host_params=host_params,
+                 eval_params=host_params, predict=jax.jit(program.predict))

@@ -31,7 +31,7 @@ class Task:
     input_fields: the example fields fed to the encoder, one or two (a pair); for multiple
       choice, the fields that make up each choice's input (its data source builds them).
     label_field: the example field that holds this task's label.
-    metrics: metric names (see mtl_jax.evaluation.metrics), the first is primary.
+    metrics: metric names (see mtl_jax.metrics), the first is primary.
     source: the data source that yields this task's examples ('builtin', 'glue/sst2', ...).
     depth: encoder layer (1..L) whose hidden states feed the head; -1 is the last layer.
     label_names: names of the classes, for reports.

@@ -11,9 +11,10 @@ from ml_collections import config_flags
 
 from experiments.configs import default
 from mtl_jax import config as config_lib
+from mtl_jax.errors import ConfigError
+from mtl_jax.jobs.main import train_and_evaluate
 from mtl_jax.train import checkpoint
 from mtl_jax.train.host_memory import keep_step_buffers_resident
-from mtl_jax.train.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (a get_config()).',
                                 lock_config=True)
@@ -27,10 +28,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # a bad value, e.g. --config.batch_size=a
-    sys.exit(f'FATAL Flags parsing error: {e}')
+    _refuse(f'Flags parsing error: {e}')
   except AttributeError as e:
-    sys.exit(f'FATAL Flags parsing error: the config has no field {str(e).strip(chr(34))}; '
-             f'a --config.FIELD override must name a field of the config file (a typo?).')
+    _refuse(f'Flags parsing error: the config has no field {str(e).strip(chr(34))}; '
+            f'a --config.FIELD override must name a field of the config file (a typo?).')
+
+
+def _refuse(message: str):
+  """A bad config or command line: one line on stderr and exit status 2, no traceback."""
+  print(f'FATAL {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv):
@@ -40,10 +47,12 @@ def main(argv):
   keep_step_buffers_resident()
   unknown = config_lib.unknown_fields(flags.FLAGS.config, default.get_config())
   if unknown:  # every experiment config extends default.py's, which names every field
-    sys.exit(f'FATAL config error: the config sets fields that experiments/configs/default.py '
-             f'does not have: {", ".join(unknown)}.')
+    _refuse(f'config error: the config sets fields that experiments/configs/default.py does '
+            f'not have: {", ".join(unknown)}.')
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except ConfigError as e:
+    _refuse(f'config error: {e}')
   except checkpoint.Preempted as e:
     print(e, file=sys.stderr)
     sys.exit(checkpoint.PREEMPTED_EXIT_CODE)

@@ -26,8 +26,8 @@ import orbax.checkpoint as ocp
 from jax._src import distributed as jax_distributed  # the preemption service's handle
 from jax.experimental import multihost_utils
 
-from mtl_jax.config import ConfigError
-from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
+from mtl_jax.errors import ConfigError
+from mtl_jax.metrics import HIGHER_IS_BETTER
 from mtl_jax.tasks import Task
 from mtl_jax.train.state import STATE_FORMAT
 

@@ -8,7 +8,6 @@ On a slice (a device's rows, a micro-batch) each value is the slice's share, so 
 over the slices it is the whole batch's (mtl_jax.train.collectives).
 """
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn

@@ -1,4 +1,4 @@
-"""python -m mtl_jax.report.sweep --config experiments/configs/sweep.py[:variant] --workdir W
+"""python -m mtl_jax.jobs.sweep --config experiments/configs/sweep.py[:variant] --workdir W
 
 Runs methods × seeds on the sweep's base config, then writes W/report.md (mtl_jax.report.
 tables). The single-task baselines are trained once per seed and shared by every method:
@@ -30,7 +30,7 @@ from ml_collections import config_flags
 from mtl_jax import weighting
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import split_prefix
-from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
+from mtl_jax.metrics import HIGHER_IS_BETTER
 from mtl_jax.parallel.distributed import is_writer
 from mtl_jax.report import tables
 from mtl_jax.report.plots import read_jsonl
@@ -145,7 +145,7 @@ def tuning_dir(workdir: str, tasks: Sequence[str], weights: Point) -> str:
 
 
 def train(config: ml_collections.ConfigDict, path: str, label: str):
-  from mtl_jax.train.loop import train_and_evaluate  # JAX only when something trains
+  from mtl_jax.jobs.main import train_and_evaluate  # JAX only when something trains
   print(f'== {label} -> {path}', flush=True)
   train_and_evaluate(config, path)
 

@@ -1,7 +1,7 @@
 """Test-split predictions of a finished run, in the files the GLUE and SuperGLUE leaderboards
 take (docs/datasets.md, "Submitting to the leaderboards").
 
-python -m mtl_jax.evaluation.submit WORKDIR [--phase multi|finetune|single] [--out DIR]
+python -m mtl_jax.jobs.submit WORKDIR [--phase multi|finetune|single] [--out DIR]
                                    [--tasks TASK ...]
 
 The run's parameters come from its last checkpoint (the multi-task model, or each task's
@@ -35,6 +35,7 @@ from mtl_jax.data import tfds_source
 from mtl_jax.data.features import Example, encode_examples
 from mtl_jax.data.pipeline import default_data_dir, load_task_data, scaled_tasks
 from mtl_jax.evaluation.evaluate import predictions
+from mtl_jax.jobs import main as main_job
 from mtl_jax.tasks import Task
 from mtl_jax.tasks.glue import TFDS
 from mtl_jax.train import loop
@@ -184,7 +185,7 @@ def _check_phase(config: ml_collections.ConfigDict, phase: str, workdir: str):
          'single': config.mode in ('single', 'both'),
          'finetune': config.mode in ('multi', 'both') and config.finetune.num_steps > 0}
   if phase not in ran:
-    raise ValueError(f'phase {phase!r} is not one of {loop.PHASES}.')
+    raise ValueError(f'phase {phase!r} is not one of {main_job.PHASES}.')
   if not ran[phase]:
     raise ValueError(f'The run in {workdir} has no {phase!r} phase (config.mode='
                      f'{config.mode!r}, config.finetune.num_steps={config.finetune.num_steps}).')
@@ -205,7 +206,7 @@ def submit(workdir: str, phase: str = 'multi', out: str | None = None,
   fits = [None] if phase == 'multi' else [t for t in run_tasks if t.name in heads_used]
   written = []
   for task in fits:
-    fit_config, fit_tasks, fit_data, fit_dir, method = loop.fit_args(
+    fit_config, fit_tasks, fit_data, fit_dir, method = main_job.fit_args(
         config, run_tasks, data, workdir, phase, task)
     model, params = loop.trained_params(fit_config, fit_tasks, fit_data, fit_dir, method)
     predict_step = jax.jit(make_predict_step(model, scaled_tasks(fit_tasks, fit_data)))
@@ -229,7 +230,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('workdir')
-  parser.add_argument('--phase', default='multi', choices=loop.PHASES,
+  parser.add_argument('--phase', default='multi', choices=main_job.PHASES,
                       help='whose parameters predict: the multi-task model (default), each '
                            'task\'s fine-tuned model, or each single-task baseline')
   parser.add_argument('--out', help='where the files go (default WORKDIR/submission/PHASE)')

@@ -10,10 +10,10 @@ Given the workdir of a finished run, the same command adds the check without tra
 
 Write a reference from finished runs of one config, one per seed:
 
-    python -m mtl_jax.evaluation.reference --out experiments/reference/default.json W0 W1 W2
+    python -m mtl_jax.report.reference --out experiments/reference/default.json W0 W1 W2
 
 Each RUN is a main-job workdir (mode 'both': its eval.json and config.json), or one seed's
-STL and MTL runs joined by a comma, as the sweep lays them out (mtl_jax.report.sweep):
+STL and MTL runs joined by a comma, as the sweep lays them out (mtl_jax.jobs.sweep):
 `W/stl/seed_0,W/equal/seed_0`. A pair's config is its MTL run's with mode 'both'; its STL run
 may differ from that in mode and weighting.* only (STL trains each task alone, unweighted).
 
@@ -37,9 +37,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from mtl_jax.config import ConfigError
+from mtl_jax.errors import ConfigError
 from mtl_jax.evaluation import summary
-from mtl_jax.evaluation.metrics import HIGHER_IS_BETTER
+from mtl_jax.metrics import HIGHER_IS_BETTER
 from mtl_jax.report.tables import mean_std, primary_values
 from mtl_jax.train.writer import flatten
 
@@ -214,7 +214,7 @@ def load(path: str) -> dict:
   if missing or ref['format'] != FORMAT:
     raise ValueError(f'{path}: not a reference file of format {FORMAT} (missing '
                      f'{missing or "nothing"}, format {ref.get("format")!r}); write one with '
-                     f'python -m mtl_jax.evaluation.reference.')
+                     f'python -m mtl_jax.report.reference.')
   return ref
 
 
