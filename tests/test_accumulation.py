@@ -72,11 +72,14 @@ def test_micro_batches_equal_the_whole_batch(config, method_name, micro_batches)
 
 @pytest.mark.integration
 @pytest.mark.parametrize('method_name', ['equal', 'mgda'])
-def test_micro_batches_with_the_adversary_and_a_parameter_penalty(config, method_name):
+def test_micro_batches_with_the_adversary(config, method_name):
   config.adversary.enabled = True
   config.adversary.hidden = 8
   _assert_same_run(config, method_name, 2)
-  config.adversary.enabled = False
+
+
+@pytest.mark.integration
+def test_micro_batches_with_a_parameter_penalty(config):
   config.model.architecture, config.model.args = 'soft', {'strength': 0.1}
   _assert_same_run(config, 'equal', 2)
 
