@@ -2,15 +2,16 @@
 
   python -m mtl_jax.train --config experiments/configs/gradient_aggregation.py:pcgrad --workdir W
 
-The variant names the method: mgda, cagrad, imtl, nash_mtl, pcgrad, gradvac, graddrop,
-aligned_mtl, gradnorm, db_mtl. Per-task gradients are taken with respect to the encoder's
+The variant names the method: a module of mtl_jax/weighting/ that reads per-task gradients or
+their Gram matrix (aligned_mtl, cagrad, db_mtl, graddrop, gradnorm, gradvac, imtl, mgda,
+nash_mtl, pcgrad). Per-task gradients are taken with respect to the encoder's
 parameters (weighting.mode='params'); see representation_aggregation.py for the cheap mode.
 """
 
 from experiments.configs import default
+from mtl_jax import weighting
 
-METHODS = ('mgda', 'cagrad', 'imtl', 'nash_mtl', 'pcgrad', 'gradvac', 'graddrop',
-           'aligned_mtl', 'gradnorm', 'db_mtl')
+METHODS = tuple(n for n in weighting.names() if weighting.needs(n) is not weighting.Needs.LOSSES)
 
 
 def get_config(variant: str = 'pcgrad'):

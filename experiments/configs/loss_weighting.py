@@ -2,13 +2,16 @@
 
   python -m mtl_jax.train --config experiments/configs/loss_weighting.py:uncertainty --workdir W
 
-The variant names the method (a module of mtl_jax/weighting/ whose needs are LOSSES):
-equal, uncertainty, dwa, rlw, famo, gls. Method arguments: --config.weighting.args.NAME=...
+The variant names the method: a module of mtl_jax/weighting/ whose needs are LOSSES (dwa,
+equal, famo, gls, rlw, uncertainty), less static, whose weights are config.task_weights
+(default.py). Method arguments: --config.weighting.args.NAME=...
 """
 
 from experiments.configs import default
+from mtl_jax import weighting
 
-METHODS = ('equal', 'uncertainty', 'dwa', 'rlw', 'famo', 'gls')
+METHODS = tuple(n for n in weighting.names()
+                if weighting.needs(n) is weighting.Needs.LOSSES and n != 'static')
 
 
 def get_config(variant: str = 'uncertainty'):

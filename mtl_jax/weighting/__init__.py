@@ -34,3 +34,8 @@ def get(name: str, **kwargs) -> Method:
 def default_args(name: str) -> dict:
   """The method's keyword arguments and their defaults (what a config may override)."""
   return {k: p.default for k, p in inspect.signature(_factory(name)).parameters.items()}
+
+
+def needs(name: str) -> Needs:
+  """What the method reads, with its default arguments: LOSSES for a loss weighter."""
+  return get(name, **default_args(name)).needs
