@@ -238,10 +238,10 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   saved = checkpoints.restore(backend.abstract) if checkpoints else None
   first_step = 0 if saved is None else int(saved.step)
   # Report: features of a fixed validation sample before training (and after, below).
-  probe = probe(model, tasks) if probe else None
+  observe = probe(model, tasks) if probe else None
   initial = (_initial_state(lambda: backend.init(pretrained.load(model)), backend.abstract,
-                            start) if saved is None or probe else None)
-  features_before = probe(backend.host_params(initial)) if probe else None
+                            start) if saved is None or observe else None)
+  features_before = observe(backend.host_params(initial)) if observe else None
   state = backend.from_saved(initial if saved is None else saved)
   del initial  # a resumed run does not keep the fresh state alive
 
@@ -278,12 +278,13 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
           checkpoints.save(step + 1, backend.to_saved(state))
         if preempted:  # leaving the `with` waits for the save to finish
           raise checkpoint.Preempted(step + 1, checkpoints.directory)
-    final = evaluate_state(backend.to_saved(state))
-    params = backend.host_params(backend.to_saved(state))
+    state = backend.to_saved(state)
+    final = evaluate_state(state)
+    params = backend.host_params(state)
     curve.write({'step': config.num_steps, 'tasks': final})
 
-  if probe:
-    probe.save(workdir, features_before, probe(params))
+  if observe:
+    observe.save(workdir, features_before, observe(params))
   return Fitted(final, params)
 
 
