@@ -45,7 +45,7 @@ def probe_score(task, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def main(workdir: str):
-  config = run_config(workdir)
+  config = config_lib.resolved(run_config(workdir))
   tasks = config_lib.validate(config)
   data = load_task_data(config.data, tasks)
   fit_tasks = scaled_tasks(tasks, data)

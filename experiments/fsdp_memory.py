@@ -40,6 +40,7 @@ def shard_bytes(shapes, shardings) -> int:
 
 def compile_step(config, devices) -> dict:
   """Per-device memory of the compiled step for config.mesh over `devices`."""
+  config = config_lib.resolved(config)
   tasks = config_lib.validate(config)
   model = config_lib.build_model(config, tasks, config.model.vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)

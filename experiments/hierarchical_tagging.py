@@ -62,7 +62,7 @@ def make_config(architecture: str, task_layers: int, depths, seed: int, args):
 def run(name: str, seed: int, workdir: str, args) -> dict[str, float]:
   """One variant and seed -> {task: its metric} on the validation split."""
   architecture, task_layers, depths = VARIANTS[name]
-  config = make_config(architecture, task_layers, depths, seed, args)
+  config = config_lib.resolved(make_config(architecture, task_layers, depths, seed, args))
   tasks = config_lib.validate(config)
   groups = [(t,) for t in tasks] if depths is None else [tasks]  # STL: one model per task
   scores = {}

@@ -102,7 +102,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # JAX logs routine backend notices
   keep_step_buffers_resident()
-  config = flags.FLAGS.config
+  config = config_lib.resolved(flags.FLAGS.config)
   tasks = config_lib.validate(config)
   if flags.FLAGS.num_tasks:
     tasks = classification_tasks(flags.FLAGS.num_tasks)

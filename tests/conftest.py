@@ -62,6 +62,7 @@ def build_step(config, method=None, mode='params', diagnostics=False, sgd_learni
   so a step moves the parameters by exactly -lr × the gradient the step formed (AdamW's
   first step would only show its sign). `axis_name` builds the per-device step for pmap.
   """
+  config = config_lib.resolved(config)
   tasks = config_lib.validate(config)
   data = load_task_data(config.data, tasks)
   terms = config_lib.build_terms(config, len(data.train_names))

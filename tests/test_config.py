@@ -3,20 +3,32 @@
 import os
 import subprocess
 import sys
+import typing
 
+import ml_collections
 import pytest
 
-from mtl_jax import config as config_lib
-from mtl_jax import weighting
+from mtl_jax import schema, weighting
 from experiments.configs import (bert_mini, default, gradient_aggregation, loss_weighting,
                                  representation_aggregation, sharing)
 from mtl_jax.config import build_model, build_weighting, validate
 from mtl_jax.errors import ConfigError
 from mtl_jax.models import architectures
+from mtl_jax.tasks import builtin
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _set(config, field: str, value):
+  *parents, leaf = field.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
 
 
 def test_default_configs_are_valid():
-  assert [t.name for t in validate(default.get_config())] == list(default.BUILTIN_TASKS)
+  assert [t.name for t in validate(default.get_config())] == [t.name for t in builtin.TASKS]
   assert len(validate(bert_mini.get_config())) == 4
 
 
@@ -56,11 +68,7 @@ def test_default_configs_are_valid():
 ])
 def test_bad_config_names_the_field(field, value, message):
   config = default.get_config()
-  *parents, leaf = field.split('.')
-  node = config
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
+  _set(config, field, value)
   with pytest.raises(ConfigError, match=message):
     validate(config)
 
@@ -135,21 +143,64 @@ def test_vocabulary_smaller_than_the_tokenizer_s():
 
 def test_unknown_fields_are_named_with_the_closest_known_one():
   from experiments.configs import glue, mtdnn, scale, sharing
-  schema = default.get_config()
   for config in (default.get_config('smoke'), glue.get_config(), mtdnn.get_config('smoke'),
                  sharing.get_config('asp_mtl'), scale.get_config('1b')):
-    assert config_lib.unknown_fields(config, schema) == []
+    assert schema.unknown_fields(config) == []
   config = default.get_config()
   config.num_step = 5
   config.model.hiden_size = 3
   config.model.args.anything = 1  # an architecture's own arguments are free-form
-  assert config_lib.unknown_fields(config, schema) == [
+  config.data.label_fraction.conflict = 0.5  # so are a dict field's keys
+  assert schema.unknown_fields(config) == [
       'model.hiden_size (did you mean model.hidden_size?)', 'num_step (did you mean num_steps?)']
+
+
+def test_every_field_has_a_description_and_a_default_of_its_type():
+  for field in schema.FIELDS:
+    assert field.help.strip() and '\n' not in field.help, field.path
+    assert type(field.default) is (typing.get_origin(field.type) or field.type), field.path
+    assert schema.is_a(field.default, field.type), field.path
+  assert len(schema.BY_PATH) == len(schema.FIELDS)  # each field once
+
+
+def test_the_default_job_is_the_schema_s_defaults_with_its_reference():
+  config, defaults = default.get_config(), schema.defaults()
+  assert config.reference.endswith(os.path.join('experiments', 'reference', 'default.json'))
+  config.reference = defaults.reference
+  assert config.to_dict() == defaults.to_dict()
+
+
+@pytest.mark.parametrize('value,kind,fits', [
+    (3, int, True), (True, int, False), (3.0, int, False), (3, float, True),
+    (False, float, False), (True, bool, True), (1, bool, False), ('a', str, True),
+    (['a', 'b'], tuple[str, ...], True), (('a', 1), tuple[str, ...], False),
+    ((1, 0.5), tuple[float, ...], True), ((('x', None),), tuple, True), ({}, dict, True),
+])
+def test_a_value_fits_a_field_type(value, kind, fits):
+  assert schema.is_a(value, kind) == fits
+
+
+def test_docs_config_md_holds_the_rendered_schema():
+  with open(os.path.join(ROOT, 'docs', 'config.md')) as f:
+    assert schema.describe() in f.read(), 'docs/config.md is stale: paste schema.describe()'
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('model.pooler', 1, 'config.model.pooler: must be True or False, got 1'),
+    ('optimizer.b1', '0.9', "config.optimizer.b1: must be a number, got '0.9'"),
+    ('task_weights', (1.0, 'a'),
+     r"config.task_weights: must be a tuple of float, got \(1.0, 'a'\)"),
+])
+def test_a_field_of_the_wrong_type_is_named(field, value, message):
+  """On a copy without ConfigDict's type checks, which refuse some of these on assignment."""
+  config = ml_collections.ConfigDict(default.get_config().to_dict(), type_safe=False)
+  _set(config, field, value)
+  with pytest.raises(ConfigError, match=message):
+    validate(config)
 
 
 @pytest.mark.slow
 def test_a_config_file_with_a_typo_fails_before_anything_is_written(tmp_path):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config_file = tmp_path / 'typo.py'
   config_file.write_text('from experiments.configs import default\n\n\n'
                          'def get_config():\n'
@@ -158,8 +209,10 @@ def test_a_config_file_with_a_typo_fails_before_anything_is_written(tmp_path):
                          '  return c\n')
   result = subprocess.run(
       [sys.executable, '-m', 'mtl_jax.train', '--config', str(config_file),
-       '--workdir', str(tmp_path / 'run')], cwd=root, capture_output=True, text=True,
-      timeout=120, env={**os.environ, 'PYTHONPATH': root})
+       '--workdir', str(tmp_path / 'run')], cwd=ROOT, capture_output=True, text=True,
+      timeout=120, env={**os.environ, 'PYTHONPATH': ROOT})
   assert result.returncode == 2
-  assert 'num_step (did you mean num_steps?)' in result.stderr
+  assert result.stderr.splitlines()[-1] == (
+      'FATAL config error: the config sets fields that the schema (mtl_jax/schema.py) does not '
+      'have: num_step (did you mean num_steps?).')
   assert not (tmp_path / 'run').exists()

@@ -161,9 +161,9 @@ def test_skip_counts_the_skipped_steps_in_the_log(diverging, tmp_path):
 BAD_CONFIGS = {  # field: (value, message)
     'batch_size': ('a', "config.batch_size: must be an integer, got 'a'"),
     'num_steps': (True, 'config.num_steps: must be an integer, got True'),
-    'tasks': ('sentiment', "config.tasks: must be a tuple of task names, got 'sentiment'"),
+    'tasks': ('sentiment', "config.tasks: must be a tuple of str, got 'sentiment'"),
     'mesh.fsdp': (3, 'config.mesh: data 1 x fsdp 3 x tensor 1 = 3 devices, but there are 8'),
-    'mesh.tensor': ('2', "config.mesh.tensor: must be a positive integer or -1, got '2'"),
+    'mesh.tensor': ('2', "config.mesh.tensor: must be an integer, got '2'"),
     'task_weights': ((1.0,), 'config.task_weights: has 1 entries for 2 tasks'),
     'data.local.mine': (dict(format='jsonl', paths=dict(validation='/nonexistent.jsonl'),
                              text_fields=('text',), label_field='label', regression=True),

@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'mtl_jax'
 LAYERS = {
     'mtl_jax.errors': 0, 'mtl_jax.metrics': 0,
     'mtl_jax.parallel.distributed': 1, 'mtl_jax.progress': 1,
-    'mtl_jax.tasks': 2, 'mtl_jax.data': 2,
+    'mtl_jax.tasks': 2, 'mtl_jax.data': 2, 'mtl_jax.schema': 2,
     'mtl_jax.models': 3, 'mtl_jax.objectives': 3, 'mtl_jax.weighting': 3,
     'mtl_jax.parallel': 4, 'mtl_jax.evaluation': 4,
     'mtl_jax.config': 5,

@@ -5,6 +5,7 @@ create_state wiring for every sharing architecture."""
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -177,16 +178,34 @@ def test_missing_package_names_the_extra(monkeypatch):
 def test_config_takes_the_architecture_from_the_checkpoint(smoke_config):
   smoke_config.model.pretrained = TINY_BERT
   smoke_config.data.seq_len = 16
-  config_lib.validate(smoke_config)
-  assert (smoke_config.model.hidden_size, smoke_config.model.num_layers,
-          smoke_config.model.num_heads, smoke_config.model.intermediate_size,
-          smoke_config.model.max_len, smoke_config.model.vocab_size) == (32, 2, 4, 64, 16, 64)
-  smoke_config.data.seq_len = 17
+  written = smoke_config.to_dict()
+  config = config_lib.resolved(smoke_config)
+  assert smoke_config.to_dict() == written  # resolving makes a copy
+  assert (config.model.hidden_size, config.model.num_layers, config.model.num_heads,
+          config.model.intermediate_size, config.model.max_len,
+          config.model.vocab_size) == (32, 2, 4, 64, 16, 64)
+  assert config.data.vocabulary == TINY_BERT  # the checkpoint's own tokenizer
+  config_lib.validate(config)
+  with pytest.raises(ConfigError, match=re.escape(
+      "config.model.pretrained: its checkpoint fixes ['model.vocab_size', 'model.num_heads', "
+      "'model.max_len', 'data.vocabulary']: validate config.resolved(config)")):
+    config_lib.validate(smoke_config)  # the config as written (hidden_size 32 is right)
+  config.data.seq_len = 17
   with pytest.raises(ConfigError, match=r'config\.data\.seq_len: 17 exceeds'):
-    config_lib.validate(smoke_config)
+    config_lib.validate(config)
   smoke_config.model.pretrained = '/no/such/folder'
   with pytest.raises(ConfigError, match=r'config\.model\.pretrained: .*/no/such/'):
-    config_lib.validate(smoke_config)
+    config_lib.resolved(smoke_config)
+
+
+@pytest.mark.parametrize('folder', ['', TINY_BERT])
+def test_validation_leaves_the_config_as_it_was(smoke_config, folder):
+  smoke_config.model.pretrained = folder
+  smoke_config.data.seq_len = 16
+  config = config_lib.resolved(smoke_config)
+  before = config.to_dict()
+  config_lib.validate(config, num_devices=8)
+  assert config.to_dict() == before
 
 
 @pytest.mark.integration
@@ -235,7 +254,7 @@ def test_training_starts_from_the_checkpoint(smoke_config, tmp_path):
       state.params['encoder']['embeddings']['word_embeddings']['embedding'],
       tensors['embeddings.word_embeddings.weight'])
   assert model.encoder_config.hidden_size == 32 and model.encoder_config.pretrained == folder
-  assert smoke_config.data.vocabulary == folder and data.vocab_size == 64
+  assert config_lib.resolved(smoke_config).data.vocabulary == folder and data.vocab_size == 64
   _, metrics = jax.jit(step)(state, next(train_batches(data, smoke_config.sampling, 0, 16, 0, 1)))
   assert np.isfinite(float(metrics['loss']))
 

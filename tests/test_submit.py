@@ -123,6 +123,7 @@ def _independent_outputs(workdir: str, fit_dir: str, head: str, task, split: str
   config = mtdnn.get_config('smoke')
   config.tasks = tuple(ran['tasks']) if fit_dir == workdir else (head,)
   config.data.data_dir = ran['data']['data_dir']
+  config = config_lib.resolved(config)
   tasks = config_lib.validate(config)
   model = config_lib.build_model(config, tasks, ran['model']['vocab_size'])
   tokenizer = load_pretrained_tokenizer(ran['data']['vocabulary'], ran['data']['seq_len'])

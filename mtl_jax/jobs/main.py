@@ -157,6 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   there is refused unless config.faults.overwrite_workdir, which removes the old run first.
   """
   distributed.initialize(config.distributed)  # before anything touches a device
+  config = config_lib.resolved(config)  # what runs, and what config.json records
   tasks = config_lib.validate(config, jax.device_count())
   checkpoint.check_config(config.checkpoint, tasks)
   method = config_lib.build_weighting(config)

@@ -195,7 +195,7 @@ def submit(workdir: str, phase: str = 'multi', out: str | None = None,
            tasks: Sequence[str] = ()) -> list[str]:
   """Writes the leaderboard files of the run in `workdir` (see the module docstring) from
   the models of `phase`, for `tasks` (default: all it can); returns their paths."""
-  config = run_config(workdir)
+  config = config_lib.resolved(run_config(workdir))
   _check_phase(config, phase, workdir)
   run_tasks = config_lib.validate(config)
   targets = submitted_tasks(run_tasks, tasks)

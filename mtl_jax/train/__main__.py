@@ -9,8 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.configs import default
-from mtl_jax import config as config_lib
+from mtl_jax import schema
 from mtl_jax.errors import ConfigError
 from mtl_jax.jobs.main import train_and_evaluate
 from mtl_jax.train import checkpoint
@@ -45,9 +44,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.ERROR)  # TFDS and JAX log routine notices as warnings
   keep_step_buffers_resident()
-  unknown = config_lib.unknown_fields(flags.FLAGS.config, default.get_config())
-  if unknown:  # every experiment config extends default.py's, which names every field
-    _refuse(f'config error: the config sets fields that experiments/configs/default.py does '
+  unknown = schema.unknown_fields(flags.FLAGS.config)
+  if unknown:
+    _refuse(f'config error: the config sets fields that the schema (mtl_jax/schema.py) does '
             f'not have: {", ".join(unknown)}.')
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
