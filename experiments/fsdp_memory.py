@@ -25,7 +25,7 @@ from mtl_jax import weighting
 from mtl_jax.bench import synthetic_batch
 from mtl_jax.models.encoder import REMAT
 from mtl_jax.parallel import mesh as mesh_lib
-from mtl_jax.train.loop import create_state, init_params
+from mtl_jax.train.loop import state_program
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.step import make_train_step
 
@@ -47,9 +47,8 @@ def compile_step(config, devices) -> dict:
   optimizer = make_optimizer(config.optimizer, schedule)
   method = weighting.get('equal')
   mesh, rules = mesh_lib.make_mesh(config.mesh, devices), mesh_lib.axis_rules(config.mesh)
-  create = lambda encoder=None: create_state(model, optimizer, method, len(tasks), config.seed,
-                                             config.data.seq_len, encoder=encoder)
-  boxed = jax.eval_shape(lambda: init_params(model, config.seed, config.data.seq_len))
+  create, boxed = state_program(model, optimizer, method, len(tasks), config.seed,
+                                config.data.seq_len)
   _, state = mesh_lib.placement(create, boxed, mesh, rules)  # shapes only: nothing allocated
   shardings = jax.tree.map(lambda a: a.sharding, state)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), synthetic_batch(

@@ -16,6 +16,10 @@ os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mtl_jax_tests_xla_')
   atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+# The plain runs that equivalence tests compare against (tests/training_equivalence.py).
+if 'MTL_JAX_TEST_RUNS' not in os.environ:
+  os.environ['MTL_JAX_TEST_RUNS'] = tempfile.mkdtemp(prefix='mtl_jax_tests_runs_')
+  atexit.register(shutil.rmtree, os.environ['MTL_JAX_TEST_RUNS'], ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 

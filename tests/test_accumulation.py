@@ -10,14 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import build_step
-from training_equivalence import assert_same_training, starting_state, use_shared_private
+from training_equivalence import assert_same_training, plain_run, run, use_shared_private
 from mtl_jax import config as config_lib
-from mtl_jax import weighting
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.errors import ConfigError
 from mtl_jax.parallel import pmap as pmap_lib
-
-NUM_STEPS = 3
 
 
 @pytest.fixture
@@ -29,28 +26,11 @@ def config(smoke_config):
   return smoke_config
 
 
-def _train(config, method_name, micro_batches, pmapped=False):
+def _assert_same_run(config, method_name, micro_batches, pmapped=False):
   config.micro_batches = micro_batches
   config_lib.validate(config)
-  axis_name = pmap_lib.AXIS if pmapped else None
-  _, data, state, _, step = build_step(config, weighting.get(method_name),
-                                       axis_name=axis_name)
-  state = starting_state(config, state)
-  initial = jax.device_get(state.params)
-  n = jax.local_device_count()
-  step, state = ((pmap_lib.pmap_step(step), pmap_lib.replicate(state)) if pmapped
-                 else (jax.jit(step), state))
-  history = []
-  for batch in train_batches(data, config.sampling, 0, config.batch_size, 0, NUM_STEPS):
-    state, metrics = step(state, pmap_lib.split_batch(batch, n) if pmapped else batch)
-    history.append(jax.device_get(pmap_lib.unreplicate(metrics) if pmapped else metrics))
-  return (pmap_lib.unreplicate(state) if pmapped else state), history, initial
-
-
-def _assert_same_run(config, method_name, micro_batches, pmapped=False):
-  whole, whole_history, initial = _train(config, method_name, 1)
-  accumulated, history, _ = _train(config, method_name, micro_batches, pmapped)
-  assert_same_training((whole, whole_history), (accumulated, history), initial)
+  assert_same_training(plain_run(config, method_name),
+                       run(config, method_name, pmapped=pmapped))
 
 
 @pytest.mark.integration
@@ -86,16 +66,17 @@ def test_micro_batches_with_a_parameter_penalty(config):
 
 @pytest.mark.integration
 def test_micro_batches_under_pmap(config):
-  config.batch_size = 4 * jax.local_device_count()
+  """8 devices × 2 micro-batches of one row each."""
+  config.batch_size = 2 * jax.local_device_count()
   _assert_same_run(config, 'mgda', 2, pmapped=True)
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize('method_name,pmapped', [('mgda', False), ('equal', True)])
 def test_micro_batches_with_shared_private(config, method_name, pmapped):
-  """Per-task gradients on one device; a loss weighter under pmap (8 devices × 2)."""
+  """Per-task gradients on one device; a loss weighter under pmap."""
   use_shared_private(config)
-  config.batch_size = 4 * jax.local_device_count() if pmapped else config.batch_size
+  config.batch_size = 2 * jax.local_device_count() if pmapped else config.batch_size
   _assert_same_run(config, method_name, 2, pmapped)
 
 

@@ -193,10 +193,9 @@ def _mesh_state(config, devices):
   tasks = config_lib.validate(config)
   model = config_lib.build_model(config, tasks, tokenizer_vocab_size=100)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
-  create = lambda encoder=None: loop.create_state(
-      model, make_optimizer(config.optimizer, 1e-3), weighting.get('equal'), len(tasks),
-      config.seed, config.data.seq_len, encoder=encoder)
-  boxed = jax.eval_shape(lambda: loop.init_params(model, config.seed, config.data.seq_len))
+  create, boxed = loop.state_program(model, make_optimizer(config.optimizer, 1e-3),
+                                     weighting.get('equal'), len(tasks), config.seed,
+                                     config.data.seq_len)
   init, abstract = mesh_lib.placement(create, boxed, mesh, mesh_lib.axis_rules(config.mesh))
   return init(None), abstract
 

@@ -13,13 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import build_step
-from training_equivalence import assert_same_training, starting_state, use_shared_private
-from mtl_jax import weighting
+from training_equivalence import assert_same_training, plain_run, run, use_shared_private
 from mtl_jax.data.pipeline import train_batches
 from mtl_jax.parallel import pmap as pmap_lib
 from mtl_jax.jobs.main import train_and_evaluate
-
-NUM_STEPS = 3
 
 
 @pytest.fixture
@@ -32,30 +29,9 @@ def config(smoke_config):
   return smoke_config
 
 
-def _train(config, method_name, mode, axis_name):
-  method = weighting.get(method_name)
-  _, data, state, _, step = build_step(config, method, mode, axis_name=axis_name)
-  state = starting_state(config, state)
-  initial = jax.device_get(state.params)
-  batches = train_batches(data, config.sampling, 0, config.batch_size, 0, NUM_STEPS)
-  n = jax.local_device_count()
-  if axis_name is None:
-    step = jax.jit(step)
-  else:
-    step, state = pmap_lib.pmap_step(step), pmap_lib.replicate(state)
-  history = []
-  for batch in batches:
-    state, metrics = step(state, batch if axis_name is None
-                          else pmap_lib.split_batch(batch, n))
-    history.append(jax.device_get(metrics if axis_name is None
-                                  else pmap_lib.unreplicate(metrics)))
-  return (state if axis_name is None else pmap_lib.unreplicate(state)), history, initial
-
-
 def _assert_same_run(config, method_name, mode='params'):
-  single, single_history, initial = _train(config, method_name, mode, None)
-  parallel, parallel_history, _ = _train(config, method_name, mode, pmap_lib.AXIS)
-  assert_same_training((single, single_history), (parallel, parallel_history), initial)
+  assert_same_training(plain_run(config, method_name, mode),
+                       run(config, method_name, mode, pmapped=True))
 
 
 @pytest.mark.integration

@@ -25,7 +25,7 @@ from mtl_jax.models import architectures, pretrained
 from mtl_jax.models.encoder import Encoder
 from mtl_jax.parallel import mesh as mesh_lib
 from mtl_jax.tasks import Task, TaskKind
-from mtl_jax.train.loop import create_state, init_params
+from mtl_jax.train.loop import create_state, state_program
 from conftest import build_step
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
@@ -266,11 +266,10 @@ def test_the_checkpoint_is_an_argument_of_the_compiled_initialiser():
   mesh_config = default.get_config().mesh
   mesh, rules = mesh_lib.make_mesh(mesh_config), mesh_lib.axis_rules(mesh_config)
   args = (model, optax.sgd(0.1), weighting.get('equal'), len(TASKS), 0, 8)
-  create = lambda encoder=None: create_state(*args, encoder=encoder)
+  create, boxed = state_program(*args)
   encoder = pretrained.load(model)
   smallest = min(np.size(x) for x in jax.tree.leaves(encoder))
   assert not [c for c in jax.make_jaxpr(create)(encoder).consts if np.size(c) >= smallest]
-  init, _ = mesh_lib.placement(create, jax.eval_shape(lambda: init_params(model, 0, 8)), mesh,
-                               rules)
+  init, _ = mesh_lib.placement(create, boxed, mesh, rules)
   state = init(encoder)
   jax.tree.map(np.testing.assert_array_equal, state.params['encoder'], encoder)

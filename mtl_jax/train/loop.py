@@ -83,6 +83,17 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
                     terms=terms_lib.init_states(terms or {}, jax.random.key(seed), output))
 
 
+def state_program(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
+                  mode: str = 'params', batch_size: int = 1,
+                  terms: dict[str, Term] | None = None) -> tuple[Callable, Any]:
+  """(create(encoder=None) -> the first TrainState (create_state's), the parameters' shapes
+  boxed with their logical axis names): what a backend needs to create the state in place
+  (mtl_jax.parallel.mesh.placement)."""
+  create = lambda encoder=None: create_state(model, optimizer, method, num_tasks, seed,
+                                             seq_len, mode, batch_size, terms, encoder)
+  return create, jax.eval_shape(lambda: init_params(model, seed, seq_len))
+
+
 class Probe(Protocol):
   """Reads the model's features of fixed inputs before and after a fit
   (mtl_jax.report.representations)."""
@@ -179,14 +190,13 @@ def program(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: Task
   model = config_lib.build_model(config, tasks, data.vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
-  create = lambda encoder=None: create_state(
-      model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
-      config.weighting.mode, config.batch_size, terms, encoder)
+  create, boxed_params = state_program(model, optimizer, method, len(tasks), config.seed,
+                                       config.data.seq_len, config.weighting.mode,
+                                       config.batch_size, terms)
   train_step = functools.partial(
       make_train_step, model, optimizer, tasks, method, schedule, config.weighting.mode,
       config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
       terms=terms, micro_batches=config.micro_batches)
-  boxed_params = jax.eval_shape(lambda: init_params(model, config.seed, config.data.seq_len))
   return model, Program(create, boxed_params, train_step, make_predict_step(model, tasks))
 
 
