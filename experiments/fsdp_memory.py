@@ -25,6 +25,9 @@ from mtl_jax import weighting
 from mtl_jax.bench import synthetic_batch
 from mtl_jax.models.encoder import REMAT
 from mtl_jax.parallel import mesh as mesh_lib
+from mtl_jax.train import gradients
+from mtl_jax.train.collectives import Collectives
+from mtl_jax.train.forward import Forward
 from mtl_jax.train.loop import state_program
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.step import make_train_step
@@ -53,7 +56,9 @@ def compile_step(config, devices) -> dict:
   shardings = jax.tree.map(lambda a: a.sharding, state)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), synthetic_batch(
       tasks, config.batch_size, config.data.seq_len, config.model.vocab_size))
-  step = mesh_lib.shard_step(make_train_step(model, optimizer, tasks, method, schedule), mesh,
+  forward = Forward(model, tuple(tasks), {}, Collectives())
+  train_step = make_train_step(forward, gradients.loss_weighted, method, optimizer, schedule)
+  step = mesh_lib.shard_step(train_step, mesh,
                              shardings, mesh_lib.batch_sharding(mesh, rules, config.batch_size))
   memory = step.lower(state, batch).compile().memory_analysis()
   trained = (state.params, state.opt_state)

@@ -31,7 +31,9 @@ from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train.host_memory import keep_step_buffers_resident
 from mtl_jax.train.loop import create_state
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from mtl_jax.train.step import make_train_step
+from mtl_jax.train.collectives import Collectives
+from mtl_jax.train.forward import Forward
+from mtl_jax.train.step import choose_route, make_train_step
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_integer('repeats', 5, 'Timed rounds (each: one matmul timing, one step timing).')
@@ -117,8 +119,10 @@ def main(argv):
     state = create_state(model, optimizer, method, len(tasks), config.seed,
                          config.data.seq_len, mode, config.batch_size,
                          encoder=pretrained.load(model))
-    step = jax.jit(make_train_step(model, optimizer, tasks, method, schedule, mode,
-                                   grouped=flags.FLAGS.grouped), donate_argnums=0)
+    forward = Forward(model, tuple(tasks), {}, Collectives())
+    route = choose_route(method, mode, False, flags.FLAGS.grouped)
+    step = jax.jit(make_train_step(forward, route, method, optimizer, schedule),
+                   donate_argnums=0)
     compile_s, step = _seconds(lambda: step.lower(state, batch).compile())
     return {'step': step, 'state': state, 'compile_s': compile_s, 'times': []}
 

@@ -33,7 +33,9 @@ from mtl_jax.models import pretrained
 from mtl_jax.data.pipeline import load_task_data
 from mtl_jax.train.loop import create_state
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from mtl_jax.train.step import make_train_step
+from mtl_jax.train.collectives import Collectives
+from mtl_jax.train.forward import Forward
+from mtl_jax.train.step import choose_route, make_train_step
 
 
 @pytest.fixture(scope='session')
@@ -79,7 +81,8 @@ def build_step(config, method=None, mode='params', diagnostics=False, sgd_learni
   method = method or weighting.get('equal')
   state = create_state(model, optimizer, method, len(tasks), config.seed, config.data.seq_len,
                        mode, config.batch_size, terms, pretrained.load(model))
-  step = make_train_step(model, optimizer, tasks, method, schedule, mode, diagnostics,
-                         grouped=config.sampling.strategy == 'grouped', terms=terms,
-                         axis_name=axis_name, micro_batches=config.micro_batches)
+  forward = Forward(model, tuple(tasks), terms, Collectives(axis_name, config.micro_batches))
+  route = choose_route(method, mode, diagnostics, config.sampling.strategy == 'grouped',
+                       forward.collectives)
+  step = make_train_step(forward, route, method, optimizer, schedule, diagnostics)
   return tasks, data, state, model, step

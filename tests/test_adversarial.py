@@ -23,7 +23,9 @@ from mtl_jax.models.multitask import HardSharing
 from mtl_jax.objectives import adversarial
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import Task, TaskKind
-from mtl_jax.train.forward import apply_model
+from mtl_jax.train import gradients
+from mtl_jax.train.collectives import Collectives
+from mtl_jax.train.forward import Forward, apply_model
 from mtl_jax.train.loop import create_state
 from mtl_jax.train.step import make_train_step
 
@@ -233,8 +235,9 @@ def _train_toy(loss: str, optimization: str, weights, seeds=TOY_SEEDS,
         optax.adam(1e-2), num_domains=2, hidden=32)
 
   def train_step(state, batch, weight):  # the weight is traced: one step for all runs
-    return make_train_step(model, optimizer, tasks, method, lambda s: 3e-3,
-                           terms={adversarial.NAME: adversary(weight)})(state, batch)
+    forward = Forward(model, tuple(tasks), {adversarial.NAME: adversary(weight)}, Collectives())
+    return make_train_step(forward, gradients.loss_weighted, method, optimizer,
+                           lambda s: 3e-3)(state, batch)
 
   runs = [(w, s) for w in weights for s in seeds]
   state = jax.tree.map(lambda *x: jnp.stack(x), *[

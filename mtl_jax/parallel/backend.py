@@ -17,7 +17,7 @@ import numpy as np
 class Program(NamedTuple):
   """What a fit computes, before any placement on devices."""
   create: Callable[..., Any]  # (pretrained encoder or None) -> a fresh TrainState
-  boxed_params: Any  # the parameters' shapes, boxed with their logical axis names
+  boxed_params: Callable[[], Any]  # () -> the parameters' shapes, boxed with logical axes
   train_step: Callable[..., Callable]  # (axis_name=None) -> (state, batch) -> (state, metrics)
   predict: Callable  # (params, batch) -> predictions
 

@@ -140,14 +140,15 @@ def shard_step(step: Callable, mesh: jax.sharding.Mesh, shardings, batch: NamedS
                  out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 
 
-def placement(create: Callable, boxed_params, mesh: jax.sharding.Mesh, rules: Rules
+def placement(create: Callable, boxed_params: Callable, mesh: jax.sharding.Mesh, rules: Rules
               ) -> tuple[Callable, object]:
   """(`create` compiled to make the state in place on the mesh, the state's abstract shapes
-  with their shardings). The shardings come from abstract shapes: nothing is allocated, and a
-  large model is never whole on one device. The pretrained encoder is an argument of the
-  compiled `create`, not a constant of it."""
+  with their shardings), given `boxed_params`() -> the parameters' boxed shapes. The
+  shardings come from abstract shapes: nothing is allocated, and a large model is never
+  whole on one device. The pretrained encoder is an argument of the compiled `create`, not
+  a constant of it."""
   abstract = jax.eval_shape(create)
-  shardings = state_shardings(abstract, boxed_params, mesh, rules)
+  shardings = state_shardings(abstract, boxed_params(), mesh, rules)
   return jax.jit(create, out_shardings=shardings), placed(abstract, shardings)
 
 

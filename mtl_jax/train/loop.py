@@ -6,7 +6,6 @@ same way under the mesh and pmap. The main job (mtl_jax.jobs.main) calls fit onc
 """
 
 import contextlib
-import functools
 import json
 import os
 import time
@@ -32,10 +31,12 @@ from mtl_jax.parallel import distributed
 from mtl_jax.parallel.backend import Program, placed
 from mtl_jax.tasks import Task
 from mtl_jax.train import checkpoint
+from mtl_jax.train.collectives import Collectives
+from mtl_jax.train.forward import Forward
 from mtl_jax.train.gradients import task_gradient_like
 from mtl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from mtl_jax.train.state import TrainState
-from mtl_jax.train.step import make_predict_step, make_train_step
+from mtl_jax.train.step import choose_route, make_predict_step, make_train_step
 from mtl_jax.train.writer import metric_writer
 
 EVAL_CURVE = 'eval_curve'  # workdir/eval_curve.jsonl: {'step', 'tasks': task -> metrics}
@@ -86,12 +87,13 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
 def state_program(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
                   mode: str = 'params', batch_size: int = 1,
                   terms: dict[str, Term] | None = None) -> tuple[Callable, Any]:
-  """(create(encoder=None) -> the first TrainState (create_state's), the parameters' shapes
-  boxed with their logical axis names): what a backend needs to create the state in place
-  (mtl_jax.parallel.mesh.placement)."""
+  """(create(encoder=None) -> the first TrainState (create_state's), boxed() -> the
+  parameters' shapes boxed with their logical axis names): what a backend needs to create
+  the state in place (mtl_jax.parallel.mesh.placement). `boxed` traces the model's init, so
+  only a backend that reads logical axes calls it."""
   create = lambda encoder=None: create_state(model, optimizer, method, num_tasks, seed,
                                              seq_len, mode, batch_size, terms, encoder)
-  return create, jax.eval_shape(lambda: init_params(model, seed, seq_len))
+  return create, lambda: jax.eval_shape(lambda: init_params(model, seed, seq_len))
 
 
 class Probe(Protocol):
@@ -193,10 +195,14 @@ def program(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: Task
   create, boxed_params = state_program(model, optimizer, method, len(tasks), config.seed,
                                        config.data.seq_len, config.weighting.mode,
                                        config.batch_size, terms)
-  train_step = functools.partial(
-      make_train_step, model, optimizer, tasks, method, schedule, config.weighting.mode,
-      config.weighting.diagnostics, grouped=config.sampling.strategy == 'grouped',
-      terms=terms, micro_batches=config.micro_batches)
+  w = config.weighting
+
+  def train_step(axis_name=None):
+    forward = Forward(model, tuple(tasks), terms, Collectives(axis_name, config.micro_batches))
+    route = choose_route(method, w.mode, w.diagnostics, config.sampling.strategy == 'grouped',
+                         forward.collectives)
+    return make_train_step(forward, route, method, optimizer, schedule, w.diagnostics)
+
   return model, Program(create, boxed_params, train_step, make_predict_step(model, tasks))
 
 

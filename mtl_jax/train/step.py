@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax.objectives.joint import joint_loss
-from mtl_jax.objectives.terms import Term, TermState
+from mtl_jax.objectives.terms import TermState
 from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train import gradients
 from mtl_jax.train.collectives import Collectives
@@ -19,17 +19,18 @@ from mtl_jax.weighting import Method, Needs, needs_task_gradients
 
 
 def choose_route(method: Method, mode: str, diagnostics: bool, grouped: bool,
-                 axis_name: str | None, micro_batches: int) -> gradients.Route:
+                 collectives: Collectives = Collectives()) -> gradients.Route:
   """The way of getting the step's gradient (mtl_jax.train.gradients) for a weighting
-  method in `mode` ('params' or 'representation'). Per-task gradients are taken only when
-  the method or the `diagnostics` need them. Refuses what the routes do not support."""
-  if axis_name is not None and (grouped or (mode == 'representation'
-                                            and method.needs is Needs.GRADS)):
+  method in `mode` ('params' or 'representation'), on batches `grouped` by task or not,
+  with the slices' `collectives`. Per-task gradients are taken only when the method or the
+  `diagnostics` need them. Refuses what the routes do not support."""
+  if collectives.axis_name is not None and (grouped or (mode == 'representation'
+                                                        and method.needs is Needs.GRADS)):
     raise ValueError('pmap data parallelism supports neither grouped batches nor GRADS '
                      'methods in representation mode.')
   if not needs_task_gradients(method, diagnostics):
     return gradients.loss_weighted
-  if micro_batches > 1 and (grouped or mode == 'representation'):
+  if collectives.micro_batches > 1 and (grouped or mode == 'representation'):
     raise ValueError('Gradient accumulation with per-task gradients needs mode \'params\' '
                      'and batches that are not grouped.')
   if mode == 'representation':
@@ -37,37 +38,33 @@ def choose_route(method: Method, mode: str, diagnostics: bool, grouped: bool,
   return gradients.grouped if grouped else gradients.task_params
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    tasks: Sequence[Task], method: Method, learning_rate: optax.Schedule,
-                    mode: str = 'params', diagnostics: bool = False,
-                    grouped: bool = False, terms: dict[str, Term] | None = None,
-                    axis_name: str | None = None, micro_batches: int = 1) -> Callable:
+def make_train_step(forward: Forward, route: gradients.Route, method: Method,
+                    optimizer: optax.GradientTransformation, learning_rate: optax.Schedule,
+                    diagnostics: bool = False) -> Callable:
   """The pure step train_step(state, batch) -> (state, metrics) for a weighting `method`
-  (mtl_jax.weighting).
+  (mtl_jax.weighting), getting its gradient by `route` (`choose_route`'s pick).
 
-  The objective is Σ λ_i L_i + the architecture's penalty + the objective `terms`
-  (mtl_jax.objectives.terms; e.g. the adversary's −λ_adv L_adv against a task
-  discriminator). The step computes what the method needs and nothing more: `choose_route`
-  picks how the gradient is got. Each term's parameters take their own optimizer's step,
-  either first (on the model's fixed output) or together with the model's.
+  `forward` holds the objective: Σ λ_i L_i + the architecture's penalty + the objective
+  terms (mtl_jax.objectives.terms; e.g. the adversary's −λ_adv L_adv against a task
+  discriminator). Each term's parameters take their own optimizer's step, either first (on
+  the model's fixed output) or together with the model's. `diagnostics` adds the per-task
+  gradients' norms and cosines to the metrics (the route must take per-task gradients).
 
-  With `axis_name` the step runs per device under jax.pmap on a slice of the global batch.
-  Each task's loss is its global masked mean (global sums over global counts); losses,
-  gradients, per-task gradients and Gram matrices are summed over devices before the method
-  sees them, so every device takes the same update as one device on the whole batch. The
-  adversary's term (a mean over rows) and a parameter penalty are averaged over devices; a
-  penalty on batch statistics (ModelOutput.statistics, e.g. shared-private's
-  orthogonality) is computed from the statistics summed over devices, and each device
-  contributes its exact share of the gradient (Forward.statistics_terms).
+  `forward.collectives` says which slice of the batch the step sees. With an axis name the
+  step runs per device under jax.pmap on a slice of the global batch. Each task's loss is
+  its global masked mean (global sums over global counts); losses, gradients, per-task
+  gradients and Gram matrices are summed over devices before the method sees them, so every
+  device takes the same update as one device on the whole batch. The adversary's term (a
+  mean over rows) and a parameter penalty are averaged over devices; a penalty on batch
+  statistics (ModelOutput.statistics, e.g. shared-private's orthogonality) is computed from
+  the statistics summed over devices, and each device contributes its exact share of the
+  gradient (Forward.statistics_terms).
 
-  With `micro_batches` = k > 1 the batch is split into k micro-batches, run one after another
-  (lax.scan), and their contributions are summed: the same update as the whole batch at
-  about 1/k of the activation memory. A term's first update accumulates over them too.
+  With k > 1 micro-batches the batch is split into k, run one after another (lax.scan), and
+  their contributions are summed: the same update as the whole batch at about 1/k of the
+  activation memory. A term's first update accumulates over them too.
   """
-  route = choose_route(method, mode, diagnostics, grouped, axis_name, micro_batches)
-  collectives = Collectives(axis_name, micro_batches)
-  forward = Forward(model, tuple(tasks), dict(terms or {}), collectives)
-  num_tasks = len(tasks)
+  collectives, num_tasks = forward.collectives, len(forward.tasks)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(state.rng, state.step)
