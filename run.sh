@@ -56,7 +56,7 @@ case "$job" in
     setup
     # Tests in parallel, one process per core (at most 4: each holds ~2 GB), a file's tests
     # in one process; `-n 0` runs them in this one.
-    exec .venv/bin/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile "$@" ;;
+    exec .venv/bin/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder "$@" ;;
   bench)
     setup
     exec .venv/bin/python -m mtl_jax.bench --config experiments/configs/bert_mini.py "$@" ;;

@@ -86,3 +86,18 @@ def build_step(config, method=None, mode='params', diagnostics=False, sgd_learni
                        forward.collectives)
   step = make_train_step(forward, route, method, optimizer, schedule, diagnostics)
   return tasks, data, state, model, step
+
+
+def pytest_collection_modifyitems(items):
+  """Files with slow tests first, then those with the most integration tests, so that
+  `--dist loadfile` (with --no-loadscope-reorder, run.sh) hands out the long files while
+  other processes still have work, and the short files fill the end."""
+  def weight(item):
+    return (item.get_closest_marker('slow') is not None,
+            item.get_closest_marker('integration') is not None)
+  files = {}
+  for item in items:
+    slow, integration = files.get(item.path, (0, 0))
+    s, i = weight(item)
+    files[item.path] = (slow + s, integration + i)
+  items.sort(key=lambda item: tuple(-n for n in files[item.path]))

@@ -1,4 +1,5 @@
-"""MultiRC's exact match, and the leaderboard files of a finished run (TFDS mock data)."""
+"""MT-DNN's smoke run on TFDS mock data (experiments/configs/mtdnn.py:smoke: the tiny BERT,
+then each task fine-tuned), MultiRC's exact match, and the leaderboard files of the run."""
 
 import json
 import os
@@ -188,6 +189,20 @@ def test_multirc_exact_match_end_to_end(run):
     right[key] = right.get(key, True) and int(p) == int(r['label'])
   assert report['multi'][MULTIRC.name]['exact_match'] == pytest.approx(
       np.mean(list(right.values())))
+
+
+@pytest.mark.integration
+def test_the_mtdnn_smoke_run_fine_tunes_each_task_of_the_pretrained_encoder(run):
+  workdir, report = run
+  assert set(report['multi']) == set(report['finetuned']) == set(TASKS)
+  assert all(np.isfinite(v) for m in report['finetuned'].values() for v in m.values())
+  for name in TASKS:
+    assert task_lib.get(name).primary_metric in report['finetuned'][name]
+  with open(os.path.join(workdir, 'config.json')) as f:
+    ran = json.load(f)
+  # The checkpoint fixed the encoder and its tokenizer came from the same folder.
+  assert ran['data']['vocabulary'] == mtdnn.get_config('smoke').model.pretrained
+  assert ran['model']['hidden_size'] == 32 and ran['model']['vocab_size'] == 64
 
 
 @pytest.mark.integration
