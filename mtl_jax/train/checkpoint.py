@@ -68,9 +68,12 @@ def check_config(cfg: ml_collections.ConfigDict, tasks: tuple[Task, ...]):
                         f'known metric.')
 
 
+@jax.jit
 def _leaf_fingerprint(x: jax.Array) -> jax.Array:
   """(sum, position-weighted sum) of the leaf's bits as uint32: any single changed word
-  changes both (the weights are odd)."""
+  changes both (the weights are odd). One small program per leaf shape: every fit of a model
+  shares them, where one program for the whole state would be compiled again for each
+  state's structure (each fit's heads)."""
   if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)
   if x.dtype == jnp.bool_:
@@ -81,16 +84,11 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
   return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)])
 
 
-@jax.jit
-def _fingerprints(tree) -> list[jax.Array]:
-  return [_leaf_fingerprint(x) for x in jax.tree.leaves(tree)]
-
-
 def fingerprint(tree) -> dict[str, list[int]]:
   """Leaf path -> its two sums: equal trees give equal fingerprints, and a flipped bit
   anywhere gives a different one."""
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  sums = jax.device_get(_fingerprints(tree))
+  sums = jax.device_get([_leaf_fingerprint(x) for x in jax.tree.leaves(tree)])
   return {path: [int(v) for v in s] for path, s in zip(paths, sums)}
 
 
