@@ -92,12 +92,9 @@ def pytest_collection_modifyitems(items):
   """Files with slow tests first, then those with the most integration tests, so that
   `--dist loadfile` (with --no-loadscope-reorder, run.sh) hands out the long files while
   other processes still have work, and the short files fill the end."""
-  def weight(item):
-    return (item.get_closest_marker('slow') is not None,
-            item.get_closest_marker('integration') is not None)
-  files = {}
+  files = {}  # path -> (-slow tests, -integration tests): the sort key
   for item in items:
     slow, integration = files.get(item.path, (0, 0))
-    s, i = weight(item)
-    files[item.path] = (slow + s, integration + i)
-  items.sort(key=lambda item: tuple(-n for n in files[item.path]))
+    files[item.path] = (slow - bool(item.get_closest_marker('slow')),
+                        integration - bool(item.get_closest_marker('integration')))
+  items.sort(key=lambda item: files[item.path])
