@@ -27,18 +27,17 @@ def _losses(workdir):
 
 
 @pytest.mark.integration
-def test_two_runs_with_one_seed_give_identical_losses(smoke_config, tmp_path):
+def test_another_seed_gives_other_losses(smoke_config, tmp_path):
+  """The other half, that two runs with one seed are identical, is test_checkpoint's: its
+  resume tests compare a second run, in the same process and in another, bitwise."""
   smoke_config.mode, smoke_config.num_steps, smoke_config.log_every = 'multi', 6, 1
   tasks = config_lib.validate(smoke_config)
   data = load_task_data(smoke_config.data, tasks)
-  first = fit(smoke_config, tasks, data, str(tmp_path / 'a'), weighting.get('equal'), 'a')
-  second = fit(smoke_config, tasks, data, str(tmp_path / 'b'), weighting.get('equal'), 'b')
-  chex.assert_trees_all_equal(first.params, second.params)
-  assert _losses(tmp_path / 'a') == _losses(tmp_path / 'b')
-  assert first.metrics == second.metrics
+  fit(smoke_config, tasks, data, str(tmp_path / 'a'), weighting.get('equal'), 'a')
   smoke_config.seed = 1
-  fit(smoke_config, tasks, data, str(tmp_path / 'c'), weighting.get('equal'), 'c')
-  assert _losses(tmp_path / 'a') != _losses(tmp_path / 'c')
+  fit(smoke_config, tasks, data, str(tmp_path / 'b'), weighting.get('equal'), 'b')
+  first, other = _losses(tmp_path / 'a'), _losses(tmp_path / 'b')
+  assert len(first) == len(other) == 6 and first != other
 
 
 @pytest.mark.integration
