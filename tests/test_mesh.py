@@ -243,3 +243,30 @@ def test_one_device_is_a_one_by_one_mesh(config):
   config.mesh.data = -1
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
   assert dict(mesh.shape) == {'data': 1, 'fsdp': 1, 'tensor': 1}
+
+
+def test_decoder_rules_shard_heads_and_width_and_keep_indivisible_kv_heads_whole():
+  """SmolLM2's shape of heads (9 query, 3 key/value) on tensor 3 and on tensor 2: the query
+  heads split where 3 divides them; the 3 KV heads split on tensor 3, stay whole on
+  tensor 2 (as would the 9 query heads), and the model width is split on fsdp."""
+  from mtl_jax.models.decoder import Decoder, DecoderConfig, segment_mask
+  cfg = DecoderConfig(vocab_size=50, hidden_size=36, num_layers=2, num_heads=9,
+                      num_kv_heads=3, head_dim=4, intermediate_size=24)
+  tokens = jax.numpy.zeros((1, 4), jax.numpy.int32)
+  positions = jax.numpy.arange(4)[None]
+  boxed = jax.eval_shape(lambda: Decoder(cfg).init(
+      jax.random.key(0), tokens, positions, segment_mask(tokens + 1, positions)))['params']
+  devices = jax.devices()
+  for tensor, kv in ((3, 'tensor'), (2, None)):
+    mesh = jax.make_mesh((1, 2, tensor), mesh_lib.MESH_AXES, devices=devices[:2 * tensor],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    shapes = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.value.shape, b.value.dtype), boxed,
+                          is_leaf=lambda x: hasattr(x, 'names'))
+    params = mesh_lib.state_shardings(shapes, boxed, mesh, mesh_lib.AXIS_RULES)
+    attention = params['layers']['attention']
+    assert attention['q']['kernel'].spec == P(None, 'fsdp', kv, None)
+    assert attention['k']['kernel'].spec == P(None, 'fsdp', kv, None)
+    assert attention['o']['kernel'].spec == P(None, kv, None, 'fsdp')
+    assert params['layers']['mlp']['down']['kernel'].spec == P(
+        None, 'tensor' if 24 % tensor == 0 else None, 'fsdp')
+    assert params['embed']['embedding'].spec == P(None, 'fsdp')

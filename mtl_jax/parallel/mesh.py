@@ -28,8 +28,11 @@ AXIS_RULES = (
     ('batch', ('data', 'fsdp')),  # FSDP devices also split the batch: they are data parallel
     ('embed', 'fsdp'),  # FSDP: every weight is split along the model width
     ('heads', 'tensor'),  # tensor parallelism: attention heads (q/k/v outputs, output input)
+    ('kv_heads', 'tensor'),  # the decoder's key/value heads, where their count divides it
     ('mlp', 'tensor'),  # ... and the FFN's hidden units
     ('vocab', None),  # vocabularies are seldom divisible; the table is split on 'embed'
+    ('head_dim', None),
+    ('layers', None),  # the decoder's stacked layers: each device holds a slice of every one
 )
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -101,6 +104,15 @@ def _is_box(x) -> bool:
   return isinstance(x, nn.meta.AxisMetadata)
 
 
+def divisible(spec: P, shape: tuple[int, ...], mesh_shape: dict[str, int]) -> P:
+  """`spec` with each dimension that its mesh axes do not divide left whole (replicated):
+  a model with 3 KV heads on a tensor axis of 2 keeps its key/value heads on every device."""
+  def fits(axes, size):
+    parts = math.prod(mesh_shape[a] for a in jax.tree.leaves(axes))
+    return axes if size % parts == 0 else None
+  return P(*(fits(axes, size) for axes, size in zip(tuple(spec), shape)))
+
+
 def state_shardings(state_shape, boxed_params, mesh: jax.sharding.Mesh, rules: Rules):
   """Shardings for a state pytree (e.g. jax.eval_shape of create_state), from the
   parameters as `init` returns them (boxed with logical axis names; shapes suffice).
@@ -112,7 +124,9 @@ def state_shardings(state_shape, boxed_params, mesh: jax.sharding.Mesh, rules: R
   named = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(boxed_params, is_leaf=_is_box)[0]:
     spec = leaf.get_partition_spec() if _is_box(leaf) else P()
-    named[tuple(path)] = (nn.unbox(leaf).shape, nn.logical_to_mesh_axes(spec, rules))
+    shape = nn.unbox(leaf).shape
+    named[tuple(path)] = (shape, divisible(nn.logical_to_mesh_axes(spec, rules), shape,
+                                           dict(mesh.shape)))
 
   def sharding(path, leaf):
     for start in range(len(path)):
