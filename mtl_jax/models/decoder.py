@@ -142,8 +142,7 @@ class KVCache(NamedTuple):
 
 def init_cache(cfg: DecoderConfig, batch: int, length: int) -> KVCache:
   shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_size)
-  zeros = jnp.zeros(shape, cfg.dtype)
-  return KVCache(zeros, zeros)
+  return KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))  # two buffers
 
 
 class RMSNorm(nn.Module):
