@@ -2,6 +2,11 @@
 taking the argmax of a whole forward pass again and again; samplers draw from the
 distributions their definitions give."""
 
+import os
+import re
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -106,3 +111,32 @@ def test_samplers_draw_from_their_definitions():
 def test_bad_requests_are_refused(generator, call, message):
   with pytest.raises(ValueError, match=message):
     call(generator)
+
+
+def _generate_command(*args):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return lambda stdin=None: subprocess.run(
+      [sys.executable, '-m', 'mtl_jax.generate', *args], cwd=root, input=stdin,
+      capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_command_line_chats_with_smollm2_over_two_turns():
+  result = _generate_command('--chat', '--max_new_tokens=40')(
+      'What is the capital of France?\nAnd what is its largest city?\n\n')
+  assert result.returncode == 0, result.stderr[-2000:]
+  first, second = result.stdout.strip().splitlines()
+  assert first == 'The capital of France is Paris.'
+  assert 'Paris' in second  # the second turn saw the first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('args,message', [
+    (('--prompt=x', '--top_p=0'), r'top_p 0.0 is outside \(0, 1\]'),
+    (('--prompt=x', '--max_new_tokens=0'), 'max_new_tokens 0 must be positive'),
+    (('--prompt=x', '--model=/no/such/model'), '/no/such/model: no such file or folder'),
+])
+def test_the_command_line_refuses_bad_input_in_one_line(args, message):
+  result = _generate_command(*args)()
+  assert result.returncode == 2
+  assert re.search(message, result.stderr.strip().splitlines()[-1])

@@ -74,12 +74,17 @@ class DecoderConfig:
   remat: str = 'none'  # what each layer keeps for the backward pass (encoder.REMAT)
 
   def __post_init__(self):
+    if min(self.num_heads, self.num_kv_heads) < 1:
+      raise ValueError(f'num_heads {self.num_heads} and num_kv_heads {self.num_kv_heads} '
+                       f'must be positive.')
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'num_heads {self.num_heads} is not divisible by num_kv_heads '
                        f'{self.num_kv_heads}.')
     if not self.head_dim and self.hidden_size % self.num_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads '
                        f'{self.num_heads}; set head_dim.')
+    if not self.head_dim:  # one config, one spelling: 0 becomes the size it stands for
+      object.__setattr__(self, 'head_dim', self.hidden_size // self.num_heads)
     if self.dtype not in DTYPES:
       raise ValueError(f'dtype {self.dtype!r} is not one of {DTYPES}.')
     if self.remat not in REMAT:
@@ -91,7 +96,7 @@ class DecoderConfig:
 
   @property
   def head_size(self) -> int:
-    return self.head_dim or self.hidden_size // self.num_heads
+    return self.head_dim
 
   @property
   def scaling(self) -> dict:
