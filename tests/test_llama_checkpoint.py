@@ -298,8 +298,16 @@ def test_write_hf_round_trips_exactly(tmp_path, name):
   assert (hf['torch_dtype'], hf['eos_token_id']) == ('float32', 2)
   written = load_file(os.path.join(out, 'model.safetensors'))
   assert {v.dtype for v in written.values()} == {np.dtype(np.float32)}
-  assert written.keys() == load_file(os.path.join(TINY[name], 'model.safetensors')).keys() - (
+  original = load_file(os.path.join(TINY[name], 'model.safetensors'))  # transformers' own
+  assert written.keys() == original.keys() - (
       {'lm_head.weight'} if cfg.tie_word_embeddings else set())
+  for key, tensor in written.items():  # what transformers loads is what it saved
+    np.testing.assert_array_equal(tensor, original[key], err_msg=key)
+  saved = json.load(open(os.path.join(TINY[name], 'config.json')))
+  for field in ('hidden_size', 'num_hidden_layers', 'num_attention_heads',
+                'num_key_value_heads', 'intermediate_size', 'rms_norm_eps', 'vocab_size',
+                'max_position_embeddings', 'hidden_act'):
+    assert hf[field] == saved[field], field
   assert not [f for f in os.listdir(tmp_path) if f.startswith('.export.')]  # no staging left
 
 
