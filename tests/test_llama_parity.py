@@ -1,6 +1,7 @@
 """Parity with transformers: its own loading of the same checkpoints gives the same hidden
 states, logits and greedy continuations (references stored by
-experiments/reference/llama_parity_reference.py; the project never imports torch)."""
+experiments/reference/llama_parity_reference.py; the project never imports torch). And
+SmolLM2, read once for the module, fine-tunes."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mtl_jax.data import llm_tokenizer
@@ -16,6 +18,7 @@ from mtl_jax.models import decoder as decoder_lib
 from mtl_jax.models import llama_checkpoint
 from mtl_jax.models.decoder import Decoder
 from mtl_jax.models.generation import Generator
+from mtl_jax.objectives.language_model import decoder_loss
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 
@@ -111,3 +114,44 @@ def test_smollm2_weights_equal_transformers_gguf_loader(smollm2):
   k = ref['weight:model.layers.0.self_attn.k_proj.weight[64:68,0:8]']
   np.testing.assert_array_equal(params['layers']['attention']['k']['kernel'][0, :8, 1, 0:4].T,
                                 k)
+
+
+@pytest.mark.integration
+def test_fine_tuning_smollm2_lowers_its_loss_on_a_few_chats(smollm2):
+  cfg, params, tokenizer = smollm2
+  chats = [('Who wrote the zorblax manual?', 'Quentin Vale wrote it in 1987.'),
+           ('What colour is a zorblax?', 'A zorblax is teal with orange stripes.'),
+           ('Where do zorblaxes live?', 'They live in the caves of Mount Ferrow.')]
+  rows, targets = [], []
+  for question, answer in chats:
+    chat = [{'role': 'system', 'content': 'Answer.'}, {'role': 'user', 'content': question}]
+    prompt = tokenizer.encode_chat(chat, True)
+    full = tokenizer.encode_chat(chat + [{'role': 'assistant', 'content': answer}], False)
+    assert full[:len(prompt)] == prompt
+    rows.append(full)
+    targets.append([0] * len(prompt) + [1] * (len(full) - len(prompt)))  # the reply only
+  length = max(map(len, rows))
+  tokens, attention = llm_tokenizer.pad_right(rows, length, tokenizer.pad_id)
+  target_mask, _ = llm_tokenizer.pad_right(targets, length, 0)
+  positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+  mask = decoder_lib.segment_mask(jnp.asarray(attention), positions)
+  model = Decoder(cfg)
+  optimizer = optax.adamw(1e-4)
+  loss_fn = lambda p: decoder_loss(model, p, jnp.asarray(tokens), positions, mask,
+                                   jnp.asarray(target_mask))
+
+  @jax.jit
+  def step(params, opt_state):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  params = jax.tree.map(jnp.asarray, params)
+  opt_state = optimizer.init(params)
+  losses = []
+  for _ in range(3):
+    params, opt_state, loss = step(params, opt_state)
+    losses.append(float(loss))
+  losses.append(float(jax.jit(loss_fn)(params)))
+  assert np.isfinite(losses).all()
+  assert losses[-1] < 0.7 * losses[0], losses
