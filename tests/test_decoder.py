@@ -264,3 +264,39 @@ def test_parameters_carry_logical_axes_with_a_layer_axis():
 def test_bad_configs_are_refused_naming_the_field(fields, message):
   with pytest.raises(ValueError, match=message):
     DecoderConfig(**{**CFG.__dict__, **fields})
+
+
+class _TaskBias(nn.Module):
+  """A test adapter: adds a learned bias to its projection's output on task 1's tokens."""
+  projection: str
+
+  @nn.compact
+  def __call__(self, x, y, task_ids):
+    bias = self.param('bias', nn.initializers.zeros, y.shape[2:])
+    on = (task_ids == 1).reshape(task_ids.shape + (1,) * (y.ndim - 2))
+    return y + on * bias
+
+
+def test_the_adapter_hook_wraps_every_projection_per_token_task():
+  tokens = jnp.asarray(np.random.default_rng(7).integers(0, 40, (2, 5)))
+  positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  mask = decoder_lib.segment_mask(jnp.ones((2, 5), jnp.int32), positions)
+  task_ids = jnp.asarray([[0] * 5, [1] * 5])
+  model = Decoder(CFG, adapter=_TaskBias)
+  params = nn.unbox(model.init(jax.random.key(0), tokens, positions, mask, task_ids))['params']
+  paths = [tuple(k.key for k in path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(params)[0]]
+  assert {p[-3] for p in paths if 'adapter' in p} == set(decoder_lib.PROJECTIONS)
+
+  def drop(node):  # the base model's parameters: the same tree without the adapters
+    return {k: drop(v) for k, v in node.items() if k != 'adapter'} if isinstance(node, dict) \
+        else node
+
+  run = lambda p: model.apply({'params': p}, tokens, positions, mask, task_ids).hidden
+  base = Decoder(CFG).apply({'params': drop(params)}, tokens, positions, mask).hidden
+  np.testing.assert_array_equal(run(params), base)  # zero adapters: the base model
+  down = params['layers']['mlp']['down']['adapter']
+  down['bias'] = jnp.ones_like(down['bias'])
+  moved = run(params)
+  np.testing.assert_array_equal(moved[0], base[0])  # task 0's row: untouched
+  assert float(jnp.abs(moved[1] - base[1]).max()) > 1e-3  # task 1's row: changed
