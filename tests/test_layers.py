@@ -20,7 +20,7 @@ LAYERS = {
     'mtl_jax.config': 5,
     'mtl_jax.train': 6,
     'mtl_jax.report': 7,
-    'mtl_jax.jobs': 8, 'mtl_jax.bench': 8,
+    'mtl_jax.jobs': 8, 'mtl_jax.bench': 8, 'mtl_jax.generate': 8,
 }
 ENTRY_POINT = 9
 

@@ -87,7 +87,7 @@ def test_smollm2_config(smollm2):
   assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
           cfg.intermediate_size, cfg.vocab_size) == (30, 576, 9, 3, 1536, 49152)
   assert cfg.tie_word_embeddings and 'lm_head' not in params
-  assert (cfg.rope_theta, cfg.rope_scaling, cfg.head_size, cfg.rms_norm_eps,
+  assert (cfg.rope_theta, cfg.rope_scaling, cfg.head_dim, cfg.rms_norm_eps,
           cfg.max_position_embeddings) == (100000.0, (), 64, 1e-5, 8192)
   assert not (cfg.attention_bias or cfg.qk_norm or cfg.sliding_window)
   assert jax.tree.map(np.shape, params) == jax.tree.map(lambda s: s.shape,

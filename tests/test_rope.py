@@ -37,13 +37,12 @@ def test_the_cases_cover_every_rope_type():
 
 def test_dynamic_frequencies_follow_the_longest_position_in_the_decoder():
   """The decoder scales a dynamic rope by max(position) + 1, as transformers does."""
-  from mtl_jax.models.decoder import Decoder, DecoderConfig
+  from mtl_jax.models.decoder import DecoderConfig, frequencies
   cfg = DecoderConfig(vocab_size=10, hidden_size=16, num_layers=1, num_heads=2,
                       num_kv_heads=2, intermediate_size=16, max_position_embeddings=8,
                       rope_scaling=(('factor', 2.0), ('rope_type', 'dynamic')))
-  model = Decoder(cfg)
-  within = model.apply({}, jnp.arange(8)[None], method=Decoder.frequencies)
-  beyond = model.apply({}, jnp.arange(24)[None], method=Decoder.frequencies)
+  within, _ = frequencies(cfg, jnp.arange(8)[None])
+  beyond, _ = frequencies(cfg, jnp.arange(24)[None])
   np.testing.assert_allclose(within, rope.inverse_frequencies(8, 1e4, None, 8)[0], rtol=1e-6)
   np.testing.assert_allclose(beyond, rope.dynamic_frequencies(8, 1e4, 2.0, 8, 24), rtol=1e-6)
   assert float(beyond[-1]) < float(within[-1])

@@ -10,6 +10,9 @@ come back per example (mtl_jax.tasks.num_choices).
 `shared_params` names the top-level parameter collections that every task shares; gradient
 methods take per-task gradients with respect to them (or to the representation). An
 architecture that shares no parameters says so with `shared_params = ()`.
+
+The backbone (`encoder_config`) is the BERT-style encoder or the Llama-layout decoder
+(models/backbone.py); `backbones` names those an architecture works with.
 """
 
 from typing import ClassVar
@@ -19,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.models.backbone import (BACKBONES, LAST, DecoderBackboneConfig, backbone_name,
+                                     last_token)
 from mtl_jax.models.encoder import EncoderConfig, EncoderOutput, pair_features, sentence
 from mtl_jax.models.heads import Head
 from mtl_jax.tasks import Task, TaskKind, num_choices
@@ -48,9 +53,13 @@ def is_pair(task: Task) -> bool:
   return task.kind is not TaskKind.TAGGING and len(task.input_fields) == 2
 
 
-def feature_kind(task: Task, cfg: EncoderConfig) -> str:
+BackboneConfig = EncoderConfig | DecoderBackboneConfig
+
+
+def feature_kind(task: Task, cfg: BackboneConfig) -> str:
   """How a task's head reads token states: 'sequence' (tagging), 'pair' (a pair task with
-  cfg.pair_features) or the sentence feature's pooling (cfg.pooling)."""
+  cfg.pair_features) or the sentence feature's pooling (cfg.pooling; the decoder's is
+  'last', the last real token)."""
   if task.kind is TaskKind.TAGGING:
     return 'sequence'
   if cfg.pair_features and is_pair(task):
@@ -58,13 +67,13 @@ def feature_kind(task: Task, cfg: EncoderConfig) -> str:
   return cfg.pooling
 
 
-def head_hidden(task: Task, cfg: EncoderConfig) -> int:
+def head_hidden(task: Task, cfg: BackboneConfig) -> int:
   """The hidden width of a task's head: cfg.pair_head_hidden for a head that compares two
   sentences' features (a subset or an overlap is not linear in them), else 0 (linear)."""
   return cfg.pair_head_hidden if feature_kind(task, cfg) == 'pair' else 0
 
 
-def representation_key(task: Task, cfg: EncoderConfig) -> str:
+def representation_key(task: Task, cfg: BackboneConfig) -> str:
   """Which encoder feature a task's head reads: '<feature_kind>_<depth>', or the pooler
   (BERT's classifier input, for a sentence task at the last layer)."""
   depth = task_depth(task, cfg.num_layers)
@@ -81,6 +90,8 @@ def read_feature(kind: str, sequence: jax.Array, attention_mask: jax.Array,
     return sequence
   if kind == 'pair':
     return pair_features(sequence, attention_mask, segment_ids)
+  if kind == LAST:
+    return last_token(sequence, attention_mask)
   return sentence(sequence, attention_mask, kind)
 
 
@@ -93,25 +104,30 @@ def feature(key: str, features: EncoderOutput) -> jax.Array:
                       features.segment_ids)
 
 
+def key_depth(key: str, num_layers: int) -> int:
+  """The depth a representation_key reads ('pooled' reads the last layer)."""
+  return num_layers if key == 'pooled' else int(key.split('_')[1])
+
+
 def task_feature(task: Task, sequence: jax.Array, attention_mask: jax.Array,
-                 segment_ids: jax.Array, cfg: EncoderConfig) -> jax.Array:
+                 segment_ids: jax.Array, cfg: BackboneConfig) -> jax.Array:
   """What a task's head reads from token states an architecture computed for it (task
   layers, experts, a private encoder), as it reads the encoder's."""
   return read_feature(feature_kind(task, cfg), sequence, attention_mask, segment_ids)
 
 
-def sentence_key(cfg: EncoderConfig) -> str:
+def sentence_key(cfg: BackboneConfig) -> str:
   """The last layer's sentence feature: what a sentence head at full depth reads."""
   return 'pooled' if cfg.pooler else f'{cfg.pooling}_{cfg.num_layers}'
 
 
 class MultiTaskModel(nn.Module):
-  """Fields and parts common to all architectures: the encoder's config, the tasks and their
+  """Fields and parts common to all architectures: the backbone's config, the tasks and their
   heads.
 
   Subclasses call `self.setup_heads()` in their setup and implement encode and decode.
   """
-  encoder_config: EncoderConfig
+  encoder_config: BackboneConfig  # the backbone's (models/backbone.py)
   tasks: tuple[Task, ...]
   head_dropout_rate: float = 0.1
   # ModelOutput.shared holds the shared sentence features (an objective term reads them,
@@ -119,6 +135,9 @@ class MultiTaskModel(nn.Module):
   shared_features: bool = False
 
   shared_params: ClassVar[tuple[str, ...]] = ('encoder',)
+  # The backbones (backbone.BACKBONES) the architecture works with; architectures.build and
+  # config.validate refuse another.
+  backbones: ClassVar[tuple[str, ...]] = BACKBONES
 
   def setup_heads(self):
     self.heads = {t.name: Head(t.num_outputs, self.head_dropout_rate,
@@ -155,6 +174,17 @@ class MultiTaskModel(nn.Module):
     """task name -> the representation_key its head reads."""
     cfg = self.encoder_config
     return {t.name: representation_key(t, cfg) for t in self.tasks}
+
+  @property
+  def backbone(self) -> str:
+    """'encoder' or 'decoder': which backbone encoder_config configures."""
+    return backbone_name(self.encoder_config)
+
+  def reads_lower_layers(self) -> bool:
+    """Whether a head reads the backbone below its last layer (the decoder then keeps
+    every layer's states)."""
+    num_layers = self.encoder_config.num_layers
+    return any(key_depth(k, num_layers) < num_layers for k in self.keys().values())
 
   def head_outputs(self, features: dict[str, jax.Array], deterministic: bool) -> dict:
     """Each task's head on its own features (task name -> array)."""

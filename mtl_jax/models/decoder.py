@@ -91,12 +91,8 @@ class DecoderConfig:
       raise ValueError(f'remat {self.remat!r} is not one of {sorted(REMAT)}.')
     if self.sliding_window < 0:
       raise ValueError(f'sliding_window {self.sliding_window} is negative.')
-    rope.inverse_frequencies(self.head_size, self.rope_theta, self.scaling,
+    rope.inverse_frequencies(self.head_dim, self.rope_theta, self.scaling,
                              self.max_position_embeddings)  # refuses a bad rope here
-
-  @property
-  def head_size(self) -> int:
-    return self.head_dim
 
   @property
   def scaling(self) -> dict:
@@ -139,6 +135,17 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
   return index - start_index
 
 
+def frequencies(cfg: DecoderConfig, positions: jax.Array) -> tuple[jax.Array, float]:
+  """(rotary inverse frequencies (d/2,), attention factor) for these positions: a dynamic
+  rope's frequencies grow with the longest position (max + 1), as transformers' do."""
+  inv_freq, factor = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.scaling,
+                                              cfg.max_position_embeddings)
+  if rope.rope_type(cfg.scaling) == 'dynamic':
+    inv_freq = rope.dynamic_frequencies(cfg.head_dim, cfg.rope_theta, cfg.scaling['factor'],
+                                        cfg.max_position_embeddings, positions.max() + 1)
+  return jnp.asarray(inv_freq, jnp.float32), float(factor)
+
+
 class KVCache(NamedTuple):
   """Every layer's keys and values, (L, B, T, K, d), in the compute dtype."""
   k: jax.Array
@@ -146,7 +153,7 @@ class KVCache(NamedTuple):
 
 
 def init_cache(cfg: DecoderConfig, batch: int, length: int) -> KVCache:
-  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_size)
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
   return KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))  # two buffers
 
 
@@ -228,7 +235,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, inputs: LayerInputs, cache):
     cfg = self.cfg
-    size = cfg.head_size
+    size = cfg.head_dim
     project = lambda name, features, axes, **kw: Projection(
         features, axes, cfg, adapter=self.adapter, name=name, **kw)(x, inputs.task_ids)
     q = project('q', (cfg.num_heads, size), (EMBED, HEADS, HEAD_DIM), use_bias=cfg.attention_bias)
@@ -299,8 +306,8 @@ class Decoder(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.inv_freq, self.attention_factor = rope.inverse_frequencies(
-        cfg.head_size, cfg.rope_theta, cfg.scaling, cfg.max_position_embeddings)
+    _, attention_factor = rope.inverse_frequencies(
+        cfg.head_dim, cfg.rope_theta, cfg.scaling, cfg.max_position_embeddings)
     self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=(
         nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range),
                                      (VOCAB, EMBED))), name='embed')
@@ -310,26 +317,20 @@ class Decoder(nn.Module):
     self.layers = nn.scan(layer, variable_axes={'params': 0}, split_rngs={'params': True},
                           in_axes=(0, nn.broadcast), length=cfg.num_layers,
                           metadata_params={nn.PARTITION_NAME: LAYERS})(
-        cfg, float(self.attention_factor), self.adapter, self.keep_states, name='layers')
+        cfg, attention_factor, self.adapter, self.keep_states, name='layers')
     self.final_norm = RMSNorm(cfg.rms_norm_eps, name='final_norm')
     if not cfg.tie_word_embeddings:
       self.lm_head = self.param('lm_head', nn.with_logical_partitioning(
           nn.initializers.normal(cfg.initializer_range), (EMBED, VOCAB)),
                                 (cfg.hidden_size, cfg.vocab_size))
 
-  def frequencies(self, positions):
-    cfg = self.cfg
-    if rope.rope_type(cfg.scaling) == 'dynamic':
-      return rope.dynamic_frequencies(cfg.head_size, cfg.rope_theta, cfg.scaling['factor'],
-                                      cfg.max_position_embeddings, positions.max() + 1)
-    return jnp.asarray(self.inv_freq, jnp.float32)
-
   def __call__(self, tokens, positions, mask, task_ids=None, cache: KVCache | None = None,
                cache_start=None) -> DecoderOutput:
     """tokens, positions, task_ids (B, S); mask (B, S, keys) from segment_mask (keys: S)
     or cache_mask (keys: the cache's slots, this chunk written at cache_start)."""
     x = self.embed(tokens).astype(self.cfg.dtype)
-    inputs = LayerInputs(positions, mask, task_ids, self.frequencies(positions), cache_start)
+    inputs = LayerInputs(positions, mask, task_ids, frequencies(self.cfg, positions)[0],
+                         cache_start)
     x, (cache, states) = self.layers(x, None if cache is None else tuple(cache), inputs)
     return DecoderOutput(self.final_norm(x), states,
                          None if cache is None else KVCache(*cache))

@@ -596,7 +596,7 @@ def hf_config_dict(cfg: DecoderConfig) -> dict:
       'num_hidden_layers': cfg.num_layers,
       'num_attention_heads': cfg.num_heads,
       'num_key_value_heads': cfg.num_kv_heads,
-      'head_dim': cfg.head_size,
+      'head_dim': cfg.head_dim,
       'hidden_act': 'silu',
       'max_position_embeddings': cfg.max_position_embeddings,
       'rms_norm_eps': cfg.rms_norm_eps,

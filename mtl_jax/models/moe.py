@@ -9,9 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.models import backbone
 from mtl_jax.models.base import (ModelOutput, MultiTaskModel, feature, is_pair, sentence_key,
                                  task_feature)
-from mtl_jax.models.encoder import Encoder
 from mtl_jax.tasks import TaskKind
 
 
@@ -144,7 +144,8 @@ def _require_positive(model: nn.Module, fields: tuple[str, ...]):
 class ExpertSharing(MultiTaskModel):
   """The shared encoder, then a mixture-of-experts layer over its last layer's hidden states
   (B, S, D), then the heads. A tagging task's head reads its mixture at every token, a
-  sentence task's head its mixture at the [CLS] position.
+  sentence task's head its mixture at the [CLS] position (the decoder's: at the last real
+  token).
 
   `encode` returns the encoder output, so gradient methods take per-task gradients with
   respect to the encoder (`shared_params`) or its output. The experts are shared by the
@@ -153,7 +154,7 @@ class ExpertSharing(MultiTaskModel):
   """
 
   def setup(self):
-    self.encoder = Encoder(self.encoder_config)
+    self.encoder = backbone.module(self.encoder_config)
     self.mixture = self.mixture_layer()
     self.setup_heads()
 
@@ -174,11 +175,16 @@ class ExpertSharing(MultiTaskModel):
                             deterministic=deterministic)
     last = features.hidden_states[-1]
     # Experts and gates act token by token: without tagging tasks, mean pooling or pair
-    # features only [CLS] is read.
+    # features only [CLS] is read (the decoder's last real token).
     cfg = self.encoder_config
     whole = (self.tags or cfg.pooling == 'mean'
              or (cfg.pair_features and any(map(is_pair, self.tasks))))
-    part = lambda x: x if whole else x[:, :1]
+    if whole:
+      part = lambda x: x
+    elif cfg.pooling == backbone.LAST:
+      part = lambda x: backbone.last_slice(x, attention_mask)
+    else:
+      part = lambda x: x[:, :1]
     representation = {'sequence': part(last), 'attention_mask': part(attention_mask),
                       'segment_ids': part(segment_ids)}
     if self.shared_features:

@@ -1,10 +1,11 @@
-"""Hard parameter sharing: one shared encoder, one head per task (the reference)."""
+"""Hard parameter sharing: one shared backbone (the encoder or the decoder), one head per task
+(the reference)."""
 
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.models import backbone
 from mtl_jax.models.base import ModelOutput, MultiTaskModel, feature, sentence_key
-from mtl_jax.models.encoder import Encoder
 
 
 class HardSharing(MultiTaskModel):
@@ -14,7 +15,7 @@ class HardSharing(MultiTaskModel):
   """
 
   def setup(self):
-    self.encoder = Encoder(self.encoder_config)
+    self.encoder = backbone.module(self.encoder_config, self.reads_lower_layers())
     self.setup_heads()
 
   def encode(self, input_ids, segment_ids, attention_mask, *, deterministic=True

@@ -6,6 +6,7 @@ adversary, mtl_jax.objectives.adversarial) keeps task-specific information out o
 """
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -57,6 +58,10 @@ class SharedPrivate(MultiTaskModel):
   private_layers: int = 1
   private_heads: int = 2
   orthogonality: float = 0.01  # strength γ of the orthogonality penalty
+
+  # The private encoders are narrow BERT encoders read by the encoder's pooling; private
+  # decoders are not built.
+  backbones: ClassVar[tuple[str, ...]] = ('encoder',)
 
   def validate(self):
     for field in ('private_hidden_size', 'private_layers', 'private_heads'):

@@ -90,6 +90,9 @@ class SoftSharing(MultiTaskModel):
   strength: float = 1e-3
 
   shared_params: ClassVar[tuple[str, ...]] = ()
+  # The G copies are vmapped Encoders (and pretrained.py loads BERT checkpoints into them);
+  # G copies of a decoder are not built.
+  backbones: ClassVar[tuple[str, ...]] = ('encoder',)
 
   @property
   def task_groups(self) -> tuple[int, ...]:
