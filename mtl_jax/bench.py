@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
+from mtl_jax.data import synthetic
 from mtl_jax.models import pretrained
 from mtl_jax.tasks import Task, TaskKind
 from mtl_jax.train.host_memory import keep_step_buffers_resident
@@ -50,30 +51,6 @@ flags.DEFINE_bool('grouped', False, 'Grouped batches (sampling strategy \'groupe
 flags.DEFINE_integer('num_tasks', 0, 'Replace the config\'s tasks by this many two-class '
                      'sentence classification tasks (0: keep them).')
 flags.mark_flags_as_required(['config'])
-
-
-def synthetic_batch(tasks, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
-                    grouped: bool = False):
-  """Random tokens, every example labelled for every task (as the PyTorch peer does), or
-  `grouped`: N equal groups of rows, group i labelled for task i only."""
-  rng = np.random.default_rng(seed)
-  ones = np.ones((batch_size, seq_len), np.int32)
-  labels, masks = {}, {}
-  for t in tasks:
-    if t.kind is TaskKind.TAGGING:
-      labels[t.name] = rng.integers(0, t.num_labels, (batch_size, seq_len)).astype(np.int32)
-    elif t.kind is TaskKind.REGRESSION:
-      labels[t.name] = rng.normal(size=batch_size).astype(np.float32)
-    else:
-      labels[t.name] = rng.integers(0, t.num_labels, batch_size).astype(np.int32)
-    masks[t.name] = np.ones(labels[t.name].shape, np.float32)
-  if grouped:
-    group = np.repeat(np.arange(len(tasks)), batch_size // len(tasks))
-    for i, t in enumerate(tasks):
-      masks[t.name] *= (group == i).reshape((-1,) + (1,) * (masks[t.name].ndim - 1))
-  return {'input_ids': rng.integers(0, vocab_size, (batch_size, seq_len)).astype(np.int32),
-          'segment_ids': 0 * ones, 'attention_mask': ones, 'labels': labels,
-          'label_masks': masks}
 
 
 def train_flops(model_cfg, tasks, batch_size: int, seq_len: int) -> float:
@@ -112,7 +89,7 @@ def main(argv):
   model = config_lib.build_model(config, tasks, vocab_size)
   schedule = learning_rate_schedule(config.optimizer, config.num_steps)
   optimizer = make_optimizer(config.optimizer, schedule)
-  batch = jax.device_put(synthetic_batch(tasks, config.batch_size, config.data.seq_len,
+  batch = jax.device_put(synthetic.synthetic_batch(tasks, config.batch_size, config.data.seq_len,
                                          vocab_size, config.seed, flags.FLAGS.grouped))
 
   def compiled_step(method, mode, model=model):
