@@ -16,7 +16,7 @@ parameters (q, k, v, o, gate, up, down of every layer and the output projection;
 embedding lookup is not a matmul), the second term QK^T and AV over the whole S x S score
 matrix. Recomputation under remat is not counted (MFU, not hardware FLOPs utilisation).
 
-`llama_config` and `train_flops` are shared with experiments/fsdp_memory.py and
+`llama_config` (and mtl_jax.models.decoder.train_flops) are shared with experiments/fsdp_memory.py and
 experiments/llm_bench.py.
 """
 
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtl_jax.models.decoder import Decoder, DecoderConfig, segment_mask
+from mtl_jax.models.decoder import Decoder, DecoderConfig, segment_mask, train_flops
 from mtl_jax.objectives.language_model import decoder_loss
 
 
@@ -61,16 +61,6 @@ LLAMA = {
 def llama_config(name: str, **fields) -> DecoderConfig:
   """The DecoderConfig of a LLAMA shape, with `fields` (dtype, remat, ...) replaced."""
   return DecoderConfig(**{**LLAMA[name], **fields})
-
-
-def train_flops(cfg: DecoderConfig, batch: int, seq: int) -> tuple[float, int]:
-  """(model FLOPs of one training step, N): 6·N·T + 12·L·H·d·S·T (module docstring)."""
-  d_model, heads, kv, size = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  layer = (2 * d_model * heads * size + 2 * d_model * kv * size  # q and o, k and v
-           + 3 * d_model * cfg.intermediate_size)  # gate, up, down
-  n = cfg.num_layers * layer + d_model * cfg.vocab_size  # + the output projection
-  tokens = batch * seq
-  return 6.0 * n * tokens + 12.0 * cfg.num_layers * heads * size * seq * tokens, n
 
 
 def make_step(cfg: DecoderConfig, learning_rate: float = 1e-4):

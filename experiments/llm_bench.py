@@ -46,7 +46,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from mtl_jax.models import llama_checkpoint  # noqa: E402
-from mtl_jax.models.decoder import Decoder, DecoderConfig, segment_mask  # noqa: E402
+from mtl_jax.models.decoder import (Decoder, DecoderConfig, segment_mask,  # noqa: E402
+                                    train_flops)
 from mtl_jax.models.generation import Generator  # noqa: E402
 from mtl_jax.objectives.language_model import decoder_loss  # noqa: E402
 
@@ -66,16 +67,6 @@ def _on_event(event, seconds, **_):
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def train_flops(cfg: DecoderConfig, batch: int, seq: int) -> tuple[float, int]:
-  """(FLOPs of one training step, N): 6·N·T + 12·L·H·d·S·T (module docstring)."""
-  d_model, heads, kv, size = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  layer = (2 * d_model * heads * size + 2 * d_model * kv * size  # q and o, k and v
-           + 3 * d_model * cfg.intermediate_size)  # gate, up, down
-  n = cfg.num_layers * layer + d_model * cfg.vocab_size  # + the output projection
-  tokens = batch * seq
-  return 6.0 * n * tokens + 12.0 * cfg.num_layers * heads * size * seq * tokens, n
 
 
 def peer(args: argparse.Namespace, *flags: str) -> dict[str, float]:

@@ -13,13 +13,14 @@ import ml_collections
 import pytest
 
 from experiments import fsdp_memory, gpu_llama_mfu
+from mtl_jax.models.decoder import train_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_train_flops_counts_every_matmul_by_hand():
   cfg = gpu_llama_mfu.llama_config('tiny')  # 2 layers, 64 wide, 4/2 heads of 16, FFN 128
-  flops, n = gpu_llama_mfu.train_flops(cfg, batch=2, seq=8)
+  flops, n = train_flops(cfg, batch=2, seq=8)
   per_layer = 64 * 64 + 64 * 32 + 64 * 32 + 64 * 64 + 3 * 64 * 128  # q, k, v, o, gate/up/down
   assert n == 2 * per_layer + 64 * 512  # + the tied output projection
   assert flops == 6 * n * 16 + 12 * 2 * 4 * 16 * 8 * 16

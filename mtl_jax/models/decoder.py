@@ -341,3 +341,16 @@ class Decoder(nn.Module):
     table = (self.embed.embedding.T if self.cfg.tie_word_embeddings else self.lm_head)
     return jnp.einsum('...d,dv->...v', hidden.astype(dtype), table.astype(dtype),
                       preferred_element_type=jnp.float32)
+
+
+def train_flops(cfg: DecoderConfig, batch: int, seq: int) -> tuple[float, int]:
+  """(FLOPs of one training step, N), PaLM's appendix-B count: 6·N·T + 12·L·H·d·S·T for
+  T = batch·seq tokens, N the matmul parameters (each layer's q, k, v, o, gate, up and down
+  kernels and the output projection, which a tied model's embedding table is used as once
+  more), the second term QKᵀ and AV over the whole S×S scores, forward and backward."""
+  d_model, heads, kv, size = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  layer = (2 * d_model * heads * size + 2 * d_model * kv * size  # q and o, k and v
+           + 3 * d_model * cfg.intermediate_size)  # gate, up, down
+  n = cfg.num_layers * layer + d_model * cfg.vocab_size  # + the output projection
+  tokens = batch * seq
+  return 6.0 * n * tokens + 12.0 * cfg.num_layers * heads * size * seq * tokens, n
