@@ -19,4 +19,6 @@ def keep_step_buffers_resident():
     return
   mallopt(_M_ARENA_MAX, 1)  # one heap for all threads, so none falls back to mmap
   mallopt(_M_MMAP_MAX, 0)
-  mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
+  # -1 disables trimming completely (mallopt(3)); a finite threshold, even 2**31 - 1, is
+  # passed by a temp buffer over 2 GiB (SmolLM2's train step), whose every free then trims.
+  mallopt(_M_TRIM_THRESHOLD, -1)
