@@ -336,11 +336,15 @@ class Decoder(nn.Module):
                          None if cache is None else KVCache(*cache))
 
   def logits(self, hidden):
-    """(..., D) -> (..., V) in float32: against the embedding table when tied."""
+    """(..., D) -> (..., V) in float32: against the embedding table when tied. The tied
+    table (V, D) is contracted on its width as it is stored; an einsum over its transpose
+    copied the whole table for every decoded token."""
     dtype = jnp.dtype(self.cfg.dtype)
-    table = (self.embed.embedding.T if self.cfg.tie_word_embeddings else self.lm_head)
-    return jnp.einsum('...d,dv->...v', hidden.astype(dtype), table.astype(dtype),
-                      preferred_element_type=jnp.float32)
+    tied = self.cfg.tie_word_embeddings
+    table = self.embed.embedding if tied else self.lm_head
+    dims = (((hidden.ndim - 1,), (1 if tied else 0,)), ((), ()))
+    return jax.lax.dot_general(hidden.astype(dtype), table.astype(dtype), dims,
+                               preferred_element_type=jnp.float32)
 
 
 def train_flops(cfg: DecoderConfig, batch: int, seq: int) -> tuple[float, int]:
