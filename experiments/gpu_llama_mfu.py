@@ -88,6 +88,11 @@ def make_step(cfg: DecoderConfig, learning_rate: float = 1e-4):
   return init, step
 
 
+def _figures(x: float, digits: int = 4) -> float:
+  """x to `digits` significant figures (the --smoke config's MFU is about 1e-5)."""
+  return float(f'{x:.{digits}g}')
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--model', default='llama_1b', choices=sorted(LLAMA))
@@ -136,9 +141,9 @@ def main():
       'batch': args.batch, 'seq': args.seq, 'step_s': round(step_s, 4),
       'step_s_spread': [round(min(times), 4), round(max(times), 4)],
       'tokens_per_s': round(args.batch * args.seq / step_s),
-      'model_tflop_per_step': round(flops / 1e12, 3),
-      'achieved_tflop_s': round(achieved / 1e12, 2), 'peak_tflops': args.peak_tflops,
-      'mfu': round(achieved / (args.peak_tflops * 1e12), 4),
+      'model_tflop_per_step': _figures(flops / 1e12),
+      'achieved_tflop_s': _figures(achieved / 1e12), 'peak_tflops': args.peak_tflops,
+      'mfu': _figures(achieved / (args.peak_tflops * 1e12)),
       'compile_s': round(compile_s, 1), 'init_s': round(init_s, 1),
       'loss_first_last': [round(losses[0], 4), round(losses[-1], 4)],
       'peak_memory_gib': round(stats.get('peak_bytes_in_use', 0) / 2 ** 30, 2),
