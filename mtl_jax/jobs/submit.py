@@ -180,7 +180,7 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 
-def _check_phase(config: ml_collections.ConfigDict, phase: str, workdir: str):
+def check_phase(config: ml_collections.ConfigDict, phase: str, workdir: str):
   ran = {'multi': config.mode in ('multi', 'both'),
          'single': config.mode in ('single', 'both'),
          'finetune': config.mode in ('multi', 'both') and config.finetune.num_steps > 0}
@@ -196,7 +196,7 @@ def submit(workdir: str, phase: str = 'multi', out: str | None = None,
   """Writes the leaderboard files of the run in `workdir` (see the module docstring) from
   the models of `phase`, for `tasks` (default: all it can); returns their paths."""
   config = config_lib.resolved(run_config(workdir))
-  _check_phase(config, phase, workdir)
+  check_phase(config, phase, workdir)
   run_tasks = config_lib.validate(config)
   targets = submitted_tasks(run_tasks, tasks)
   data = load_task_data(config.data, run_tasks)  # the run's tokenizer and vocabulary

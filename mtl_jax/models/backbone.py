@@ -39,13 +39,13 @@ class DecoderBackboneConfig:
   """The decoder as an architecture's backbone, and how task heads read it: the last real
   token's state for a sentence (or sentence-pair) task, no pooler, no pair features."""
   decoder: DecoderConfig
+  pretrained: str = ''  # a GGUF file or Hugging Face folder to start from; '' = random init
 
   name: ClassVar[str] = 'decoder'
   pooling: ClassVar[str] = LAST
   pooler: ClassVar[bool] = False
   pair_features: ClassVar[bool] = False
   pair_head_hidden: ClassVar[int] = 0
-  pretrained: ClassVar[str] = ''  # the decoder starts from its random init here
 
   @property
   def num_layers(self) -> int:

