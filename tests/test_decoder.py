@@ -153,6 +153,23 @@ def test_rotation_is_the_closed_form_and_relative():
   assert dot(7, 3) != pytest.approx(dot(7, 4), rel=1e-3)
 
 
+def test_attention_in_query_blocks_equals_one_pass_and_its_gradient():
+  """Rows longer than a block (here 4, with 11 queries: a padded last block) attend block by
+  block, each block rematerialised; values and gradients equal the one-pass attention's."""
+  rng = np.random.default_rng(4)
+  q = jnp.asarray(rng.normal(size=(2, 11, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, 11, 2, 8)), jnp.float32) for _ in range(2))
+  mask = decoder_lib.segment_mask(jnp.asarray([[1] * 6 + [2] * 5, [1] * 9 + [0] * 2]),
+                                  jnp.zeros((2, 11), jnp.int32))
+  loss = lambda block: lambda q, k, v: jnp.sum(
+      decoder_lib.attend(q, k, v, mask, block) * jnp.arange(8.0))
+  np.testing.assert_allclose(decoder_lib.attend(q, k, v, mask, 4),
+                             decoder_lib.attend(q, k, v, mask, 11), rtol=1e-6, atol=1e-6)
+  for blocked, whole in zip(jax.grad(loss(4), (0, 1, 2))(q, k, v),
+                            jax.grad(loss(11), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_grouped_query_attention_is_multi_head_with_repeated_kv_heads():
   rng = np.random.default_rng(3)
   q = jnp.asarray(rng.normal(size=(2, 5, 6, 4)), jnp.float32)

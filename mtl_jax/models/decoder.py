@@ -48,6 +48,7 @@ from mtl_jax.models.encoder import DTYPES, REMAT
 EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, LAYERS = (
     'embed', 'vocab', 'heads', 'kv_heads', 'head_dim', 'mlp', 'layers')
 NEG_INF = -1e30  # a finite "minus infinity": a query with no visible key gets no NaN
+QUERY_BLOCK = 512  # attend() takes longer rows this many queries at a time
 PROJECTIONS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')  # what an adapter hook may wrap
 
 
@@ -205,9 +206,27 @@ class Projection(nn.Module):
     return self.adapter(projection=self.name, name='adapter')(x, y, task_ids)
 
 
-def attend(q, k, v, mask):
+def attend(q, k, v, mask, block: int = QUERY_BLOCK):
   """Grouped-query attention: q (B, Sq, H, d) over k, v (B, Sk, K, d), each group of
-  H / K query heads sharing one key/value head; mask (B, Sq, Sk). Softmax in float32."""
+  H / K query heads sharing one key/value head; mask (B, Sq, Sk). Softmax in float32.
+
+  More than `block` queries are taken `block` at a time, each block rematerialised: the
+  float32 scores of a long row, B·H·Sq·Sk, never exist at once (at sequence 2048 they would
+  outweigh the rest of SmolLM2's step). A query's softmax still sees all its keys, so the
+  blocks compute exactly what one pass does."""
+  batch, length, heads, size = q.shape
+  if length <= block:
+    return _attend_block(q, k, v, mask)
+  pad = (-length) % block
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))  # padded queries see nothing
+  blocks = lambda x: jnp.moveaxis(x.reshape(batch, -1, block, *x.shape[2:]), 1, 0)
+  out = jax.lax.map(jax.checkpoint(lambda qm: _attend_block(qm[0], k, v, qm[1])),
+                    (blocks(q), blocks(mask)))
+  return jnp.moveaxis(out, 0, 1).reshape(batch, length + pad, heads, size)[:, :length]
+
+
+def _attend_block(q, k, v, mask):
   batch, length, heads, size = q.shape
   groups = heads // k.shape[2]
   q = q.reshape(batch, length, k.shape[2], groups, size)
