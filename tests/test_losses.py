@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
+from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.objectives.joint import joint_loss
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.tasks import Task, TaskKind
@@ -86,6 +87,8 @@ def test_a_scaled_regression_task_is_trained_on_standardised_targets():
   np.testing.assert_allclose(losses, [expected], rtol=1e-5)
 
   class Model:  # the predict step only calls apply; a stand-in model returns fixed outputs
+    input_keys = INPUT_KEYS
+
     def apply(self, *args, **kwargs):
       return types.SimpleNamespace(tasks={'reg': jnp.asarray(outputs['reg'])})
   predict = make_predict_step(Model(), (scaled,))

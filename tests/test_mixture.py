@@ -22,6 +22,20 @@ def test_probability_formulas():
                              atol=1e-4)
 
 
+def test_a_cap_is_seqio_s_mixing_rate_num_examples():
+  """seqio.mixing_rate_num_examples(maximum=K, temperature=τ): min(n, K) ** (1 / τ), then
+  normalised; the cap applies before the temperature."""
+  capped = np.array([100, 100, 50, 10], float)
+  np.testing.assert_allclose(mixture_probabilities(SIZES, 'temperature', 2.0, cap=100),
+                             capped ** 0.5 / (capped ** 0.5).sum())
+  np.testing.assert_allclose(mixture_probabilities(SIZES, 'proportional', cap=100),
+                             capped / capped.sum())
+  np.testing.assert_allclose(mixture_probabilities(SIZES, 'proportional', cap=5000),
+                             mixture_probabilities(SIZES, 'proportional'))
+  with pytest.raises(ValueError, match='must be >= 0'):
+    mixture_probabilities(SIZES, 'proportional', cap=-1)
+
+
 @pytest.mark.parametrize('strategy,tau', [('proportional', 1.0), ('temperature', 2.0),
                                           ('uniform', 1.0)])
 def test_sampled_task_frequencies_match_formula(strategy, tau):

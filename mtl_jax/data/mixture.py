@@ -5,6 +5,7 @@ that task uniformly at random (with replacement). With n_i examples for task i:
   proportional:  p_i = n_i / sum_j n_j
   temperature:   p_i = n_i^(1/tau) / sum_j n_j^(1/tau)   (tau = 1 is proportional)
   uniform:       p_i = 1 / N                               (the limit tau -> inf)
+  with a cap K:  n_i becomes min(n_i, K) first (seqio's mixing_rate_num_examples)
   grouped:       exactly B/N rows of every task, in N consecutive groups in task order, each
                  row labelled for its group's task only; gradient methods then get every
                  task's gradient from one backward pass (mtl_jax.train.step).
@@ -17,11 +18,18 @@ import numpy as np
 STRATEGIES = ('proportional', 'temperature', 'uniform', 'grouped')
 
 
-def mixture_probabilities(sizes: Sequence[int], strategy: str, temperature: float = 1.0
-                          ) -> np.ndarray:
+def mixture_probabilities(sizes: Sequence[int], strategy: str, temperature: float = 1.0,
+                          cap: int = 0) -> np.ndarray:
+  """Each task's probability (module docstring). With `cap` > 0 a task counts as at most
+  `cap` examples first: seqio's mixing_rate_num_examples(maximum=cap, temperature=τ) is
+  'temperature' with a cap, 'proportional' with one is its τ = 1."""
   sizes = np.asarray(sizes, np.float64)
   if sizes.ndim != 1 or not len(sizes) or (sizes <= 0).any():
     raise ValueError(f'Every task needs at least one training example; sizes={sizes.tolist()}.')
+  if cap < 0:
+    raise ValueError(f'The cap on a task\'s examples must be >= 0 (0: none), got {cap}.')
+  if cap:
+    sizes = np.minimum(sizes, cap)
   if strategy == 'proportional':
     weights = sizes
   elif strategy == 'temperature':

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.models.backbone import (BACKBONES, LAST, DecoderBackboneConfig, backbone_name,
                                      last_token)
 from mtl_jax.models.encoder import EncoderConfig, EncoderOutput, pair_features, sentence
@@ -135,6 +136,8 @@ class MultiTaskModel(nn.Module):
   shared_features: bool = False
 
   shared_params: ClassVar[tuple[str, ...]] = ('encoder',)
+  # The batch keys the model is called with, in order (a language model's differ).
+  input_keys: ClassVar[tuple[str, ...]] = INPUT_KEYS
   # The backbones (backbone.BACKBONES) the architecture works with; architectures.build and
   # config.validate refuse another.
   backbones: ClassVar[tuple[str, ...]] = BACKBONES

@@ -34,6 +34,7 @@ bfloat16, matmuls accumulate in float32, and norms, softmax, rotary and logits a
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -354,16 +355,25 @@ class Decoder(nn.Module):
     return DecoderOutput(self.final_norm(x), states,
                          None if cache is None else KVCache(*cache))
 
-  def logits(self, hidden):
-    """(..., D) -> (..., V) in float32: against the embedding table when tied. The tied
-    table (V, D) is contracted on its width as it is stored; an einsum over its transpose
-    copied the whole table for every decoded token."""
-    dtype = jnp.dtype(self.cfg.dtype)
+  def output_projection(self) -> Callable[[jax.Array], jax.Array]:
+    """The pure function `logits` computes, over this decoder's table (for a caller that
+    projects inside a JAX transform, such as a chunked loss)."""
     tied = self.cfg.tie_word_embeddings
-    table = self.embed.embedding if tied else self.lm_head
-    dims = (((hidden.ndim - 1,), (1 if tied else 0,)), ((), ()))
-    return jax.lax.dot_general(hidden.astype(dtype), table.astype(dtype), dims,
-                               preferred_element_type=jnp.float32)
+    return functools.partial(project, self.embed.embedding if tied else self.lm_head,
+                             1 if tied else 0, jnp.dtype(self.cfg.dtype))
+
+  def logits(self, hidden):
+    """(..., D) -> (..., V) in float32: against the embedding table when tied."""
+    return self.output_projection()(hidden)
+
+
+def project(table: jax.Array, width_axis: int, dtype, hidden: jax.Array) -> jax.Array:
+  """(..., D) hidden states -> (..., V) float32 logits against `table`, (V, D) or (D, V),
+  contracted on its `width_axis` as it is stored: an einsum over the tied table's transpose
+  copied the whole table for every decoded token."""
+  dims = (((hidden.ndim - 1,), (width_axis,)), ((), ()))
+  return jax.lax.dot_general(hidden.astype(dtype), table.astype(dtype), dims,
+                             preferred_element_type=jnp.float32)
 
 
 def train_flops(cfg: DecoderConfig, batch: int, seq: int) -> tuple[float, int]:

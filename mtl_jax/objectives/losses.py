@@ -19,6 +19,8 @@ def _per_unit_loss(task: Task, output: jax.Array, label: jax.Array, mask: jax.Ar
     # Masked-out labels may hold any value; clip so the gather stays in range.
     label = jnp.clip(label, 0, task.num_labels - 1)
     return optax.softmax_cross_entropy_with_integer_labels(output.astype(jnp.float32), label)
+  if task.loss == 'nll':  # a text task: the output is each token's NLL already
+    return output.astype(jnp.float32)
   if task.loss == 'mse':
     if task.target_scale is not None:  # the head predicts the standardised target
       mean, std = task.target_scale
@@ -29,7 +31,8 @@ def _per_unit_loss(task: Task, output: jax.Array, label: jax.Array, mask: jax.Ar
 
 def masked_mean(values: jax.Array, mask: jax.Array, total_count=None
                 ) -> tuple[jax.Array, jax.Array]:
-  """(mean over mask, count). The mean is 0, not NaN, when the mask is empty.
+  """(mean over mask, count): Σ mask·values / Σ mask. The mean is 0, not NaN, when the mask
+  is empty.
 
   With `total_count`, the count of the whole batch that `values` is a slice of (over
   devices, or over micro-batches), the "mean" is this slice's share of the whole batch's
@@ -37,8 +40,9 @@ def masked_mean(values: jax.Array, mask: jax.Array, total_count=None
   """
   mask = mask.astype(jnp.float32)
   count = mask.sum() if total_count is None else total_count
-  # where() keeps a NaN or inf in a masked-out unit out of the sum and its gradient.
-  total = jnp.where(mask > 0, values, 0.0).sum()
+  # where() keeps a NaN or inf in a masked-out unit out of the sum and its gradient. A mask
+  # of weights (a text task's per-example mean) weighs each unit; 0/1 masks weigh none.
+  total = jnp.where(mask > 0, values * mask, 0.0).sum()
   return total / jnp.maximum(count, 1.0), count
 
 
@@ -57,7 +61,7 @@ def loss_vector(tasks: Sequence[Task], outputs: dict, labels: dict, masks: dict,
     counts: (N,) float32, how many labelled units each task had (`total_counts` if given).
   """
   counts = [None] * len(tasks) if total_counts is None else list(total_counts)
-  pairs = [masked_mean(_per_unit_loss(t, outputs[t.name], labels[t.name], masks[t.name]),
+  pairs = [masked_mean(_per_unit_loss(t, outputs[t.name], labels.get(t.name), masks[t.name]),
                        masks[t.name], c)
            for t, c in zip(tasks, counts)]
   return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])

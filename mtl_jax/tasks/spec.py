@@ -9,6 +9,7 @@ class TaskKind(enum.Enum):
   REGRESSION = 'regression'  # one real value per input (STS-B)
   TAGGING = 'tagging'  # one label per word (POS, chunks, NER, slots)
   MULTIPLE_CHOICE = 'multiple_choice'  # which of num_labels candidate inputs is right (COPA)
+  TEXT = 'text'  # tokens to write: a text-to-text task, learnt through a decoder's LM head
 
 
 LOSS_BY_KIND = {
@@ -16,6 +17,7 @@ LOSS_BY_KIND = {
     TaskKind.REGRESSION: 'mse',
     TaskKind.TAGGING: 'cross_entropy',
     TaskKind.MULTIPLE_CHOICE: 'cross_entropy',  # over the choices' scores
+    TaskKind.TEXT: 'nll',  # the model's output is already each target token's NLL
 }
 
 
@@ -27,7 +29,7 @@ class Task:
     name: unique name, used as the key of its labels, head and metrics.
     kind: what the head predicts.
     num_labels: classes (or tags); 1 for regression; the number of choices for multiple
-      choice.
+      choice; 0 for a text task (what it writes is open).
     input_fields: the example fields fed to the encoder, one or two (a pair); for multiple
       choice, the fields that make up each choice's input (its data source builds them).
     label_field: the example field that holds this task's label.
@@ -59,7 +61,9 @@ class Task:
                        f'got {self.input_fields}.')
     if self.kind is TaskKind.REGRESSION and self.num_labels != 1:
       raise ValueError(f'Task {self.name!r}: a regression task has num_labels=1.')
-    if self.kind is not TaskKind.REGRESSION and self.num_labels < 2:
+    if self.kind is TaskKind.TEXT and self.num_labels != 0:
+      raise ValueError(f'Task {self.name!r}: a text task has num_labels=0.')
+    if self.kind not in (TaskKind.REGRESSION, TaskKind.TEXT) and self.num_labels < 2:
       raise ValueError(f'Task {self.name!r}: needs num_labels >= 2, got {self.num_labels}.')
     if self.target_scale is not None and (self.kind is not TaskKind.REGRESSION
                                           or not self.target_scale[1] > 0):

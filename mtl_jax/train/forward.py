@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.models.base import ModelOutput
 from mtl_jax.objectives.losses import loss_vector
 from mtl_jax.objectives.terms import Term
@@ -26,7 +25,7 @@ def apply_model(model: nn.Module, params, batch: dict, dropout_key=None, method=
                 inputs=None):
   """Runs the model (or one of its methods) on the batch; dropout is on iff a key is given."""
   rngs = None if dropout_key is None else {'dropout': dropout_key}
-  args = tuple(batch[k] for k in INPUT_KEYS) if inputs is None else inputs
+  args = tuple(batch[k] for k in model.input_keys) if inputs is None else inputs
   return model.apply({'params': params}, *args, deterministic=dropout_key is None,
                      rngs=rngs, method=method)
 

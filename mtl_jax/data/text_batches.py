@@ -1,0 +1,90 @@
+"""The training batches of text-to-text tasks: each step's examples drawn from the task
+mixture, rendered with the chat template, and packed into rows.
+
+A step's batch is a pure function of (seed, step): its `examples_per_step` examples pick a
+task with the mixture's probabilities and one of that task's examples uniformly (with
+replacement), from numpy's generator seeded with [seed, step], exactly as the classification
+batches do (data/mixture.py). They are packed first fit in that order (data/packing.py);
+those that do not fit are dropped and counted in the batch's stats, never carried over, so a
+resumed run draws the batches it would have drawn.
+
+A batch holds the packed rows as the step reads them:
+  input_ids, segment_ids (B, S)    tokens and segments (0 = padding); positions restart per
+                                   segment (models.decoder.segment_positions)
+  attention_mask (B, S)            segment_ids > 0
+  targets, loss_mask (B, S)        position t's next token, and whether it is learnt
+  task_ids (B, S)                  each token's task (-1 on padding)
+  label_masks[task] (B, S)         loss_mask where the token is that task's: a task's loss is
+                                   its masked mean, as for any other task
+  labels                           {}: a text task's targets are the tokens
+"""
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from mtl_jax.data.instructions import tokenize
+from mtl_jax.data.llm_tokenizer import LlmTokenizer
+from mtl_jax.data.packing import PackStats, TextExample, pack
+from mtl_jax.data.text_sources import Conversation
+
+
+CACHED = 1 << 16  # rendered examples kept by TextBatches
+
+
+class TextMixture(NamedTuple):
+  """The run's text-to-text training data: per task (in the run's order), its examples as
+  conversations (any sequence: a list, or a lazy view of labelled examples in templates),
+  and the probability of drawing it."""
+  tasks: tuple[str, ...]
+  sources: tuple[Sequence[Conversation], ...]
+  probabilities: np.ndarray
+
+
+def draw(mixture: TextMixture, seed: int, step: int, count: int) -> list[tuple[int, int]]:
+  """The (task, example index) pairs of step `step`'s `count` examples."""
+  rng = np.random.default_rng([seed, step])
+  tasks = rng.choice(len(mixture.tasks), size=count, p=mixture.probabilities)
+  sizes = np.asarray([len(s) for s in mixture.sources])
+  index = (rng.random(count) * sizes[tasks]).astype(np.int64)
+  return list(zip(tasks.tolist(), index.tolist()))
+
+
+class TextBatches:
+  """step -> (batch, PackStats) for a mixture, a tokenizer and the batch's shape. Rendered
+  examples are kept, the latest CACHED of them (an example drawn again is not rendered
+  again)."""
+
+  def __init__(self, mixture: TextMixture, tokenizer: LlmTokenizer, seed: int, rows: int,
+               length: int, examples_per_step: int, train_on_prompt: bool = False):
+    self.mixture, self.tokenizer, self.seed = mixture, tokenizer, seed
+    self.rows, self.length, self.count = rows, length, examples_per_step
+    self.train_on_prompt = train_on_prompt
+    task_index = {name: i for i, name in enumerate(mixture.tasks)}
+    self.example: Callable[[int, int], TextExample] = functools.lru_cache(maxsize=CACHED)(
+        lambda task, i: tokenize(tokenizer, mixture.sources[task][i], task_index))
+
+  def __call__(self, step: int) -> tuple[dict, PackStats]:
+    examples = [self.example(t, i) for t, i in draw(self.mixture, self.seed, step, self.count)]
+    rows, stats = pack(examples, self.rows, self.length, self.train_on_prompt)
+    return batch_of(rows, self.mixture.tasks), stats
+
+
+def batch_of(rows, tasks: Sequence[str]) -> dict:
+  """The step's batch (module docstring) of packed rows."""
+  return {'input_ids': rows.tokens, 'segment_ids': rows.segment_ids,
+          'attention_mask': (rows.segment_ids > 0).astype(np.int32), 'targets': rows.targets,
+          'loss_mask': rows.loss_mask, 'task_ids': rows.task_ids, 'labels': {},
+          'label_masks': {name: rows.loss_mask * (rows.task_ids == i)
+                          for i, name in enumerate(tasks)}}
+
+
+def mixture_of(sources: Mapping[str, Sequence[Conversation]], probabilities: np.ndarray
+               ) -> TextMixture:
+  """A TextMixture of `sources` (task -> conversations, in the run's order)."""
+  empty = [task for task, examples in sources.items() if not len(examples)]
+  if empty:
+    raise ValueError(f'Tasks {empty} have no training examples; the mixture cannot draw them.')
+  return TextMixture(tuple(sources), tuple(sources.values()), np.asarray(probabilities))

@@ -1,0 +1,77 @@
+"""Text-to-text training batches (mtl_jax/data/text_batches.py): a pure function of
+(seed, step), drawn from the mixture, rendered and packed; overflow dropped and counted."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from test_llm_tokenizer import write_gguf
+
+from mtl_jax.data import llm_tokenizer
+from mtl_jax.data.text_batches import TextBatches, draw, mixture_of
+from mtl_jax.data.text_sources import Conversation
+
+
+def _conversations(task, n, words):
+  return [Conversation(task, (('user', ' '.join(words[:1 + i % 4])),
+                              ('assistant', words[i % len(words)])), f'{task}:{i}')
+          for i in range(n)]
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  tokenizer = llm_tokenizer.from_gguf(write_gguf(tmp_path_factory.mktemp('t') / 'tiny.gguf'))
+  sources = {'greet': _conversations('greet', 30, ['hello', 'world', 'hell', 'he']),
+             'echo': _conversations('echo', 5, ['wo', 'rld', 'hello world'])}
+  return tokenizer, mixture_of(sources, np.array([0.7, 0.3]))
+
+
+def test_a_batch_is_a_function_of_seed_and_step(setup):
+  tokenizer, mixture = setup
+  make = lambda: TextBatches(mixture, tokenizer, seed=3, rows=4, length=48,
+                             examples_per_step=12)
+  first, again, other_seed = make(), make(), TextBatches(mixture, tokenizer, 4, 4, 48, 12)
+  for step in (0, 5):
+    a, stats_a = first(step)
+    b, stats_b = again(step)  # a resumed run builds its batches anew
+    assert stats_a == stats_b
+    for key in ('input_ids', 'segment_ids', 'targets', 'loss_mask', 'task_ids'):
+      np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(first(0)[0]['input_ids'], first(1)[0]['input_ids'])
+  assert not np.array_equal(first(0)[0]['input_ids'], other_seed(0)[0]['input_ids'])
+
+
+def test_draws_follow_the_mixture_and_are_uniform_within_a_task(setup):
+  _, mixture = setup
+  drawn = np.array([pair for step in range(200) for pair in draw(mixture, 0, step, 20)])
+  counts = np.bincount(drawn[:, 0], minlength=2)
+  assert stats.chisquare(counts, mixture.probabilities * counts.sum()).pvalue > 1e-3
+  greet = drawn[drawn[:, 0] == 0, 1]
+  assert stats.chisquare(np.bincount(greet // 3, minlength=10)).pvalue > 1e-3
+
+
+def test_rows_hold_the_rendered_chats_and_each_task_s_targets(setup):
+  tokenizer, mixture = setup
+  batches = TextBatches(mixture, tokenizer, 0, rows=3, length=40, examples_per_step=20)
+  batch, pack_stats = batches(2)
+  drawn = draw(mixture, 0, 2, 20)
+  assert pack_stats.packed + pack_stats.dropped == 20 and pack_stats.dropped > 0
+  assert pack_stats.real_tokens == int((batch['segment_ids'] > 0).sum())
+  # Every segment is the chat template's rendering of a drawn conversation.
+  rendered = {tokenizer.apply_chat_template(
+      [{'role': r, 'content': c} for r, c in mixture.sources[t][i].messages], False)
+      for t, i in drawn}
+  for row in range(3):
+    for segment in set(batch['segment_ids'][row].tolist()) - {0}:
+      ids = batch['input_ids'][row][batch['segment_ids'][row] == segment]
+      assert tokenizer.decode(ids) + '\n' in rendered
+  masks = batch['label_masks']
+  np.testing.assert_array_equal(masks['greet'] + masks['echo'], batch['loss_mask'])
+  assert np.all(batch['task_ids'][masks['echo'] > 0] == 1)
+  # A target is a reply token or the end of turn, never the prompt's.
+  learnt = tokenizer.decode(batch['targets'][batch['loss_mask'] > 0])
+  assert 'user' not in learnt and '<|im_end|>' in learnt
+
+
+def test_a_task_without_examples_is_refused():
+  with pytest.raises(ValueError, match=r"Tasks \['echo'\] have no training examples"):
+    mixture_of({'greet': _conversations('greet', 2, ['hi']), 'echo': []}, np.array([0.5, 0.5]))
