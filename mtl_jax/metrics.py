@@ -13,6 +13,10 @@ the numbers are compared with (sklearn.metrics, scipy.stats, conlleval) and are
   matthews           0.0 when either side is constant.
   pearson, spearman  0.0 when either side is constant (scipy returns NaN here).
   chunk_f1           0.0 when there are no predicted or no gold chunks.
+
+Text-to-text tasks are scored on generated answers (answer_exact_match, answer_f1 after
+SQuAD's normalisation), on the log-likelihood of each option (acc, acc_norm: rank
+classification as lm-evaluation-harness does it) and on bits per byte.
 """
 
 import dataclasses
@@ -284,6 +288,85 @@ def chunk_f1(pred, label, mask, tag_names: Sequence[str]) -> float:
 
 
 # ----------------------------------------------------------------------------
+# Text-to-text tasks: generated answers, ranked options, bits per byte.
+
+
+ARTICLES = frozenset(('a', 'an', 'the'))
+
+
+def normalize_answer(text: str) -> str:
+  """SQuAD's answer normalisation (its official evaluation script's): lowercase, drop
+  ASCII punctuation, drop the articles a/an/the, collapse whitespace."""
+  text = ''.join(c for c in text.lower() if c not in _PUNCTUATION)
+  return ' '.join(w for w in text.split() if w not in ARTICLES)
+
+
+_PUNCTUATION = frozenset('!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~')
+
+
+def _references(references) -> list[list[str]]:
+  return [[r] if isinstance(r, str) else list(r) for r in references]
+
+
+def answer_exact_match(text: Sequence[str], references: Sequence) -> float:
+  """Mean over examples of whether the normalised answer equals a normalised reference
+  (each example's references: a string, or a list of acceptable ones)."""
+  refs = _references(references)
+  if len(text) != len(refs) or not refs:
+    raise ValueError(f'{len(text)} answers for {len(refs)} references.')
+  return float(np.mean([any(normalize_answer(t) == normalize_answer(r) for r in rs)
+                        for t, rs in zip(text, refs)]))
+
+
+def _token_f1(prediction: str, reference: str) -> float:
+  pred, gold = normalize_answer(prediction).split(), normalize_answer(reference).split()
+  if not pred or not gold:
+    return float(pred == gold)
+  common = sum(min(pred.count(w), gold.count(w)) for w in set(pred) & set(gold))
+  if not common:
+    return 0.0
+  precision, recall = common / len(pred), common / len(gold)
+  return 2 * precision * recall / (precision + recall)
+
+
+def answer_f1(text: Sequence[str], references: Sequence) -> float:
+  """Mean over examples of SQuAD's token F1 (bag of normalised words) against the best
+  reference; 1 when both are empty, 0 when one is."""
+  refs = _references(references)
+  if len(text) != len(refs) or not refs:
+    raise ValueError(f'{len(text)} answers for {len(refs)} references.')
+  return float(np.mean([max(_token_f1(t, r) for r in rs) for t, rs in zip(text, refs)]))
+
+
+def rank_accuracy(loglikelihoods, label) -> float:
+  """Rank classification (lm-evaluation-harness's acc): the option whose continuation has
+  the highest log-likelihood (n, C) is the prediction; ties go to the first."""
+  scores, gold = np.asarray(loglikelihoods, np.float64), np.asarray(label)
+  if scores.ndim != 2 or scores.shape[0] != gold.shape[0] or not gold.size:
+    raise ValueError(f'log-likelihoods {scores.shape} do not fit labels {gold.shape}.')
+  return float(np.mean(np.argmax(scores, axis=1) == gold))
+
+
+def rank_accuracy_norm(loglikelihoods, option_bytes, label) -> float:
+  """acc_norm: rank_accuracy of each option's log-likelihood divided by its length in UTF-8
+  bytes (n, C). (lm-evaluation-harness divides by len(option) in characters: the same for
+  ASCII options.)"""
+  lengths = np.asarray(option_bytes, np.float64)
+  if np.any(lengths <= 0):
+    raise ValueError('every option needs at least one byte.')
+  return rank_accuracy(np.asarray(loglikelihoods, np.float64) / lengths, label)
+
+
+def bits_per_byte(nats, num_bytes) -> float:
+  """Σ nats / (ln 2 · Σ bytes): the text's negative log-likelihood in bits per UTF-8 byte
+  of the text it scores, comparable across tokenizers."""
+  total = float(np.sum(num_bytes))
+  if total <= 0:
+    raise ValueError('bits per byte of no text.')
+  return float(np.sum(nats)) / (np.log(2.0) * total)
+
+
+# ----------------------------------------------------------------------------
 # Registry.
 
 
@@ -318,6 +401,11 @@ METRICS: dict[str, Metric] = {
     'token_accuracy': Metric(token_accuracy, True, _TOKEN),
     'token_macro_f1': Metric(token_macro_f1, True, _TOKEN + ('num_classes',)),
     'chunk_f1': Metric(chunk_f1, True, _TOKEN + ('tag_names',)),
+    'answer_exact_match': Metric(answer_exact_match, True, ('text', 'references')),
+    'answer_f1': Metric(answer_f1, True, ('text', 'references')),
+    'acc': Metric(rank_accuracy, True, ('loglikelihoods', 'label')),
+    'acc_norm': Metric(rank_accuracy_norm, True, ('loglikelihoods', 'option_bytes', 'label')),
+    'bits_per_byte': Metric(bits_per_byte, False, ('nats', 'bytes')),
 }
 
 HIGHER_IS_BETTER: dict[str, bool] = {name: m.higher_is_better for name, m in METRICS.items()}

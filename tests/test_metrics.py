@@ -3,6 +3,10 @@
 sklearn.metrics and scipy.stats serve as the independent truth.
 """
 
+import collections
+import re
+import string
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -276,7 +280,7 @@ def test_compute_metrics():
                            'tag_names': TAGS, 'num_classes': len(TAGS)})
   assert out['token_accuracy'] == M.token_accuracy(tp, tl, tm)
 
-  with pytest.raises(ValueError, match='known metrics: accuracy, chunk_f1'):
+  with pytest.raises(ValueError, match='known metrics: acc, acc_norm, accuracy, answer_exact_match'):
     M.compute_metrics(['accuracy', 'bleu'], {'pred': pred, 'label': label})
   with pytest.raises(ValueError, match="missing \\['num_classes'\\]"):
     M.compute_metrics(['macro_f1'], {'pred': pred, 'label': label})
@@ -287,9 +291,11 @@ def test_compute_metrics():
 def test_registry():
   assert set(M.METRICS) == {'accuracy', 'f1', 'macro_f1', 'matthews', 'pearson', 'spearman',
                             'token_accuracy', 'token_macro_f1', 'chunk_f1', 'mse',
-                            'exact_match'}
-  assert M.HIGHER_IS_BETTER['mse'] is False
-  assert all(v for k, v in M.HIGHER_IS_BETTER.items() if k != 'mse')
+                            'exact_match', 'answer_exact_match', 'answer_f1', 'acc', 'acc_norm',
+                            'bits_per_byte'}
+  lower = {'mse', 'bits_per_byte'}
+  assert not any(M.HIGHER_IS_BETTER[k] for k in lower)
+  assert all(v for k, v in M.HIGHER_IS_BETTER.items() if k not in lower)
   x = np.array([0, 1, 1])
   assert M.METRICS['accuracy'](x, x) == 1.0
 
@@ -370,3 +376,58 @@ def test_learnable_bar_and_the_delta_m_over_learnable_tasks():
   assert text.rstrip().splitlines()[-2].endswith(': sim')
   assert 'learnable alone' not in S.format_table(mtl, stl, primary,
                                                  learnable=dict.fromkeys(mtl, True))
+
+
+# --- Text-to-text tasks -------------------------------------------------------------------
+
+
+def _squad_normalize(s):
+  """SQuAD v1.1's official evaluate script's normalize_answer, as published."""
+  s = s.lower()
+  s = ''.join(ch for ch in s if ch not in set(string.punctuation))
+  s = re.sub(r'\b(a|an|the)\b', ' ', s)
+  return ' '.join(s.split())
+
+
+def _squad_f1(prediction, truth):
+  pred, gold = _squad_normalize(prediction).split(), _squad_normalize(truth).split()
+  common = collections.Counter(pred) & collections.Counter(gold)
+  same = sum(common.values())
+  if same == 0:
+    return 0.0
+  precision, recall = same / len(pred), same / len(gold)
+  return 2 * precision * recall / (precision + recall)
+
+
+def test_answer_metrics_equal_squad_s_script():
+  answers = ['The Eiffel Tower!', 'paris', 'a cat, the cat', 'Richard  Nixon', 'an answer',
+             'Edwin Hubble telescope', 'x']
+  references = ['Eiffel tower', ['Lyon', 'Paris.'], 'cat cat', 'Nixon', 'The answer',
+                'Hubble', 'y z']
+  refs = [[r] if isinstance(r, str) else r for r in references]
+  for text in answers + ['Ünïcödé — «quoted»', ' The  the A an ']:
+    assert M.normalize_answer(text) == _squad_normalize(text)
+  em = np.mean([any(_squad_normalize(a) == _squad_normalize(r) for r in rs)
+                for a, rs in zip(answers, refs)])
+  f1 = np.mean([max(_squad_f1(a, r) for r in rs) for a, rs in zip(answers, refs)])
+  assert M.answer_exact_match(answers, references) == pytest.approx(em) == 4 / 7
+  assert M.answer_f1(answers, references) == pytest.approx(f1)
+  assert M.answer_f1([''], ['']) == 1.0 and M.answer_f1(['the'], ['cat']) == 0.0
+
+
+def test_rank_classification_and_bits_per_byte():
+  ll = np.array([[-3.0, -2.0, -9.0], [-1.0, -4.0, -2.0], [-6.0, -8.0, -5.0]])
+  label = np.array([1, 2, 0])
+  assert M.rank_accuracy(ll, label) == pytest.approx(
+      sklearn.metrics.accuracy_score(label, ll.argmax(1)))
+  # Per byte: row 1's option 2 (-2 over 10 bytes) beats option 0 (-1 over 1 byte); row 2's
+  # option 0 (-6 / 12) beats option 2 (-5 / 2).
+  lengths = np.array([[3, 4, 1], [1, 1, 10], [12, 16, 2]])
+  assert M.rank_accuracy_norm(ll, lengths, label) == pytest.approx(
+      sklearn.metrics.accuracy_score(label, (ll / lengths).argmax(1))) == 1.0
+  assert M.get_metric('acc_norm').inputs == ('loglikelihoods', 'option_bytes', 'label')
+  nats, num_bytes = np.array([2.0, 3.5]), np.array([4, 6])
+  assert M.bits_per_byte(nats, num_bytes) == pytest.approx(5.5 / (np.log(2) * 10))
+  assert not M.get_metric('bits_per_byte').higher_is_better
+  with pytest.raises(ValueError, match='at least one byte'):
+    M.rank_accuracy_norm(ll, np.zeros((3, 3)), label)
