@@ -23,6 +23,7 @@ if 'MTL_JAX_TEST_RUNS' not in os.environ:
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
+import jax
 import optax
 import pytest
 
@@ -42,6 +43,17 @@ from mtl_jax.train.step import choose_route, make_train_step
 def data_dir(tmp_path_factory):
   """One TFDS data dir for the session: each suite setting is generated once."""
   return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture
+def xla_optimised():
+  """XLA's optimisation passes on for one test (the suite turns them off above): for a test
+  whose time goes into running its programs (a large model, hundreds of steps) rather than
+  into compiling them. The same programs, compiled fully."""
+  disabled = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', False)
+  yield
+  jax.config.update('jax_disable_most_optimizations', disabled)
 
 
 @pytest.fixture

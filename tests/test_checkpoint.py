@@ -30,7 +30,7 @@ from mtl_jax.train import checkpoint, loop
 from mtl_jax.train.optimizer import make_optimizer
 from mtl_jax.train.state import TrainState
 
-NUM_STEPS, EVERY = 40, 10
+NUM_STEPS, EVERY = 30, 10
 SUBPROCESS_TIMEOUT_S = 240
 
 

@@ -61,7 +61,7 @@ def smollm2():
 
 
 @pytest.mark.integration
-def test_smollm2_from_gguf_equals_transformers_and_answers_paris(smollm2):
+def test_smollm2_from_gguf_equals_transformers_and_answers_paris(smollm2, xla_optimised):
   cfg, params, tokenizer = smollm2
   ref = np.load(os.path.join(DATA, 'smollm2_reference.npz'))
   with open(os.path.join(DATA, 'smollm2_reference.json')) as f:
@@ -117,7 +117,7 @@ def test_smollm2_weights_equal_transformers_gguf_loader(smollm2):
 
 
 @pytest.mark.integration
-def test_fine_tuning_smollm2_lowers_its_loss_on_a_few_chats(smollm2):
+def test_fine_tuning_smollm2_lowers_its_loss_on_a_few_chats(smollm2, xla_optimised):
   cfg, params, tokenizer = smollm2
   chats = [('Who wrote the zorblax manual?', 'Quentin Vale wrote it in 1987.'),
            ('What colour is a zorblax?', 'A zorblax is teal with orange stripes.'),
