@@ -280,7 +280,8 @@ def test_compute_metrics():
                            'tag_names': TAGS, 'num_classes': len(TAGS)})
   assert out['token_accuracy'] == M.token_accuracy(tp, tl, tm)
 
-  with pytest.raises(ValueError, match='known metrics: acc, acc_norm, accuracy, answer_exact_match'):
+  with pytest.raises(ValueError,
+                     match='known metrics: acc, acc_norm, accuracy, answer_exact_match'):
     M.compute_metrics(['accuracy', 'bleu'], {'pred': pred, 'label': label})
   with pytest.raises(ValueError, match="missing \\['num_classes'\\]"):
     M.compute_metrics(['macro_f1'], {'pred': pred, 'label': label})
