@@ -11,6 +11,7 @@ import pytest
 from mtl_jax.models import decoder as decoder_lib
 from mtl_jax.models import rope
 from mtl_jax.models.decoder import Decoder, DecoderConfig
+from mtl_jax.models.generation import LayerwiseDecoder, split_layers
 
 CFG = DecoderConfig(vocab_size=40, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     head_dim=12, intermediate_size=24, rms_norm_eps=1e-5, rope_theta=100.0,
@@ -190,28 +191,29 @@ def test_grouped_query_attention_is_multi_head_with_repeated_kv_heads():
 
 @pytest.mark.parametrize('sliding_window', [0, 3])
 def test_decoding_with_the_cache_equals_the_whole_forward(sliding_window):
-  """Left-padded prompts, a prefill, then one token at a time: the same logits as running
-  each whole sequence at once."""
+  """Left-padded prompts, a prefill, then one token at a time through generation's
+  layer-by-layer decoder and its cache: the same states as the Decoder running each whole
+  sequence at once."""
   cfg = DecoderConfig(**{**CFG.__dict__, 'sliding_window': sliding_window})
   params, model = _params(cfg), Decoder(cfg)
   rng = np.random.default_rng(4)
   lengths, prompt, steps = np.array([5, 2]), 5, 4
   tokens = rng.integers(1, 40, (2, prompt + steps))
   prompt_valid = np.arange(prompt)[None] >= prompt - lengths[:, None]  # left padding
-  cache = decoder_lib.init_cache(cfg, 2, prompt + steps)
+  layerwise = LayerwiseDecoder(model)
+  cache = layerwise.init_cache(2, prompt + steps)
   key_valid = np.concatenate([prompt_valid, np.zeros((2, steps), bool)], axis=1)
   positions = np.cumsum(key_valid, axis=1) - 1  # from the mask, as generation does
-  run = jax.jit(lambda c, t, p, m, s: model.apply({'params': params}, t, p, m, cache=c,
-                                                  cache_start=s))
+  run = jax.jit(lambda c, t, p, m, s: layerwise(split_layers(params), t, p, m, c, s))
   mask = decoder_lib.cache_mask(jnp.asarray(key_valid), 0, prompt, sliding_window)
-  out = run(cache, tokens[:, :prompt], positions[:, :prompt], mask, 0)
-  hidden = [out.hidden]
+  out, cache = run(cache, tokens[:, :prompt], positions[:, :prompt], mask, 0)
+  hidden = [out]
   for t in range(prompt, prompt + steps):
     key_valid[:, t] = True
     positions = np.cumsum(key_valid, axis=1) - 1
     mask = decoder_lib.cache_mask(jnp.asarray(key_valid), t, 1, sliding_window)
-    out = run(out.cache, tokens[:, t:t + 1], positions[:, t:t + 1], mask, t)
-    hidden.append(out.hidden)
+    out, cache = run(cache, tokens[:, t:t + 1], positions[:, t:t + 1], mask, t)
+    hidden.append(out)
   cached = np.concatenate(hidden, axis=1)
   for row, length in enumerate(lengths):
     real = tokens[row, prompt - length:]

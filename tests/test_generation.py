@@ -23,41 +23,46 @@ PROMPTS = [[3, 7, 1, 9, 4, 4, 2, 8, 5], [6, 2, 11]]
 
 
 @pytest.fixture(scope='module')
-def generator():
+def params():
   tokens = jnp.zeros((1, 4), jnp.int32)
   positions = jnp.arange(4)[None]
-  params = nn.unbox(Decoder(CFG).init(jax.random.key(0), tokens, positions,
-                                      decoder_lib.segment_mask(tokens + 1, positions)))
-  return Generator(Decoder(CFG), params['params'], stop_ids=(), pad_id=0)
+  return nn.unbox(Decoder(CFG).init(jax.random.key(0), tokens, positions,
+                                    decoder_lib.segment_mask(tokens + 1, positions)))['params']
 
 
-def _greedy_without_cache(generator, prompt, steps):
-  model, tokens = generator.model, list(prompt)
+@pytest.fixture(scope='module')
+def generator(params):
+  return Generator(Decoder(CFG), params, stop_ids=(), pad_id=0)
+
+
+def _greedy_without_cache(params, prompt, steps):
+  """Greedy tokens by the Decoder's whole forward at each step (no cache)."""
+  model, tokens = Decoder(CFG), list(prompt)
   for _ in range(steps):
     positions = jnp.arange(len(tokens))[None]
-    hidden = model.apply({'params': generator.params}, jnp.asarray([tokens]), positions,
+    hidden = model.apply({'params': params}, jnp.asarray([tokens]), positions,
                          decoder_lib.segment_mask(jnp.ones_like(positions), positions)).hidden
-    logits = model.apply({'params': generator.params}, hidden[:, -1], method=Decoder.logits)
+    logits = model.apply({'params': params}, hidden[:, -1], method=Decoder.logits)
     tokens.append(int(jnp.argmax(logits[0])))
   return tokens[len(prompt):]
 
 
-def test_greedy_batch_equals_argmax_of_whole_forwards(generator):
-  want = [_greedy_without_cache(generator, p, 6) for p in PROMPTS]
+def test_greedy_batch_equals_argmax_of_whole_forwards(generator, params):
+  want = [_greedy_without_cache(params, p, 6) for p in PROMPTS]
   assert generator.generate(PROMPTS, 6) == want
   assert len(set(map(tuple, want))) > 1  # the rows differ: the check is not vacuous
 
 
-def test_a_stop_id_ends_its_row_and_keeps_the_others_going(generator):
-  full = [_greedy_without_cache(generator, p, 6) for p in PROMPTS]
+def test_a_stop_id_ends_its_row_and_keeps_the_others_going(generator, params):
+  full = [_greedy_without_cache(params, p, 6) for p in PROMPTS]
   stop = full[0][2]
   assert stop not in full[1] and stop not in full[0][:2]
-  stopping = Generator(generator.model, generator.params, stop_ids=(stop,), pad_id=0)
+  stopping = Generator(generator.model, params, stop_ids=(stop,), pad_id=0)
   assert stopping.generate(PROMPTS, 6) == [full[0][:3], full[1]]
 
 
-def test_a_stop_callback_ends_a_row_and_streaming_sees_each_token(generator):
-  full = [_greedy_without_cache(generator, p, 5) for p in PROMPTS]
+def test_a_stop_callback_ends_a_row_and_streaming_sees_each_token(generator, params):
+  full = [_greedy_without_cache(params, p, 5) for p in PROMPTS]
   seen = []
   got = generator.generate(PROMPTS, 5, stop=lambda row, tokens: row == 1 and len(tokens) == 2,
                            on_token=lambda tokens, active: seen.append(

@@ -148,17 +148,6 @@ def frequencies(cfg: DecoderConfig, positions: jax.Array) -> tuple[jax.Array, fl
   return jnp.asarray(inv_freq, jnp.float32), float(factor)
 
 
-class KVCache(NamedTuple):
-  """Every layer's keys and values, (L, B, T, K, d), in the compute dtype."""
-  k: jax.Array
-  v: jax.Array
-
-
-def init_cache(cfg: DecoderConfig, batch: int, length: int) -> KVCache:
-  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))  # two buffers
-
-
 class RMSNorm(nn.Module):
   """x / rms(x) · scale over the last axis, in float32; the output keeps x's dtype."""
   epsilon: float
@@ -292,9 +281,10 @@ class Mlp(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """A pre-RMSNorm block: x + attention(norm(x)), then + SwiGLU(norm(x)). Scanned: its
-  carry is the hidden states; its scanned input is the layer's cache (or None), its
-  scanned output that cache updated and, if asked, the layer's output states."""
+  """A pre-RMSNorm block: x + attention(norm(x)), then + SwiGLU(norm(x)). In the
+  Decoder's scan its carry is the hidden states and its cache None; generation
+  (models/generation.py) calls it layer by layer with the layer's KV cache, which it returns
+  updated (with, if asked, the layer's output states)."""
   cfg: DecoderConfig
   attention_factor: float
   adapter: Callable[..., nn.Module] | None = None
@@ -314,7 +304,6 @@ class DecoderLayer(nn.Module):
 class DecoderOutput(NamedTuple):
   hidden: jax.Array  # (B, S, D) the last layer's states after the final norm
   layer_states: jax.Array | None  # (L, B, S, D) each layer's output, when asked for
-  cache: KVCache | None  # updated, when decoding
 
 
 class Decoder(nn.Module):
@@ -344,16 +333,13 @@ class Decoder(nn.Module):
           nn.initializers.normal(cfg.initializer_range), (EMBED, VOCAB)),
                                 (cfg.hidden_size, cfg.vocab_size))
 
-  def __call__(self, tokens, positions, mask, task_ids=None, cache: KVCache | None = None,
-               cache_start=None) -> DecoderOutput:
-    """tokens, positions, task_ids (B, S); mask (B, S, keys) from segment_mask (keys: S)
-    or cache_mask (keys: the cache's slots, this chunk written at cache_start)."""
+  def __call__(self, tokens, positions, mask, task_ids=None) -> DecoderOutput:
+    """tokens, positions, task_ids (B, S); mask (B, S, S) from segment_mask. (Cached
+    decoding runs the same layers over each layer's own arrays: models/generation.py.)"""
     x = self.embed(tokens).astype(self.cfg.dtype)
-    inputs = LayerInputs(positions, mask, task_ids, frequencies(self.cfg, positions)[0],
-                         cache_start)
-    x, (cache, states) = self.layers(x, None if cache is None else tuple(cache), inputs)
-    return DecoderOutput(self.final_norm(x), states,
-                         None if cache is None else KVCache(*cache))
+    inputs = LayerInputs(positions, mask, task_ids, frequencies(self.cfg, positions)[0], None)
+    x, (_, states) = self.layers(x, None, inputs)
+    return DecoderOutput(self.final_norm(x), states)
 
   def output_projection(self) -> Callable[[jax.Array], jax.Array]:
     """The pure function `logits` computes, over this decoder's table (for a caller that

@@ -10,6 +10,12 @@ holds bucket + max_new_tokens slots, so a chat recompiles only when its prompt o
 bucket. Rotary positions come from the mask (a row's first real token is position 0).
 Sampling (greedy, temperature, top-k, top-p) is deterministic for a given key: step t draws
 with fold_in(key, t).
+
+The decoder runs layer by layer over each layer's own arrays (`LayerwiseDecoder`), not over
+the stacked arrays the Decoder scans in training: a step over those slices every layer's
+weights out of them, a copy per token on XLA's CPU backend (docs/benchmarks.md: SmolLM2
+decoded 20-35% more tokens per second this way). The split copies the layers' weights once;
+the unrolled layers compile in about 9 s instead of 2-3.
 """
 
 import dataclasses
@@ -19,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl_jax.models.decoder import Decoder, cache_mask, init_cache
+from mtl_jax.models.decoder import (Decoder, DecoderLayer, LayerInputs, RMSNorm, cache_mask,
+                                    frequencies, project)
 
 BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -69,6 +76,49 @@ def bucket(length: int, limit: int) -> int:
   return limit
 
 
+def split_layers(params: dict) -> dict:
+  """A Decoder's parameters with 'layers' as one tree per layer instead of stacked ones."""
+  layers = params['layers']
+  count = len(jax.tree.leaves(layers)[0])
+  return {**params, 'layers': [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(count)]}
+
+
+class LayerwiseDecoder:
+  """The Decoder's forward pass with a KV cache, over split_layers' parameters: the same
+  DecoderLayer, the final RMSNorm and output projection, with the layers looped unrolled."""
+
+  def __init__(self, model: Decoder):
+    cfg = self.cfg = model.cfg
+    attention_factor = frequencies(cfg, jnp.zeros((1, 1), jnp.int32))[1]
+    self.layer = DecoderLayer(cfg, attention_factor, model.adapter)
+    self.norm = RMSNorm(cfg.rms_norm_eps)
+
+  def init_cache(self, batch: int, length: int) -> tuple:
+    """Each layer's (keys, values), (B, T, K, d) in the compute dtype."""
+    shape = (batch, length, self.cfg.num_kv_heads, self.cfg.head_dim)
+    return tuple((jnp.zeros(shape, self.cfg.dtype), jnp.zeros(shape, self.cfg.dtype))
+                 for _ in range(self.cfg.num_layers))
+
+  def __call__(self, params, tokens, positions, mask, cache, cache_start):
+    """(final hidden states (B, S, D), the cache with this chunk written at cache_start);
+    mask (B, S, T) from cache_mask."""
+    embedding = params['embed']['embedding']
+    x = jnp.take(embedding, tokens, axis=0).astype(self.cfg.dtype)
+    inputs = LayerInputs(positions, mask, None, frequencies(self.cfg, positions)[0],
+                         cache_start)
+    updated = []
+    for layer, layer_cache in zip(params['layers'], cache):
+      x, (layer_cache, _) = self.layer.apply({'params': layer}, x, layer_cache, inputs)
+      updated.append(layer_cache)
+    return self.norm.apply({'params': params['final_norm']}, x), tuple(updated)
+
+  def logits(self, params, hidden):
+    """Decoder.logits over the split parameters."""
+    tied = self.cfg.tie_word_embeddings
+    table = params['embed']['embedding'] if tied else params['lm_head']
+    return project(table, 1 if tied else 0, jnp.dtype(self.cfg.dtype), hidden)
+
+
 class Generator:
   """Generates continuations of token-id prompts with a decoder's parameters.
 
@@ -76,36 +126,33 @@ class Generator:
   output. `pad_id` fills a finished row's remaining slots (never returned)."""
 
   def __init__(self, model: Decoder, params, stop_ids: Sequence[int], pad_id: int):
-    self.model, self.params = model, params
+    self.model, self.decoder = model, LayerwiseDecoder(model)
+    self.params = split_layers(params)
     self.stop_ids = np.asarray(sorted(set(stop_ids)), np.int32)
     self.pad_id = pad_id
     self._prefill = jax.jit(self._prefill_fn, static_argnums=(5,), donate_argnums=(3,))
     self._step = jax.jit(self._step_fn, static_argnums=(8,), donate_argnums=(3,))
 
-  def _logits(self, params, hidden):
-    return self.model.apply({'params': params}, hidden, method=Decoder.logits)
-
   def _prefill_fn(self, params, tokens, mask, cache, key, sampling):
     """The prompts (B, P) into cache slots 0 .. P-1; the first new token (B,)."""
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    key_valid = jnp.zeros(cache.k.shape[1:3], bool).at[:, :tokens.shape[1]].set(mask > 0)
-    out = self.model.apply({'params': params}, tokens, positions,
-                           cache_mask(key_valid, 0, tokens.shape[1],
-                                      self.model.cfg.sliding_window),
-                           cache=cache, cache_start=0)
-    token = sample(self._logits(params, out.hidden[:, -1]), jax.random.fold_in(key, 0),
+    key_valid = jnp.zeros(cache[0][0].shape[:2], bool).at[:, :tokens.shape[1]].set(mask > 0)
+    hidden, cache = self.decoder(params, tokens, positions,
+                                 cache_mask(key_valid, 0, tokens.shape[1],
+                                            self.model.cfg.sliding_window), cache, 0)
+    token = sample(self.decoder.logits(params, hidden[:, -1]), jax.random.fold_in(key, 0),
                    sampling)
-    return token, out.cache, key_valid, positions[:, -1] + 1
+    return token, cache, key_valid, positions[:, -1] + 1
 
   def _step_fn(self, params, token, position, cache, key_valid, slot, step, key, sampling):
     """Feeds `token` (B,) at cache slot `slot` and rotary `position` (B,); the next one."""
     key_valid = key_valid.at[:, slot].set(True)
-    out = self.model.apply({'params': params}, token[:, None], position[:, None],
-                           cache_mask(key_valid, slot, 1, self.model.cfg.sliding_window),
-                           cache=cache, cache_start=slot)
-    token = sample(self._logits(params, out.hidden[:, 0]), jax.random.fold_in(key, step),
+    hidden, cache = self.decoder(params, token[:, None], position[:, None],
+                                 cache_mask(key_valid, slot, 1, self.model.cfg.sliding_window),
+                                 cache, slot)
+    token = sample(self.decoder.logits(params, hidden[:, 0]), jax.random.fold_in(key, step),
                    sampling)
-    return token, out.cache, key_valid
+    return token, cache, key_valid
 
   def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                sampling: Sampling = Sampling(), key: jax.Array | None = None,
@@ -131,7 +178,7 @@ class Generator:
     for row, prompt in enumerate(prompts):  # left padding: every row ends at the last slot
       tokens[row, length - len(prompt):], mask[row, length - len(prompt):] = prompt, 1
     key = jax.random.key(0) if key is None else key
-    cache = init_cache(cfg, len(prompts), length + max_new_tokens)
+    cache = self.decoder.init_cache(len(prompts), length + max_new_tokens)
     token, cache, key_valid, position = self._prefill(self.params, tokens, mask, cache, key,
                                                       sampling)
     outputs = [[] for _ in prompts]
