@@ -347,13 +347,11 @@ def _metadata(reader: gguf.GGUFReader, key: str, default: Any = KeyError) -> Any
 
 def _can_dequantize(qtype: gguf.GGMLQuantizationType) -> bool:
   """Whether gguf.quants.dequantize handles `qtype` (tried on one block of zeros)."""
-  block, size = gguf.GGML_QUANT_SIZES[qtype]
+  size = gguf.GGML_QUANT_SIZES[qtype][1]
   try:
     gguf.quants.dequantize(np.zeros((1, size), np.uint8), qtype)
     return True
-  except NotImplementedError:
-    return False
-  except Exception:  # noqa: BLE001 (any other failure: not a float type we can read)
+  except Exception:  # noqa: BLE001 (NotImplementedError, or any failure: not readable)
     return False
 
 
