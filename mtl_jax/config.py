@@ -14,7 +14,9 @@ import optax
 from mtl_jax import schema
 from mtl_jax import tasks as task_lib
 from mtl_jax import weighting
-from mtl_jax.data import builtin_suite, local_source
+from mtl_jax.data import builtin_suite, local_source, text_data
+from mtl_jax.data.instructions import Template, check_templates
+from mtl_jax.data.text_sources import CHATTERBOT_PREFIX, chatterbot_languages
 from mtl_jax.data.mixture import STRATEGIES
 from mtl_jax.errors import ConfigError
 from mtl_jax.models import architectures, backbone, llama_checkpoint, pretrained, rope
@@ -166,6 +168,78 @@ def _backbone_rules(config: ml_collections.ConfigDict):
     raise ConfigError(f'config.model.rope_scaling: {e}') from e
 
 
+def is_text_run(config: ml_collections.ConfigDict) -> bool:
+  """config.text.enabled (False in a run stored before the field existed)."""
+  return 'text' in config and config.text.enabled
+
+
+def _text_rules(config: ml_collections.ConfigDict, registered: Sequence[str]):
+  """A text run's fields: a decoder with an LLM's tokenizer, tasks that each have a source,
+  templates and JSONL files that exist, and nothing that reads a row's single task."""
+  text = config.text
+  _require(_backbone(config) == 'decoder', 'text.enabled',
+           "text-to-text tasks are learnt by a decoder's LM head; set model.backbone='decoder'.")
+  _require(bool(config.data.vocabulary), 'data.vocabulary',
+           "a text run renders its examples with an LLM's chat template: set model.pretrained, "
+           'or data.vocabulary to an LLM\'s GGUF file or tokenizer folder.')
+  held_out = tuple(text.held_out)
+  _require(len(set(held_out)) == len(held_out), 'text.held_out',
+           f'lists a task twice: {list(held_out)}.')
+  both = sorted(set(held_out) & set(config.tasks))
+  _require(not both, 'text.held_out', f'{both} are also trained (config.tasks); a held-out task '
+           f'is only scored.')
+  _require(text.loss_mean in text_data.LOSS_MEANS, 'text.loss_mean',
+           f'{text.loss_mean!r} is not one of {text_data.LOSS_MEANS}.')
+  _positive(config, 'text.examples_per_step text.eval_examples')
+  _positive(config, 'text.max_new_tokens', allow_zero=True)
+  names = (*config.tasks, *held_out)
+  chatterbot = [n for n in names if n.startswith(CHATTERBOT_PREFIX) and n not in registered]
+  if chatterbot:
+    try:
+      languages = chatterbot_languages()
+    except ImportError as e:
+      raise ConfigError(f'config.tasks: {chatterbot}: {e}') from e
+    unknown = [n for n in chatterbot if n[len(CHATTERBOT_PREFIX):] not in languages]
+    _require(not unknown, 'tasks', f'{unknown}: the chatterbot corpus has no such language '
+             f'(it has {list(languages)}).')
+  for split, paths in text.jsonl.items():
+    _require(split in text_data.JSONL_SPLITS, f'text.jsonl.{split}',
+             f'{split!r} is not one of {text_data.JSONL_SPLITS}.')
+    _require(schema.is_a(paths, tuple[str, ...]), f'text.jsonl.{split}',
+             f'must be a list of JSONL files, got {paths!r}.')
+    for path in paths:
+      _require(os.path.isfile(path), f'text.jsonl.{split}', f'no file {path!r}.')
+  sourceless = [n for n in names if n not in registered and n not in chatterbot]
+  _require(not sourceless or 'train' in text.jsonl, 'tasks',
+           f'{sourceless} are neither registered, nor in data.local, nor chatterbot languages; '
+           f'a JSONL task needs config.text.jsonl.train files naming it.')
+  for name, templates in text.templates.items():
+    where = f'text.templates.{name}'
+    _require(name in names, where, f'{name!r} is not a task of the run {list(names)}.')
+    spec = text_data.registered_spec(config.data, name)
+    _require(spec is not None, where, f'{name!r} has no labelled examples to template (its '
+             f'examples are conversations already).')
+    _require(isinstance(templates, (list, tuple)) and all(
+        isinstance(t, (list, tuple)) and len(t) in (1, 2) and all(isinstance(x, str) for x in t)
+        for t in templates), where, 'must be a list of [prompt] or [prompt, completion] '
+        'string lists.')
+    try:
+      check_templates(spec, [Template(*t) for t in templates])
+    except ValueError as e:
+      raise ConfigError(f'config.{where}: {e}') from e
+  for field, reason in (('adversary.enabled', 'a packed row mixes tasks, so it has no one '
+                         'dataset for a discriminator to tell'),
+                        ('task_depths', 'the language model has no task heads'),
+                        ('data.label_fraction', 'templates need every label')):
+    value = _get(config, field)
+    _require(not value, field, f'is set, but {reason} in a text run.')
+  _require(config.sampling.strategy != 'grouped', 'sampling.strategy',
+           "grouped batches are not built for text runs yet; use 'proportional', "
+           "'temperature' or 'uniform'.")
+  _require(config.weighting.mode == 'params', 'weighting.mode',
+           "a text run's tasks share no feature that the loss alone reads; use 'params'.")
+
+
 def resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` with what its pretrained checkpoint fixes filled in (`config` is
   untouched). The entry points run, validate and record (config.json) this config."""
@@ -191,8 +265,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
            f'lists a task twice: {list(config.tasks)}.')
   local = local_source.local_specs(config.data)
   known = task_lib.names() + tuple(sorted(set(local) - set(task_lib.names())))
+  text = is_text_run(config)
+  if text:
+    _text_rules(config, known)
   unknown = [t for t in config.tasks if t not in known]
-  _require(not unknown, 'tasks', f'unknown task(s) {unknown}; known tasks: {list(known)}.')
+  _require(text or not unknown, 'tasks',
+           f'unknown task(s) {unknown}; known tasks: {list(known)}.')
   for name in set(config.tasks) & set(local):  # a missing file fails here, not after compiling
     paths = local[name].paths
     _require('train' in paths, f'data.local.{name}.paths', 'a task needs a \'train\' file.')
@@ -299,6 +377,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
                             and config.weighting.mode == 'params'), 'micro_batches',
            'gradient accumulation of per-task gradients needs weighting.mode \'params\' and '
            'batches that are not grouped.')
+  if text:
+    return tuple(text_data.text_spec(config, name) for name in config.tasks)
   specs = []
   for i, name in enumerate(config.tasks):
     task = local_source.local_task(name, local[name]) if name in local else task_lib.get(name)

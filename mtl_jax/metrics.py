@@ -366,6 +366,14 @@ def bits_per_byte(nats, num_bytes) -> float:
   return float(np.sum(nats)) / (np.log(2.0) * total)
 
 
+def token_loss(nats, tokens) -> float:
+  """Σ nats / Σ tokens: the mean negative log-likelihood per target token."""
+  total = float(np.sum(tokens))
+  if total <= 0:
+    raise ValueError('the loss of no tokens.')
+  return float(np.sum(nats)) / total
+
+
 # ----------------------------------------------------------------------------
 # Registry.
 
@@ -406,6 +414,7 @@ METRICS: dict[str, Metric] = {
     'acc': Metric(rank_accuracy, True, ('loglikelihoods', 'label')),
     'acc_norm': Metric(rank_accuracy_norm, True, ('loglikelihoods', 'option_bytes', 'label')),
     'bits_per_byte': Metric(bits_per_byte, False, ('nats', 'bytes')),
+    'loss': Metric(token_loss, False, ('nats', 'tokens')),
 }
 
 HIGHER_IS_BETTER: dict[str, bool] = {name: m.higher_is_better for name, m in METRICS.items()}

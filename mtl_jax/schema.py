@@ -72,6 +72,31 @@ FIELDS = (
     Field('sampling.strategy', str, 'proportional',
           'how a batch row picks its dataset: one of mtl_jax.data.mixture.STRATEGIES'),
     Field('sampling.temperature', float, 2.0, "τ of 'temperature' sampling: p_i ∝ n_i^(1/τ)"),
+    Field('sampling.cap', int, 0,
+          "n_i counts at most this many examples (seqio's mixing_rate_num_examples); 0 = no cap"),
+
+    Field('text.enabled', bool, False,
+          "every task is text-to-text, learnt by the decoder's LM head in instruction templates "
+          '(docs/llm.md)'),
+    Field('text.held_out', tuple[str, ...], (),
+          'tasks only scored, zero-shot, in every fit: never trained (same names as tasks)'),
+    Field('text.examples_per_step', int, 64,
+          'examples drawn per step and packed into batch_size rows of data.seq_len tokens; '
+          'what does not fit is dropped and counted'),
+    Field('text.train_on_prompt', bool, False, 'learn the prompt tokens too, not only the reply'),
+    Field('text.loss_mean', str, 'tokens',
+          "a task's loss: the mean over its target 'tokens' in the batch, or over its "
+          "'examples'"),
+    Field('text.templates', dict, {},
+          "task -> [[prompt, completion], ...]: str.format templates replacing its kind's "
+          '(data/instructions.py)'),
+    Field('text.jsonl', dict, {},
+          "'train' and 'validation' -> JSONL files of {task, prompt, completion} or {task, "
+          'messages} lines'),
+    Field('text.eval_examples', int, 64, 'validation examples each task is scored on'),
+    Field('text.max_new_tokens', int, 0,
+          'greedy reply length for answer_f1 and answer_exact_match of tasks without options; '
+          '0 = no generation'),
 
     Field('model.backbone', str, 'encoder',
           "'encoder' (BERT layout) or 'decoder' (Llama layout; heads read the last real token)"),

@@ -293,8 +293,8 @@ def test_registry():
   assert set(M.METRICS) == {'accuracy', 'f1', 'macro_f1', 'matthews', 'pearson', 'spearman',
                             'token_accuracy', 'token_macro_f1', 'chunk_f1', 'mse',
                             'exact_match', 'answer_exact_match', 'answer_f1', 'acc', 'acc_norm',
-                            'bits_per_byte'}
-  lower = {'mse', 'bits_per_byte'}
+                            'bits_per_byte', 'loss'}
+  lower = {'mse', 'bits_per_byte', 'loss'}
   assert not any(M.HIGHER_IS_BETTER[k] for k in lower)
   assert all(v for k, v in M.HIGHER_IS_BETTER.items() if k not in lower)
   x = np.array([0, 1, 1])
@@ -430,5 +430,9 @@ def test_rank_classification_and_bits_per_byte():
   nats, num_bytes = np.array([2.0, 3.5]), np.array([4, 6])
   assert M.bits_per_byte(nats, num_bytes) == pytest.approx(5.5 / (np.log(2) * 10))
   assert not M.get_metric('bits_per_byte').higher_is_better
+  # The mean NLL per token: 5.5 nats over 3 + 5 tokens, not the mean of the per-row means.
+  assert M.token_loss(nats, np.array([3, 5])) == pytest.approx(5.5 / 8)
+  with pytest.raises(ValueError, match='no tokens'):
+    M.token_loss(nats, np.zeros(2))
   with pytest.raises(ValueError, match='at least one byte'):
     M.rank_accuracy_norm(ll, np.zeros((3, 3)), label)

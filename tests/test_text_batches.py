@@ -7,7 +7,8 @@ from scipy import stats
 from test_llm_tokenizer import write_gguf
 
 from mtl_jax.data import llm_tokenizer
-from mtl_jax.data.text_batches import TextBatches, draw, mixture_of
+from mtl_jax.data.packing import TextExample, pack
+from mtl_jax.data.text_batches import TextBatches, batch_of, draw, mixture_of
 from mtl_jax.data.text_sources import Conversation
 
 
@@ -75,3 +76,23 @@ def test_rows_hold_the_rendered_chats_and_each_task_s_targets(setup):
 def test_a_task_without_examples_is_refused():
   with pytest.raises(ValueError, match=r"Tasks \['echo'\] have no training examples"):
     mixture_of({'greet': _conversations('greet', 2, ['hi']), 'echo': []}, np.array([0.5, 0.5]))
+
+
+def test_per_example_weights_make_a_task_s_loss_the_mean_over_its_examples():
+  examples = [TextExample(0, (5, 6), (7, 8, 9)), TextExample(1, (5,), (7,)),
+              TextExample(0, (4, 4, 4, 4), (9,)), TextExample(0, (3,), (1, 2, 3, 4, 5))]
+  rows, packed = pack(examples, rows=2, length=12)
+  assert packed.packed == 4
+  values = np.random.default_rng(0).normal(size=rows.loss_mask.shape)
+  per_token = batch_of(rows, ('a', 'b'))['label_masks']
+  per_example = batch_of(rows, ('a', 'b'), per_example=True)['label_masks']
+  for task, name in enumerate(('a', 'b')):
+    mine = [i for i, e in enumerate(examples) if e.task == task]
+    # By hand: each example's mean over its targets, then the mean over the task's examples.
+    means = [values[(rows.example_ids == i) & (rows.loss_mask > 0)].mean() for i in mine]
+    weights = per_example[name]
+    assert np.sum(weights * values) / np.sum(weights) == pytest.approx(np.mean(means))
+    targets = (rows.task_ids == task) & (rows.loss_mask > 0)
+    assert np.sum(per_token[name] * values) / np.sum(per_token[name]) == pytest.approx(
+        values[targets].mean())
+  assert per_example['a'].sum() == pytest.approx(3.0)  # one unit per example

@@ -92,12 +92,20 @@ def default_templates(task: Task) -> tuple[Template, ...]:
   return TEMPLATES[task.kind, inputs]
 
 
+def option_names(task: Task, example: Example) -> list[str]:
+  """The options of `example`: a multiple-choice task's candidates (their last texts), else
+  the task's label names (a tagging task's tags; none for regression)."""
+  if task.kind is TaskKind.MULTIPLE_CHOICE:
+    return [_text(choice[-1]) for choice in example.choices]
+  return list(task.label_names)
+
+
 def fields(task: Task, example: Example) -> dict[str, str]:
   """The values a template may use for `example` of `task` (the module docstring)."""
   label = example.labels[task.name]
+  options = option_names(task, example)
   if task.kind is TaskKind.MULTIPLE_CHOICE:
     context = [_text(x) for x in example.choices[0][:-1]]
-    options = [_text(choice[-1]) for choice in example.choices]
     out = {'text': '\n'.join(context), 'answer': options[label]}
   else:
     texts = [_text(x) for x in example.inputs]
@@ -105,7 +113,6 @@ def fields(task: Task, example: Example) -> dict[str, str]:
     out.update(text=texts[0], first=texts[0])
     if len(texts) > 1:
       out['second'] = texts[1]
-    options = list(task.label_names)
     if task.kind is TaskKind.REGRESSION:
       out['answer'] = f'{float(label):.2f}'
     elif task.kind is TaskKind.TAGGING:
@@ -152,6 +159,33 @@ def as_conversation(task: Task, example: Example, index: int, seed: int,
   values = fields(task, example)
   return Conversation(task.name, (('user', template.prompt.format(**values)),
                                   ('assistant', template.completion.format(**values))), where)
+
+
+def ranked_options(task: Task, example: Example, index: int, seed: int,
+                   templates: Sequence[Template]) -> tuple[str, ...]:
+  """The replies rank classification chooses among for example `index` of `task`: its
+  template's completion with each option as the answer (the right one is the label's)."""
+  template = templates[template_index(seed, task.name, index, len(templates))]
+  values = fields(task, example)
+  return tuple(template.completion.format(**{**values, 'answer': option})
+               for option in option_names(task, example))
+
+
+class Templated(Sequence):
+  """A task's labelled examples as conversations in its templates (as_conversation), each
+  rendered when it is indexed."""
+
+  def __init__(self, task: Task, examples: Sequence[Example], seed: int,
+               templates: Sequence[Template], where: str):
+    self.task, self.examples, self.seed = task, examples, seed
+    self.templates, self.where = tuple(templates), where
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def __getitem__(self, index: int) -> Conversation:
+    return as_conversation(self.task, self.examples[index], index, self.seed, self.templates,
+                           f'{self.where}, example {index}')
 
 
 def tokenize(tokenizer: LlmTokenizer, conversation: Conversation,

@@ -141,6 +141,51 @@ def _with_groups(task: Task, examples: list[Example], table: dict) -> dict:
   return table
 
 
+def _read_sources(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task], data_dir: str
+                  ) -> list[_Examples]:
+  """The examples of `tasks`, one _Examples per source: config.data.local.<task> when given,
+  else the task spec's source (the built-in suite, read once for all its tasks, or TFDS)."""
+  local = local_source.local_specs(data_cfg)
+  builtin = [t for t in tasks if t.name not in local and t.source == BUILTIN_SOURCE]
+  sources = [_builtin_examples(data_cfg, builtin, data_dir)] if builtin else []
+  for task in tasks:
+    if task.name in local:
+      sources.append(_local_examples(data_cfg, task, local[task.name]))
+    elif task.source != BUILTIN_SOURCE:
+      sources.append(_tfds_examples(data_cfg, task, data_dir))
+  return sources
+
+
+class Labelled(NamedTuple):
+  """A task's labelled examples: training (random access, read on demand) and its primary
+  validation split's, with the malformed local rows skipped."""
+  train: Sequence[Example]
+  validation: list[Example]
+  skipped: tuple[str, ...]
+
+
+def labelled_examples(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]
+                      ) -> dict[str, Labelled]:
+  """task -> its Labelled examples, from the sources load_task_data reads (a text run's
+  templates make text-to-text conversations of them: mtl_jax.data.text_data)."""
+  data_dir = data_cfg.data_dir or default_data_dir()
+  out = {}
+  for source in _read_sources(data_cfg, tasks, data_dir):
+    for task in tasks:
+      if task.name not in source.eval:
+        continue
+      homes = [source.train[h] for h, names in source.carries.items() if task.name in names]
+      if len(homes) == 1 and not isinstance(homes[0], list):
+        train = homes[0]  # a TFDS split, unread: each of its records carries the task
+      else:
+        train = [ex for home in homes for ex in home if carries(task, ex)]
+      splits = source.eval[task.name]
+      if not splits:
+        raise ValueError(f'Task {task.name!r} has no validation split to score it on.')
+      out[task.name] = Labelled(train, list(next(iter(splits.values()))), source.skipped)
+  return out
+
+
 def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -> TaskData:
   """Tokenised train and validation tables for the run's tasks, from any mix of sources.
 
@@ -152,14 +197,9 @@ def load_task_data(data_cfg: ml_collections.ConfigDict, tasks: Sequence[Task]) -
   sees in MTL. Training rows are read and tokenised later, by the fits that draw them.
   """
   data_dir = data_cfg.data_dir or default_data_dir()
-  local = local_source.local_specs(data_cfg)
-  builtin = [t for t in tasks if t.name not in local and t.source == BUILTIN_SOURCE]
-  sources = [_builtin_examples(data_cfg, builtin, data_dir)] if builtin else []
-  for task in tasks:
-    if task.name in local:
-      sources.append(_local_examples(data_cfg, task, local[task.name]))
-    elif task.source != BUILTIN_SOURCE:
-      sources.append(_tfds_examples(data_cfg, task, data_dir))
+  sources = _read_sources(data_cfg, tasks, data_dir)
+  builtin = [t for t in tasks if t.name not in local_source.local_specs(data_cfg)
+             and t.source == BUILTIN_SOURCE]
   train = {home: ex for source in sources for home, ex in source.train.items()}
   carried = {home: c for source in sources for home, c in source.carries.items()}
   validation = {task: splits for source in sources for task, splits in source.eval.items()}
@@ -337,7 +377,7 @@ def train_batches(data: TaskData, sampling: ml_collections.ConfigDict, seed: int
                                seed, batch_size, positions)
   else:
     probabilities = mixture_probabilities(data.train_sizes, sampling.strategy,
-                                          sampling.temperature)
+                                          sampling.temperature, sampling.get('cap', 0))
     batch_at = _BatchAt(data.train_sizes, probabilities, seed, batch_size, positions)
   if start_step < num_steps:
     batch_at.load(data, range(start_step, num_steps))

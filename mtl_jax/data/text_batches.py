@@ -15,7 +15,8 @@ A batch holds the packed rows as the step reads them:
   targets, loss_mask (B, S)        position t's next token, and whether it is learnt
   task_ids (B, S)                  each token's task (-1 on padding)
   label_masks[task] (B, S)         loss_mask where the token is that task's: a task's loss is
-                                   its masked mean, as for any other task
+                                   its masked mean, as for any other task (per_example: each
+                                   target weighs 1 / its example's targets, batch_of)
   labels                           {}: a text task's targets are the tokens
 """
 
@@ -32,6 +33,8 @@ from mtl_jax.data.text_sources import Conversation
 
 
 CACHED = 1 << 16  # rendered examples kept by TextBatches
+INPUT_KEYS = ('input_ids', 'segment_ids', 'loss_mask')  # what the language model reads
+TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks')  # what its train step reads
 
 
 class TextMixture(NamedTuple):
@@ -58,10 +61,11 @@ class TextBatches:
   again)."""
 
   def __init__(self, mixture: TextMixture, tokenizer: LlmTokenizer, seed: int, rows: int,
-               length: int, examples_per_step: int, train_on_prompt: bool = False):
+               length: int, examples_per_step: int, train_on_prompt: bool = False,
+               per_example: bool = False):
     self.mixture, self.tokenizer, self.seed = mixture, tokenizer, seed
     self.rows, self.length, self.count = rows, length, examples_per_step
-    self.train_on_prompt = train_on_prompt
+    self.train_on_prompt, self.per_example = train_on_prompt, per_example
     task_index = {name: i for i, name in enumerate(mixture.tasks)}
     self.example: Callable[[int, int], TextExample] = functools.lru_cache(maxsize=CACHED)(
         lambda task, i: tokenize(tokenizer, mixture.sources[task][i], task_index))
@@ -69,16 +73,28 @@ class TextBatches:
   def __call__(self, step: int) -> tuple[dict, PackStats]:
     examples = [self.example(t, i) for t, i in draw(self.mixture, self.seed, step, self.count)]
     rows, stats = pack(examples, self.rows, self.length, self.train_on_prompt)
-    return batch_of(rows, self.mixture.tasks), stats
+    return batch_of(rows, self.mixture.tasks, self.per_example), stats
 
 
-def batch_of(rows, tasks: Sequence[str]) -> dict:
-  """The step's batch (module docstring) of packed rows."""
+def example_weights(rows) -> np.ndarray:
+  """(B, S): the loss mask divided by the number of targets of its example, so that a
+  masked mean under it is the mean over examples of each example's mean token loss."""
+  ids = np.where(rows.loss_mask > 0, rows.example_ids, -1)
+  counts = np.bincount(ids[ids >= 0], minlength=max(int(rows.example_ids.max()) + 1, 1))
+  return np.where(ids >= 0, rows.loss_mask / np.maximum(counts[np.maximum(ids, 0)], 1),
+                  0.0).astype(np.float32)
+
+
+def batch_of(rows, tasks: Sequence[str], per_example: bool = False) -> dict:
+  """The step's batch (module docstring) of packed rows. `per_example`: each task's loss is
+  the mean over its examples (each example's mean over its target tokens) instead of the
+  mean over its target tokens: its label mask weighs each target by 1 / its example's
+  targets."""
+  weights = example_weights(rows) if per_example else rows.loss_mask
   return {'input_ids': rows.tokens, 'segment_ids': rows.segment_ids,
           'attention_mask': (rows.segment_ids > 0).astype(np.int32), 'targets': rows.targets,
           'loss_mask': rows.loss_mask, 'task_ids': rows.task_ids, 'labels': {},
-          'label_masks': {name: rows.loss_mask * (rows.task_ids == i)
-                          for i, name in enumerate(tasks)}}
+          'label_masks': {name: weights * (rows.task_ids == i) for i, name in enumerate(tasks)}}
 
 
 def mixture_of(sources: Mapping[str, Sequence[Conversation]], probabilities: np.ndarray

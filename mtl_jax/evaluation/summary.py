@@ -81,7 +81,8 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
                  stl: Mapping[str, Mapping[str, float]] | None,
                  primary: Mapping[str, str],
                  higher_is_better: Mapping[str, bool] | None = None,
-                 learnable: Mapping[str, bool] | None = None) -> str:
+                 learnable: Mapping[str, bool] | None = None,
+                 columns: tuple[str, str] = ('MTL', 'STL')) -> str:
   """Renders MTL (and STL) results as a plain-text table followed by a Δm% line.
 
   One row per (task, metric), tasks in the order of `mtl`, each task's primary
@@ -100,6 +101,8 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
     learnable: task -> whether its STL baseline clears learnable_bar. When some task's
       does not, a second Δm% line averages over the learnable tasks only and names the
       others.
+    columns: the two columns' headings (a text run's held-out tasks: MTL against the
+      base model).
   """
   hib = metrics_lib.HIGHER_IS_BETTER if higher_is_better is None else higher_is_better
   for task in mtl:
@@ -109,7 +112,7 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
       raise ValueError(f'Task {task!r}: primary metric {primary[task]!r} is not among '
                        f'its MTL metrics {list(mtl[task])}.')
 
-  header = ['task', 'metric', 'MTL'] + (['STL', 'Δ%'] if stl is not None else [])
+  header = ['task', 'metric', columns[0]] + ([columns[1], 'Δ%'] if stl is not None else [])
   rows = []
   primary_mtl, primary_stl, primary_hib = {}, {}, {}
   left_out = []

@@ -8,6 +8,7 @@ error). A packed example computes what it computes alone (data/packing.py), so t
 not depend on the batch it shares.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -19,11 +20,14 @@ from mtl_jax.data.instructions import tokenize
 from mtl_jax.data.llm_tokenizer import LlmTokenizer
 from mtl_jax.data.packing import TextExample, pack
 from mtl_jax.data.text_sources import Conversation
-from mtl_jax.metrics import (answer_exact_match, answer_f1, bits_per_byte, rank_accuracy,
-                             rank_accuracy_norm)
+from mtl_jax import progress
+from mtl_jax.data.text_data import TextData
+from mtl_jax.metrics import (answer_exact_match, answer_f1, bits_per_byte, compute_metrics,
+                             rank_accuracy, rank_accuracy_norm)
+from mtl_jax.tasks.text import GENERATED, RANKED
 from mtl_jax.models.causal_lm import next_tokens
 from mtl_jax.models.decoder import Decoder, segment_mask, segment_positions
-from mtl_jax.models.generation import Generator, Sampling
+from mtl_jax.models.generation import Generator, Sampling, split_layers
 from mtl_jax.objectives.language_model import chunked_token_nll
 
 
@@ -33,7 +37,10 @@ class Scored(NamedTuple):
   tokens: np.ndarray
 
 
+@functools.lru_cache(maxsize=8)
 def _nll_fn(model: Decoder, chunk: int):
+  """The jitted per-position NLL of packed rows, one per (decoder, chunk) in a process: every
+  evaluation of a run's fits reuses its compiled programs."""
   def nll(params, tokens, segments, loss_mask):
     positions = segment_positions(segments)
     hidden = model.apply({'params': params}, tokens, positions,
@@ -83,12 +90,13 @@ def loss_and_bits_per_byte(model: Decoder, params, tokenizer: LlmTokenizer,
                                                        for e in examples])}
 
 
-def rank_classification(model: Decoder, params, tokenizer: LlmTokenizer,
-                        prompts: Sequence[Sequence[tuple[str, str]]],
-                        options: Sequence[Sequence[str]], labels: Sequence[int], rows: int,
-                        length: int) -> dict[str, float]:
-  """acc and acc_norm of choosing, for each prompt (its messages), the option whose reply
-  (the option's text and the end of turn, rendered by the chat template) is likeliest."""
+def option_loglikelihoods(model: Decoder, params, tokenizer: LlmTokenizer,
+                          prompts: Sequence[Sequence[tuple[str, str]]],
+                          options: Sequence[Sequence[str]], rows: int, length: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+  """(log-likelihoods, UTF-8 bytes), each (prompts, options): of each option as the reply
+  to its prompt (its messages), the option's text and the end of turn rendered by the chat
+  template."""
   examples, option_bytes = [], []
   for messages, choices in zip(prompts, options):
     for option in choices:
@@ -100,10 +108,26 @@ def rank_classification(model: Decoder, params, tokenizer: LlmTokenizer,
     raise ValueError(f'every prompt needs the same number of options, got {sorted(widths)}.')
   scored = score_completions(model, params, examples, rows, length)
   count = widths.pop()
-  loglik = -scored.nats.reshape(-1, count)
-  lengths = np.asarray(option_bytes, np.float64).reshape(-1, count)
+  return (-scored.nats.reshape(-1, count),
+          np.asarray(option_bytes, np.float64).reshape(-1, count))
+
+
+def rank_classification(model: Decoder, params, tokenizer: LlmTokenizer,
+                        prompts: Sequence[Sequence[tuple[str, str]]],
+                        options: Sequence[Sequence[str]], labels: Sequence[int], rows: int,
+                        length: int) -> dict[str, float]:
+  """acc and acc_norm of choosing, for each prompt (its messages), the likeliest option."""
+  loglik, lengths = option_loglikelihoods(model, params, tokenizer, prompts, options, rows,
+                                          length)
   return {'acc': rank_accuracy(loglik, labels),
           'acc_norm': rank_accuracy_norm(loglik, lengths, labels)}
+
+
+@functools.lru_cache(maxsize=4)
+def _generator(model: Decoder, stop_ids: tuple[int, ...], pad_id: int) -> Generator:
+  """One Generator per (decoder, stop ids, padding) in a process, its compiled prefill and
+  step reused: generated_answers gives it each call's parameters."""
+  return Generator(model, None, stop_ids, pad_id)
 
 
 def generated_answers(model: Decoder, params, tokenizer: LlmTokenizer,
@@ -111,7 +135,8 @@ def generated_answers(model: Decoder, params, tokenizer: LlmTokenizer,
                       batch: int = 8) -> list[str]:
   """Greedy replies to each prompt (its messages), left-padded `batch` at a time, cut at the
   end of turn; their text without special tokens."""
-  generator = Generator(model, params, tokenizer.stop_ids, tokenizer.pad_id)
+  generator = _generator(model, tuple(sorted(tokenizer.stop_ids)), tokenizer.pad_id)
+  generator.params = split_layers(params)
   ids = [tokenizer.encode_chat([{'role': r, 'content': c} for r, c in messages], True)
          for messages in prompts]
   answers = []
@@ -125,3 +150,37 @@ def generative_scores(answers: Sequence[str], references: Sequence) -> dict[str,
   """answer_exact_match and answer_f1 of generated answers (metrics' normalisation)."""
   return {'answer_exact_match': answer_exact_match(answers, references),
           'answer_f1': answer_f1(answers, references)}
+
+
+def _row_length(examples: Sequence[TextExample], length: int) -> int:
+  """`length`, or the longest example's length rounded up to a multiple of 64."""
+  longest = max((len(e.prompt) + len(e.completion) for e in examples), default=0)
+  return max(length, -(-longest // 64) * 64)
+
+
+def evaluate_text(model: Decoder, params, data: TextData, rows: int
+                  ) -> dict[str, dict[str, float]]:
+  """task -> its metrics (tasks.text) on its validation set, for every task of `data`,
+  trained and held-out. Rows are data's training length, or longer when an example is: no
+  evaluation example is truncated."""
+  tokenizer, results = data.tokenizer, {}
+  with progress.bar(len(data.eval), 'evaluate', unit='task') as bar:
+    for name, scored in data.eval.items():
+      task, conversations = scored.task, scored.conversations
+      examples = [tokenize(tokenizer, c, {c.task: 0}) for c in conversations]
+      length = _row_length(examples, data.settings.seq_len)
+      nll = score_completions(model, params, examples, rows, length)
+      inputs = {'nats': nll.nats, 'tokens': nll.tokens,
+                'bytes': [completion_bytes(tokenizer, e) for e in examples]}
+      prompts = [c.messages[:-1] for c in conversations]
+      if any(m in task.metrics for m in RANKED):
+        inputs['loglikelihoods'], inputs['option_bytes'] = option_loglikelihoods(
+            model, params, tokenizer, prompts, scored.options, rows, length)
+        inputs['label'] = np.asarray(scored.labels)
+      if any(m in task.metrics for m in GENERATED):
+        inputs['text'] = generated_answers(model, params, tokenizer, prompts,
+                                           data.settings.max_new_tokens)
+        inputs['references'] = [c.messages[-1][1] for c in conversations]
+      results[name] = compute_metrics(task.metrics, inputs)
+      bar.update()
+  return results

@@ -18,6 +18,7 @@ import ml_collections
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import TaskData, load_task_data, task_view
+from mtl_jax.data.text_data import TextData, load_text_data, packing_stats
 from mtl_jax.evaluation import summary
 from mtl_jax.metrics import HIGHER_IS_BETTER
 from mtl_jax.parallel import distributed
@@ -30,8 +31,8 @@ from mtl_jax.train.writer import flatten
 RUN_FILES = ('metrics.jsonl', 'eval.json')
 # Everything a run (and its submission files) writes in its workdir: what overwrite_workdir removes.
 RUN_ENTRIES = ('config.json', 'metrics.jsonl', 'eval.json', 'eval_curve.jsonl',
-               'representations.npz', 'single', 'finetune', 'checkpoints', 'tensorboard',
-               'submission')
+               'representations.npz', 'single', 'finetune', 'base', 'checkpoints',
+               'tensorboard', 'submission')
 OVERWRITE = 'faults.overwrite_workdir'  # the field that allows replacing another run
 # How a run is launched or checked, not what it computes: a resumed run may differ here (a
 # new port; a reference file to check a finished run against).
@@ -102,6 +103,7 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 PHASES = ('multi', 'single', 'finetune')  # the fits of a run: MTL, and per task STL, fine-tuned
+PACKING_STEPS = 50  # a text run reports the packing of its first this many steps' batches
 
 
 class FitArgs(NamedTuple):
@@ -113,27 +115,39 @@ class FitArgs(NamedTuple):
   method: weighting.Method
 
 
-def fit_args(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
-             workdir: str, phase: str, task: Task | None = None) -> FitArgs:
+def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of a text run's base phase: the model as it starts, scored, untrained."""
+  base = config.copy_and_resolve_references()
+  base.num_steps, base.checkpoint.every, base.logging.eval_every = 0, 0, 0
+  return base
+
+
+def fit_args(config: ml_collections.ConfigDict, tasks: Sequence[Task],
+             data: TaskData | TextData, workdir: str, phase: str, task: Task | None = None
+             ) -> FitArgs:
   """fit's (config, tasks, data, workdir, method) for the run's fit of `phase`: 'multi'
-  (all tasks, in workdir), or `task`'s 'single' baseline or 'finetune' (in
-  workdir/<phase>/<task>)."""
+  (all tasks, in workdir), a text run's 'base' (in workdir/base), or `task`'s 'single'
+  baseline or 'finetune' (in workdir/<phase>/<task>)."""
   if phase == 'multi':
     return FitArgs(config, tuple(tasks), data, workdir, config_lib.build_weighting(config))
-  return FitArgs(finetune_config(config) if phase == 'finetune' else config, (task,),
-                 task_view(data, task.name), os.path.join(workdir, phase, task.name),
-                 weighting.get('equal'))
+  if phase == 'base':
+    return FitArgs(base_config(config), tuple(tasks), data, os.path.join(workdir, 'base'),
+                   weighting.get('equal'))
+  view = data.view(task.name) if isinstance(data, TextData) else task_view(data, task.name)
+  return FitArgs(finetune_config(config) if phase == 'finetune' else config, (task,), view,
+                 os.path.join(workdir, phase, task.name), weighting.get('equal'))
 
 
-def _task_phase(task_dir: str, name: str, run: Callable[[], dict]) -> dict:
-  """One task's metrics from a per-task phase (STL baseline, fine-tuning): its eval.json
-  when an earlier attempt of this run finished the phase, else run()'s (then written)."""
-  path = os.path.join(task_dir, 'eval.json')
+def _phase(phase_dir: str, run: Callable[[], dict]) -> dict:
+  """task -> metrics of a phase that is not the main fit (a text run's base, a task's STL
+  baseline or fine-tuning): its eval.json when an earlier attempt of this run finished the
+  phase, else run()'s (then written)."""
+  path = os.path.join(phase_dir, 'eval.json')
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)['tasks'][name]
+      return json.load(f)['tasks']
   metrics = run()
-  _write_json(path, {'tasks': {name: metrics}})
+  _write_json(path, {'tasks': metrics})
   return metrics
 
 
@@ -147,6 +161,21 @@ def learnable_alone(tasks: Sequence[Task], data: TaskData, single: dict) -> dict
                                 table['label_masks'][task.name])
     out[task.name] = bar is None or single[task.name][task.primary_metric] > bar
   return out
+
+
+def beats_base(tasks: Sequence[Task], base: dict, single: dict) -> dict[str, bool]:
+  """task -> whether its STL primary metric is better than the base model's (a text run's
+  learnability bar: training on the task alone moved it)."""
+  out = {}
+  for task in tasks:
+    metric = task.primary_metric
+    gain = single[task.name][metric] - base[task.name][metric]
+    out[task.name] = bool(gain > 0 if HIGHER_IS_BETTER[metric] else gain < 0)
+  return out
+
+
+def _only(metrics: dict, names: Sequence[str]) -> dict:
+  return {name: metrics[name] for name in names}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -164,34 +193,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   expected = reference.for_config(config)
   # Before the workdir is touched: a task without data fails with nothing written. One
   # tokenisation serves every phase.
-  data = load_task_data(config.data, tasks)
+  text = config_lib.is_text_run(config)
+  data = (load_text_data(config, config.text.held_out) if text
+          else load_task_data(config.data, tasks))
   resolved = json.loads(config.to_json_best_effort())
   _check_workdir(workdir, resolved, config.faults.overwrite_workdir)
   _write_json(os.path.join(workdir, 'config.json'), resolved)
-  single, multi, finetuned = None, None, None
+  base, single, multi, finetuned = None, None, None, None
+  held_out = {}  # a text run's held-out tasks: phase -> task -> metrics
+  if text:
+    args = fit_args(config, tasks, data, workdir, 'base')
+    base = _phase(args.workdir, lambda: fit(*args, desc='base').metrics)
   if config.mode in ('single', 'both'):
     single = {}
     for task in tasks:
       args = fit_args(config, tasks, data, workdir, 'single', task)
-      single[task.name] = _task_phase(args.workdir, task.name, lambda: fit(
-          *args, desc=f'STL {task.name}').metrics[task.name])
+      scores = _phase(args.workdir, lambda: fit(*args, desc=f'STL {task.name}').metrics)
+      single[task.name] = scores[task.name]
+      if text and data.held_out:
+        held_out.setdefault('single', {})[task.name] = _only(scores, data.held_out)
   if config.mode in ('multi', 'both'):
-    probe = functools.partial(representations.probe, tables=data.eval,
-                              per_task=config.logging.representations)
+    probe = None if text else functools.partial(representations.probe, tables=data.eval,
+                                                per_task=config.logging.representations)
     multi_fit = fit(config, tasks, data, workdir, method, desc='MTL', probe=probe)
-    multi = multi_fit.metrics
+    multi = _only(multi_fit.metrics, [t.name for t in tasks])
     if config.finetune.num_steps:
       finetuned = {}
       for task in tasks:
         args = fit_args(config, tasks, data, workdir, 'finetune', task)
-        finetuned[task.name] = _task_phase(args.workdir, task.name, lambda: fit(
-            *args, desc=f'fine-tune {task.name}', start=multi_fit.params).metrics[task.name])
+        finetuned[task.name] = _phase(args.workdir, lambda: fit(
+            *args, desc=f'fine-tune {task.name}', start=multi_fit.params).metrics)[task.name]
+    if text and data.held_out:
+      held_out['multi'] = _only(multi_fit.metrics, data.held_out)
 
   primary = {t.name: t.primary_metric for t in tasks}
   higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}
   report = {'mode': config.mode, 'multi': multi, 'single': single, 'primary_metric': primary}
   if finetuned is not None:
     report['finetuned'] = finetuned
+  if text:
+    report['base'] = _only(base, [t.name for t in tasks])
+    if data.held_out:
+      held_out['base'] = _only(base, data.held_out)
+      report['held_out'] = {'primary_metric': {name: data.eval[name].task.primary_metric
+                                               for name in data.held_out}, **held_out}
+    steps = range(min(config.num_steps, PACKING_STEPS))
+    report['packing'] = packing_stats(data, config.seed, config.batch_size, steps)._asdict()
   if multi is not None and single is not None:
     mtl_primary = {t: multi[t][m] for t, m in primary.items()}
     stl_primary = {t: single[t][m] for t, m in primary.items()}
@@ -199,7 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     report['per_task_delta'] = summary.per_task_delta(mtl_primary, stl_primary, higher)
   learnable = None
   if single is not None:
-    learnable = learnable_alone(tasks, data, single)
+    learnable = (beats_base(tasks, base, single) if text
+                 else learnable_alone(tasks, data, single))
     report['learnable_alone'] = learnable
   if expected is not None:
     report['reference_check'] = reference.check(expected, report, resolved)
@@ -212,4 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if finetuned is not None:
       print('\nAfter per-task fine-tuning (the MTL column is the fine-tuned models):')
       print(summary.format_table(finetuned, single, primary))
+    if 'held_out' in report and 'multi' in held_out:
+      print('\nHeld-out tasks, zero-shot:')
+      print(summary.format_table(held_out['multi'], held_out['base'],
+                                 report['held_out']['primary_metric'], columns=('MTL', 'base')))
   return report

@@ -20,12 +20,11 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.data.text_batches import INPUT_KEYS
 from mtl_jax.models.base import ModelOutput, MultiTaskModel
 from mtl_jax.models.decoder import Decoder, segment_mask, segment_positions
 from mtl_jax.objectives.language_model import chunked_token_nll
 from mtl_jax.tasks import TaskKind
-
-TEXT_INPUT_KEYS = ('input_ids', 'segment_ids', 'loss_mask')
 
 
 def next_tokens(input_ids: jax.Array, segment_ids: jax.Array) -> jax.Array:
@@ -41,7 +40,7 @@ class CausalLM(MultiTaskModel):
   chunk: int = 512
 
   backbones: ClassVar[tuple[str, ...]] = ('decoder',)
-  input_keys: ClassVar[tuple[str, ...]] = TEXT_INPUT_KEYS
+  input_keys: ClassVar[tuple[str, ...]] = INPUT_KEYS
 
   def setup(self):
     self.encoder = Decoder(self.encoder_config.decoder)

@@ -123,11 +123,12 @@ class Generator:
   """Generates continuations of token-id prompts with a decoder's parameters.
 
   `stop_ids`: token ids that end a row (EOS, end of turn); the stop token is kept in the
-  output. `pad_id` fills a finished row's remaining slots (never returned)."""
+  output. `pad_id` fills a finished row's remaining slots (never returned). `params` may be
+  None, then set (split_layers') before generating: the compiled programs stay."""
 
   def __init__(self, model: Decoder, params, stop_ids: Sequence[int], pad_id: int):
     self.model, self.decoder = model, LayerwiseDecoder(model)
-    self.params = split_layers(params)
+    self.params = None if params is None else split_layers(params)
     self.stop_ids = np.asarray(sorted(set(stop_ids)), np.int32)
     self.pad_id = pad_id
     self._prefill = jax.jit(self._prefill_fn, static_argnums=(5,), donate_argnums=(3,))

