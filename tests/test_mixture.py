@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mtl_jax.data.mixture import doremi_rates, mixture_probabilities, sample_rows, scheduled_rates
+from mtl_jax.data.mixture import mixture_probabilities, sample_rows, scheduled_rates
 
 SIZES = [1000, 200, 50, 10]
 
@@ -75,18 +75,3 @@ def test_scheduled_rates_move_linearly_between_waypoints():
     scheduled_rates([(10, [1, 1]), (5, [1, 1])], 0)
   with pytest.raises(ValueError, match='not all 0'):
     scheduled_rates([(0, [0, 0])], 0)
-
-
-def test_doremi_rates_follow_the_paper_s_update():
-  """Xie et al. 2023, Algorithm 1, by hand: α' = α exp(η λ); α = (1 - c) α'/Σα' + c/N."""
-  rates, excess = np.array([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 2.0])
-  raw = rates * np.exp(0.5 * excess)
-  expected = 0.99 * raw / raw.sum() + 0.01 / 3
-  np.testing.assert_allclose(doremi_rates(rates, excess, 0.5, 0.01), expected)
-  assert doremi_rates(rates, excess).sum() == pytest.approx(1.0)
-  # Equal excess changes nothing but the smoothing; a task with more excess gains rate.
-  np.testing.assert_allclose(doremi_rates(rates, np.full(3, 0.7), 1.0, 0.0), rates)
-  moved = doremi_rates(rates, np.array([0.0, 0.0, 1.0]))
-  assert moved[2] > rates[2] and moved[0] < rates[0]
-  with pytest.raises(ValueError, match='one entry per task'):
-    doremi_rates(rates, excess[:2])

@@ -204,8 +204,11 @@ def test_evaluation_of_a_text_run_is_its_parts(tiny_config):
 
 @pytest.mark.integration
 def test_the_main_job_trains_a_text_mixture_and_scores_held_out_tasks(tiny_config, tmp_path):
+  """With DoReMi's weights, whose reference losses the main job takes from the base model."""
   config = tiny_config
   config.mode = 'multi'
+  config.weighting.name = 'doremi'
+  config.log_every = 1
   report = train_and_evaluate(config, str(tmp_path))
   trained, held_out = list(instructions.TRAINED), list(instructions.HELD_OUT)
   assert list(report['multi']) == trained and list(report['base']) == trained
@@ -216,6 +219,18 @@ def test_the_main_job_trains_a_text_mixture_and_scores_held_out_tasks(tiny_confi
   packing = report['packing']
   assert packing['packed'] + packing['dropped'] == config.text.examples_per_step * 6
   assert packing['real_tokens'] <= packing['slots'] == 6 * config.batch_size * 256
+  # Each step's weights are N α, α moved by the logged losses' excess over the base's.
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  reference = np.array([report['base'][t]['loss'] for t in trained])
+  alpha = np.full(len(trained), 1 / len(trained))
+  for record in records:
+    np.testing.assert_allclose([record['task_weights'][t] for t in trained],
+                               len(trained) * alpha, rtol=1e-4)
+    losses = np.array([record['task_losses'][t] for t in trained])
+    raw = alpha * np.exp(np.maximum(losses - reference, 0.0))
+    alpha = 0.999 * raw / raw.sum() + 0.001 / len(trained)
+  assert len(records) == 6
   with open(tmp_path / 'eval.json') as f:
     assert json.load(f) == json.loads(json.dumps(report))
   # Run again: every phase is read back or resumes at its end, and scores the same.

@@ -1,4 +1,4 @@
-"""uncertainty, dwa, rlw, famo (loss weighters), gradnorm (GRAM) and db_mtl (GRADS).
+"""uncertainty, dwa, rlw, famo, doremi (loss weighters), gradnorm (GRAM) and db_mtl (GRADS).
 
 Each method is checked against hand-worked cases, a second implementation written
 differently (numpy, or autodiff of the method's own objective), the paper's properties,
@@ -414,9 +414,53 @@ def test_db_mtl_checks_its_arguments():
     _get('db_mtl', beta=1.0)
 
 
+# ----------------------------------------------------------------------------- doremi
+
+def _doremi_numpy(losses_seq, reference, step_size, smoothing, every):
+  """Xie et al. 2023, Algorithm 1, in numpy: each step's weights N·α, then α moves on the mean
+  of max(L - ref, 0) over the last `every` steps."""
+  n = len(reference)
+  alpha, total, out = np.full(n, 1.0 / n), np.zeros(n), []
+  for t, losses in enumerate(losses_seq, start=1):
+    out.append(n * alpha)
+    total += np.maximum(np.asarray(losses) - reference, 0.0)
+    if t % every == 0:
+      raw = alpha * np.exp(step_size * total / every)
+      alpha = (1 - smoothing) * raw / raw.sum() + smoothing / n
+      total = np.zeros(n)
+  return out, alpha
+
+
+@pytest.mark.parametrize('every', [1, 3])
+def test_doremi_follows_the_paper_s_update(every):
+  reference = np.array([1.0, 2.0, 0.5])
+  rng = np.random.default_rng(0)
+  losses_seq = rng.uniform(0.0, 3.0, size=(7, 3))
+  method = _get('doremi', reference=tuple(reference), step_size=0.5, smoothing=0.01,
+                every=every)
+  outs, state = _run_many(method, np.ones((3, 2)), losses_seq)
+  expected, alpha = _doremi_numpy(losses_seq, reference, 0.5, 0.01, every)
+  np.testing.assert_allclose(np.asarray(outs), expected, rtol=1e-5)
+  np.testing.assert_allclose(state.rates, alpha, rtol=1e-5)
+  assert float(state.rates.sum()) == pytest.approx(1.0)
+
+
+def test_doremi_moves_weight_to_the_task_furthest_above_its_reference():
+  method = _get('doremi', reference=(1.0, 1.0, 1.0))
+  outs, _ = _run_many(method, np.ones((3, 2)), [[1.0, 0.5, 3.0]] * 5)
+  assert outs[0] == pytest.approx([1.0, 1.0, 1.0])  # the first step's α is uniform
+  assert outs[-1][2] > outs[-1][0] == pytest.approx(outs[-1][1])  # no excess for 0 and 1
+  assert sum(outs[-1]) == pytest.approx(3.0)
+  with pytest.raises(ValueError, match='reference has 2 losses for 3 tasks'):
+    _init(_get('doremi', reference=(1.0, 1.0)), np.ones((3, 2)))
+  with pytest.raises(ValueError, match='step_size > 0'):
+    _get('doremi', step_size=0.0)
+
+
 # ----------------------------------------------------------------------------- all
 
-@pytest.mark.parametrize('name', ['uncertainty', 'dwa', 'rlw', 'famo', 'gradnorm', 'db_mtl'])
+@pytest.mark.parametrize('name', ['uncertainty', 'dwa', 'rlw', 'famo', 'gradnorm', 'db_mtl',
+                                  'doremi'])
 def test_defaults_jit_and_absent_tasks_are_finite(name):
   method = weighting.get(name)
   grads = np.array([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])

@@ -7,8 +7,8 @@ that task uniformly at random (with replacement). With n_i examples for task i:
   uniform:       p_i = 1 / N                               (the limit tau -> inf)
   with a cap K:  n_i becomes min(n_i, K) first (seqio's mixing_rate_num_examples)
 
-Rates may also follow a schedule (scheduled_rates) or move online with each task's excess
-loss over a reference model (doremi_rates).
+Rates may also follow a schedule (scheduled_rates). Weights that move online with each
+task's excess loss over a reference model are a weighting method (mtl_jax.weighting.doremi).
   grouped:       exactly B/N rows of every task, in N consecutive groups in task order, each
                  row labelled for its group's task only; gradient methods then get every
                  task's gradient from one backward pass (mtl_jax.train.step).
@@ -58,21 +58,6 @@ def scheduled_rates(schedule: Sequence[tuple[int, Sequence[float]]], step: int) 
     raise ValueError('every waypoint needs one rate >= 0 per task, not all 0.')
   current = np.array([np.interp(step, steps, rates[:, i]) for i in range(rates.shape[1])])
   return current / current.sum()
-
-
-def doremi_rates(rates: np.ndarray, excess: np.ndarray, step_size: float = 1.0,
-                 smoothing: float = 1e-3) -> np.ndarray:
-  """One online update of the task rates α from each task's excess loss λ over a reference
-  model (DoReMi, Xie et al. 2023, Algorithm 1): α' = α ⊙ exp(η λ), normalised, then mixed
-  with the uniform: (1 − c) α' / Σ α' + c / N. λ is each task's mean over its target
-  tokens of max(ℓ_model − ℓ_reference, 0)."""
-  rates, excess = np.asarray(rates, np.float64), np.asarray(excess, np.float64)
-  if rates.shape != excess.shape or (rates <= 0).any():
-    raise ValueError(f'rates {rates.shape} (all > 0) and excess losses {excess.shape} must '
-                     f'have one entry per task.')
-  logits = np.log(rates) + step_size * excess
-  updated = np.exp(logits - logits.max())
-  return (1 - smoothing) * updated / updated.sum() + smoothing / len(rates)
 
 
 def sample_rows(seed: int, step: int, batch_size: int, sizes: Sequence[int],

@@ -212,6 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       single[task.name] = scores[task.name]
       if text and data.held_out:
         held_out.setdefault('single', {})[task.name] = _only(scores, data.held_out)
+  if text and config.weighting.name == 'doremi' and not config.weighting.args.get('reference'):
+    method = weighting.get('doremi', **{**config.weighting.args,
+                                        'reference': tuple(base[t.name]['loss'] for t in tasks)})
   if config.mode in ('multi', 'both'):
     probe = None if text else functools.partial(representations.probe, tables=data.eval,
                                                 per_task=config.logging.representations)
