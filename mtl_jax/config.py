@@ -17,7 +17,7 @@ from mtl_jax import weighting
 from mtl_jax.data import builtin_suite, local_source, text_data
 from mtl_jax.data.instructions import Template, check_templates
 from mtl_jax.data.text_sources import CHATTERBOT_PREFIX, chatterbot_languages
-from mtl_jax.data.mixture import STRATEGIES
+from mtl_jax.data.mixture import STRATEGIES, scheduled_rates
 from mtl_jax.errors import ConfigError
 from mtl_jax.models import architectures, backbone, llama_checkpoint, pretrained, rope
 from mtl_jax.models.base import BackboneConfig, MultiTaskModel
@@ -233,6 +233,16 @@ def _text_rules(config: ml_collections.ConfigDict, registered: Sequence[str]):
                         ('data.label_fraction', 'templates need every label')):
     value = _get(config, field)
     _require(not value, field, f'is set, but {reason} in a text run.')
+  schedule = config.sampling.schedule
+  if schedule:
+    try:
+      widths = {len(rates) for _, rates in schedule}
+      scheduled_rates(schedule, 0)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f'config.sampling.schedule: {e} (give (step, (rate, ...)) pairs).'
+                        ) from e
+    _require(widths == {len(config.tasks)}, 'sampling.schedule',
+             f'each waypoint needs one rate per task of {list(config.tasks)}.')
   _require(config.sampling.strategy != 'grouped', 'sampling.strategy',
            "grouped batches are not built for text runs yet; use 'proportional', "
            "'temperature' or 'uniform'.")
@@ -315,6 +325,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
            and len(set(splits)) == len(splits), 'data.eval_splits',
            f'must name one or more of {builtin_tasks.EVAL_SPLITS}, each once, the primary '
            f'first; got {splits}.')
+  _require(is_text_run(config) or not config.sampling.get('schedule'), 'sampling.schedule',
+           'rates on a schedule are read by text runs only (config.text.enabled).')
   _require(config.sampling.strategy in STRATEGIES, 'sampling.strategy',
            f'{config.sampling.strategy!r} is not one of {STRATEGIES}.')
   _positive(config, 'sampling.temperature')

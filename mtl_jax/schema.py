@@ -74,6 +74,9 @@ FIELDS = (
     Field('sampling.temperature', float, 2.0, "τ of 'temperature' sampling: p_i ∝ n_i^(1/τ)"),
     Field('sampling.cap', int, 0,
           "n_i counts at most this many examples (seqio's mixing_rate_num_examples); 0 = no cap"),
+    Field('sampling.schedule', tuple, (),
+          'text runs: ((step, (rate per task, ...)), ...) waypoints; the rates move linearly '
+          'between them and replace the strategy\'s; empty = fixed rates'),
 
     Field('text.enabled', bool, False,
           "every task is text-to-text, learnt by the decoder's LM head in instruction templates "

@@ -96,3 +96,16 @@ def test_per_example_weights_make_a_task_s_loss_the_mean_over_its_examples():
     assert np.sum(per_token[name] * values) / np.sum(per_token[name]) == pytest.approx(
         values[targets].mean())
   assert per_example['a'].sum() == pytest.approx(3.0)  # one unit per example
+
+
+def test_rates_on_a_schedule_move_the_draws_between_waypoints(setup):
+  _, mixture = setup
+  scheduled = mixture_of(dict(zip(mixture.tasks, mixture.sources)), mixture.probabilities,
+                         [(0, (1.0, 0.0)), (10, (0.0, 1.0))])
+  task_of = lambda step: np.array([t for t, _ in draw(scheduled, 0, step, 400)])
+  assert (task_of(0) == 0).all() and (task_of(10) == 1).all() and (task_of(50) == 1).all()
+  halfway = np.bincount(task_of(5), minlength=2)
+  assert stats.chisquare(halfway, [200, 200]).pvalue > 1e-3
+  with pytest.raises(ValueError, match='one rate per trained task'):
+    mixture_of(dict(zip(mixture.tasks, mixture.sources)), mixture.probabilities,
+               [(0, (1.0, 0.0, 0.0))])

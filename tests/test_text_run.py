@@ -71,6 +71,13 @@ def test_a_text_run_s_tasks_become_text_tasks_scored_by_their_kind(config):
     (lambda c: setattr(c.adversary, 'enabled', True), 'adversary.enabled', 'mixes tasks'),
     (lambda c: setattr(c.sampling, 'strategy', 'grouped'), 'sampling.strategy', 'grouped'),
     (lambda c: setattr(c.model, 'backbone', 'encoder'), 'text.enabled', 'decoder'),
+    (lambda c: setattr(c.sampling, 'schedule', ((0, (1.0, 1.0)),)), 'sampling.schedule',
+     'one rate per task'),
+    (lambda c: setattr(c.sampling, 'schedule', ((9, (1, 1, 1, 1)), (3, (1, 1, 1, 1)))),
+     'sampling.schedule', 'increasing steps'),
+    (lambda c: (setattr(c.text, 'enabled', False), setattr(c, 'tasks', ('sentiment',)),
+                setattr(c.sampling, 'schedule', ((0, (1.0,)),))),
+     'sampling.schedule', 'text runs only'),
     (lambda c: setattr(c.data, 'vocabulary', ''), 'data.vocabulary', 'chat template'),
 ])
 def test_a_bad_text_config_names_its_field(config, change, field, message):
@@ -123,9 +130,14 @@ def test_text_data_reads_templates_chatterbot_and_jsonl_tasks(jsonl_config):
   # A chatterbot language has no validation split: whole conversations are held apart.
   spanish = data.eval['chatterbot_spanish'].conversations
   assert spanish and all(c.task == 'chatterbot_spanish' for c in spanish)
-  # One example per step's draw comes back as a packed row of the run's tasks.
+  # The step's draws are packed into rows of the run's tasks.
   batch = next(data.batches(seed=0, batch_size=2, start_step=0, num_steps=1))
-  assert set(np.unique(batch['task_ids'])) <= {-1, 0, 1}
+  assert set(np.unique(batch['task_ids'])) == {-1, 0, 1}
+  # On a schedule that gives 'qa' no rate until step 100, step 0 draws sentiment only.
+  config.sampling.schedule = ((0, (1.0, 0.0)), (100, (0.0, 1.0)))
+  data = load_text_data(config, config.text.held_out)
+  batch = next(data.batches(seed=0, batch_size=2, start_step=0, num_steps=1))
+  assert set(np.unique(batch['task_ids'])) == {-1, 0}
 
 
 def test_a_template_given_by_the_config_renders_the_examples(jsonl_config):

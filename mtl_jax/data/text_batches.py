@@ -2,7 +2,7 @@
 mixture, rendered with the chat template, and packed into rows.
 
 A step's batch is a pure function of (seed, step): its `examples_per_step` examples pick a
-task with the mixture's probabilities and one of that task's examples uniformly (with
+task with the mixture's probabilities (at that step, on a schedule) and one of that task's examples uniformly (with
 replacement), from numpy's generator seeded with [seed, step], exactly as the classification
 batches do (data/mixture.py). They are packed first fit in that order (data/packing.py);
 those that do not fit are dropped and counted in the batch's stats, never carried over, so a
@@ -28,6 +28,7 @@ import numpy as np
 
 from mtl_jax.data.instructions import tokenize
 from mtl_jax.data.llm_tokenizer import LlmTokenizer
+from mtl_jax.data.mixture import scheduled_rates
 from mtl_jax.data.packing import PackStats, TextExample, pack
 from mtl_jax.data.text_sources import Conversation
 
@@ -40,16 +41,22 @@ TRAIN_KEYS = (*INPUT_KEYS, 'labels', 'label_masks')  # what its train step reads
 class TextMixture(NamedTuple):
   """The run's text-to-text training data: per task (in the run's order), its examples as
   conversations (any sequence: a list, or a lazy view of labelled examples in templates),
-  and the probability of drawing it."""
+  and the probability of drawing it; or, with a `schedule` of (step, rates) waypoints,
+  the rates at each step (mixture.scheduled_rates)."""
   tasks: tuple[str, ...]
   sources: tuple[Sequence[Conversation], ...]
   probabilities: np.ndarray
+  schedule: tuple = ()
+
+  def rates(self, step: int) -> np.ndarray:
+    """The probability of drawing each task at step `step`."""
+    return scheduled_rates(self.schedule, step) if self.schedule else self.probabilities
 
 
 def draw(mixture: TextMixture, seed: int, step: int, count: int) -> list[tuple[int, int]]:
   """The (task, example index) pairs of step `step`'s `count` examples."""
   rng = np.random.default_rng([seed, step])
-  tasks = rng.choice(len(mixture.tasks), size=count, p=mixture.probabilities)
+  tasks = rng.choice(len(mixture.tasks), size=count, p=mixture.rates(step))
   sizes = np.asarray([len(s) for s in mixture.sources])
   index = (rng.random(count) * sizes[tasks]).astype(np.int64)
   return list(zip(tasks.tolist(), index.tolist()))
@@ -97,10 +104,17 @@ def batch_of(rows, tasks: Sequence[str], per_example: bool = False) -> dict:
           'label_masks': {name: weights * (rows.task_ids == i) for i, name in enumerate(tasks)}}
 
 
-def mixture_of(sources: Mapping[str, Sequence[Conversation]], probabilities: np.ndarray
-               ) -> TextMixture:
+def mixture_of(sources: Mapping[str, Sequence[Conversation]], probabilities: np.ndarray,
+               schedule: Sequence = ()) -> TextMixture:
   """A TextMixture of `sources` (task -> conversations, in the run's order)."""
   empty = [task for task, examples in sources.items() if not len(examples)]
   if empty:
     raise ValueError(f'Tasks {empty} have no training examples; the mixture cannot draw them.')
-  return TextMixture(tuple(sources), tuple(sources.values()), np.asarray(probabilities))
+  if schedule:
+    scheduled_rates(schedule, 0)  # raises on a bad schedule
+    widths = {len(rates) for _, rates in schedule}
+    if widths != {len(sources)}:
+      raise ValueError(f'a rate schedule needs one rate per trained task ({len(sources)}), '
+                       f'got {sorted(widths)}.')
+  return TextMixture(tuple(sources), tuple(sources.values()), np.asarray(probabilities),
+                     tuple((int(step), tuple(rates)) for step, rates in schedule))

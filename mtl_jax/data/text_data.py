@@ -93,7 +93,7 @@ class TextData(NamedTuple):
   def view(self, task: str) -> 'TextData':
     """What `task` alone trains on (all of its examples), scored with the held-out tasks."""
     index = self.mixture.tasks.index(task)
-    mixture = TextMixture((task,), (self.mixture.sources[index],), np.ones(1))
+    mixture = mixture_of({task: self.mixture.sources[index]}, np.ones(1))
     return self._replace(mixture=mixture, eval={name: self.eval[name]
                                                 for name in (task, *self.held_out)})
 
@@ -215,7 +215,8 @@ def load_text_data(config: ml_collections.ConfigDict, held_out: Sequence[str] = 
   settings = TextSettings(config.data.seq_len, text_cfg.examples_per_step,
                           text_cfg.train_on_prompt, text_cfg.loss_mean == 'examples',
                           text_cfg.max_new_tokens)
-  return TextData(mixture_of(trained, probabilities), evals,
+  mixture = mixture_of(trained, probabilities, config.sampling.get('schedule', ()))
+  return TextData(mixture, evals,
                   load_llm_tokenizer(config.data.vocabulary), settings, tuple(skipped))
 
 
