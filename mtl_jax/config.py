@@ -243,9 +243,11 @@ def _text_rules(config: ml_collections.ConfigDict, registered: Sequence[str]):
                         ) from e
     _require(widths == {len(config.tasks)}, 'sampling.schedule',
              f'each waypoint needs one rate per task of {list(config.tasks)}.')
-  _require(config.sampling.strategy != 'grouped', 'sampling.strategy',
-           "grouped batches are not built for text runs yet; use 'proportional', "
-           "'temperature' or 'uniform'.")
+  _require(config.sampling.strategy != 'grouped' or text.examples_per_step >= len(config.tasks),
+           'text.examples_per_step', f'grouped batches draw examples_per_step // '
+           f'{len(config.tasks)} examples of each task; {text.examples_per_step} draws none.')
+  _require(config.sampling.strategy != 'grouped' or not schedule, 'sampling.schedule',
+           'grouped batches give every task an equal share; a rate schedule has none to move.')
   _require(config.weighting.mode == 'params', 'weighting.mode',
            "a text run's tasks share no feature that the loss alone reads; use 'params'.")
 

@@ -99,3 +99,33 @@ def test_a_train_step_on_packed_rows_takes_the_loss_s_gradient(method):
                  moved, grad)
   else:
     assert all(np.all(np.isfinite(x)) and np.any(x != 0) for x in jax.tree.leaves(moved))
+
+
+@pytest.mark.integration
+def test_grouped_rows_give_a_gradient_method_the_per_task_gradients_of_mixed_rows():
+  """The grouped route (one backward pass over vmapped parameter copies, a group of rows per
+  task) against the per-task VJP route, on the same rows: the same PCGrad update."""
+  rng = np.random.default_rng(3)
+  parts = []
+  for task in range(len(TASKS)):  # task t's examples packed into rows 2t and 2t + 1
+    examples = [TextExample(task, rng.integers(3, 40, 3).tolist(), rng.integers(3, 40, 2).tolist())
+                for _ in range(4)]
+    parts.append(pack(examples, rows=2, length=12)[0])
+  rows = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+  batch = jax.tree.map(jnp.asarray, batch_of(rows, [t.name for t in TASKS]))
+  model = CausalLM(DecoderBackboneConfig(CFG), TASKS, chunk=8)
+  optimizer, method = optax.sgd(0.1), weighting.get('pcgrad')
+  state = create_state(model, optimizer, method, len(TASKS), 0, 12, 'params', 6)
+  forward = Forward(model, TASKS, {}, Collectives(None, 1))
+  updates = []
+  for grouped in (True, False):
+    route = choose_route(method, 'params', False, grouped, forward.collectives)
+    step = make_train_step(forward, route, method, optimizer, optax.constant_schedule(0.1))
+    updates.append(jax.jit(step)(state, batch))
+  (grouped_state, grouped_metrics), (mixed_state, mixed_metrics) = updates
+  np.testing.assert_allclose(grouped_metrics['task_losses'], mixed_metrics['task_losses'],
+                             rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               grouped_state.params, mixed_state.params)
+  assert not np.allclose(grouped_state.params['encoder']['embed']['embedding'],
+                         state.params['encoder']['embed']['embedding'])

@@ -109,3 +109,21 @@ def test_rates_on_a_schedule_move_the_draws_between_waypoints(setup):
   with pytest.raises(ValueError, match='one rate per trained task'):
     mixture_of(dict(zip(mixture.tasks, mixture.sources)), mixture.probabilities,
                [(0, (1.0, 0.0, 0.0))])
+
+
+def test_grouped_batches_put_each_task_s_draws_in_its_own_rows(setup):
+  tokenizer, mixture = setup
+  batches = TextBatches(mixture, tokenizer, 0, rows=4, length=40, examples_per_step=8,
+                        per_example=True, grouped=True)
+  for step in range(3):
+    batch, packed = batches(step)
+    assert packed.packed + packed.dropped == 8
+    for task, name in enumerate(mixture.tasks):  # rows 2t, 2t + 1 hold task t's 4 draws
+      group = batch['task_ids'][2 * task:2 * task + 2]
+      assert set(np.unique(group)) <= {-1, task} and (group == task).any()
+      # One unit of weight per packed example of the task: the example ids stay distinct.
+      placed = len({(r, s) for r, s in zip(*np.nonzero(group == task))
+                    for s in [batch['segment_ids'][2 * task + r, s]]})
+      assert batch['label_masks'][name].sum() == pytest.approx(placed)
+  with pytest.raises(ValueError, match='multiples of the task count'):
+    TextBatches(mixture, tokenizer, 0, rows=3, length=40, examples_per_step=8, grouped=True)

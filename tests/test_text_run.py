@@ -69,7 +69,8 @@ def test_a_text_run_s_tasks_become_text_tasks_scored_by_their_kind(config):
      'no file'),
     (lambda c: setattr(c.text, 'loss_mean', 'median'), 'text.loss_mean', 'not one of'),
     (lambda c: setattr(c.adversary, 'enabled', True), 'adversary.enabled', 'mixes tasks'),
-    (lambda c: setattr(c.sampling, 'strategy', 'grouped'), 'sampling.strategy', 'grouped'),
+    (lambda c: (setattr(c.sampling, 'strategy', 'grouped'),
+                setattr(c.text, 'examples_per_step', 3)), 'text.examples_per_step', 'draws none'),
     (lambda c: setattr(c.model, 'backbone', 'encoder'), 'text.enabled', 'decoder'),
     (lambda c: setattr(c.sampling, 'schedule', ((0, (1.0, 1.0)),)), 'sampling.schedule',
      'one rate per task'),
@@ -247,3 +248,12 @@ def test_the_main_job_trains_a_text_mixture_and_scores_held_out_tasks(tiny_confi
     assert json.load(f) == json.loads(json.dumps(report))
   # Run again: every phase is read back or resumes at its end, and scores the same.
   assert train_and_evaluate(config, str(tmp_path)) == report
+
+
+def test_a_grouped_text_run_packs_each_task_into_its_own_rows(config):
+  config.sampling.strategy = 'grouped'
+  specs = _check(config)
+  data = load_text_data(config, ())
+  batch = next(data.batches(config.seed, 8, 0, 1))
+  for task in range(len(specs)):  # 8 rows, 4 tasks: rows 2t and 2t + 1 are task t's
+    assert set(np.unique(batch['task_ids'][2 * task:2 * task + 2])) == {-1, task}

@@ -4,7 +4,9 @@ mixture, rendered with the chat template, and packed into rows.
 A step's batch is a pure function of (seed, step): its `examples_per_step` examples pick a
 task with the mixture's probabilities (at that step, on a schedule) and one of that task's examples uniformly (with
 replacement), from numpy's generator seeded with [seed, step], exactly as the classification
-batches do (data/mixture.py). They are packed first fit in that order (data/packing.py);
+batches do (data/mixture.py). Grouped batches (gradient methods' per-task gradients from one
+backward pass, train.gradients.grouped) draw examples_per_step // N examples of each task and
+pack task i's into its own rows // N consecutive rows. They are packed first fit in that order (data/packing.py);
 those that do not fit are dropped and counted in the batch's stats, never carried over, so a
 resumed run draws the batches it would have drawn.
 
@@ -29,7 +31,7 @@ import numpy as np
 from mtl_jax.data.instructions import tokenize
 from mtl_jax.data.llm_tokenizer import LlmTokenizer
 from mtl_jax.data.mixture import scheduled_rates
-from mtl_jax.data.packing import PackStats, TextExample, pack
+from mtl_jax.data.packing import PackedRows, PackStats, TextExample, pack
 from mtl_jax.data.text_sources import Conversation
 
 
@@ -62,6 +64,28 @@ def draw(mixture: TextMixture, seed: int, step: int, count: int) -> list[tuple[i
   return list(zip(tasks.tolist(), index.tolist()))
 
 
+def draw_grouped(mixture: TextMixture, seed: int, step: int, count: int
+                 ) -> list[tuple[int, int]]:
+  """Grouped batches' draws: count // N examples of each task in turn, each uniform within its
+  task."""
+  rng = np.random.default_rng([seed, step])
+  per_task = count // len(mixture.tasks)
+  return [(task, int(i)) for task, source in enumerate(mixture.sources)
+          for i in (rng.random(per_task) * len(source)).astype(np.int64)]
+
+
+def _stacked(parts: Sequence[tuple[PackedRows, PackStats]]) -> tuple[PackedRows, PackStats]:
+  """Groups of packed rows, one after another, their example ids made distinct."""
+  offsets = np.cumsum([0] + [stats.packed + stats.dropped for _, stats in parts])
+  fields = []
+  for name in PackedRows._fields:
+    arrays = [getattr(rows, name) for rows, _ in parts]
+    if name == 'example_ids':
+      arrays = [np.where(a >= 0, a + o, a) for a, o in zip(arrays, offsets)]
+    fields.append(np.concatenate(arrays))
+  return PackedRows(*fields), PackStats(*np.sum([s for _, s in parts], axis=0).tolist())
+
+
 class TextBatches:
   """step -> (batch, PackStats) for a mixture, a tokenizer and the batch's shape. Rendered
   examples are kept, the latest CACHED of them (an example drawn again is not rendered
@@ -69,17 +93,29 @@ class TextBatches:
 
   def __init__(self, mixture: TextMixture, tokenizer: LlmTokenizer, seed: int, rows: int,
                length: int, examples_per_step: int, train_on_prompt: bool = False,
-               per_example: bool = False):
+               per_example: bool = False, grouped: bool = False):
     self.mixture, self.tokenizer, self.seed = mixture, tokenizer, seed
     self.rows, self.length, self.count = rows, length, examples_per_step
     self.train_on_prompt, self.per_example = train_on_prompt, per_example
+    self.grouped = grouped
+    if grouped and (rows % len(mixture.tasks) or examples_per_step < len(mixture.tasks)):
+      raise ValueError(f'grouped batches split {rows} rows and {examples_per_step} examples '
+                       f'among {len(mixture.tasks)} tasks: give multiples of the task count.')
     task_index = {name: i for i, name in enumerate(mixture.tasks)}
     self.example: Callable[[int, int], TextExample] = functools.lru_cache(maxsize=CACHED)(
         lambda task, i: tokenize(tokenizer, mixture.sources[task][i], task_index))
 
   def __call__(self, step: int) -> tuple[dict, PackStats]:
-    examples = [self.example(t, i) for t, i in draw(self.mixture, self.seed, step, self.count)]
-    rows, stats = pack(examples, self.rows, self.length, self.train_on_prompt)
+    if self.grouped:
+      drawn = draw_grouped(self.mixture, self.seed, step, self.count)
+      rows_each = self.rows // len(self.mixture.tasks)
+      rows, stats = _stacked([pack([self.example(t, i) for t, i in drawn if t == task],
+                                   rows_each, self.length, self.train_on_prompt)
+                              for task in range(len(self.mixture.tasks))])
+    else:
+      drawn = draw(self.mixture, self.seed, step, self.count)
+      rows, stats = pack([self.example(t, i) for t, i in drawn], self.rows, self.length,
+                         self.train_on_prompt)
     return batch_of(rows, self.mixture.tasks, self.per_example), stats
 
 

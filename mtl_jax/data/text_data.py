@@ -63,6 +63,7 @@ class TextSettings(NamedTuple):
   train_on_prompt: bool
   per_example: bool  # config.text.loss_mean == 'examples'
   max_new_tokens: int
+  grouped: bool  # config.sampling.strategy == 'grouped': task i's examples in group i's rows
 
 
 class TextData(NamedTuple):
@@ -100,7 +101,7 @@ class TextData(NamedTuple):
   def step_batches(self, seed: int, rows: int) -> TextBatches:
     s = self.settings
     return TextBatches(self.mixture, self.tokenizer, seed, rows, s.seq_len,
-                       s.examples_per_step, s.train_on_prompt, s.per_example)
+                       s.examples_per_step, s.train_on_prompt, s.per_example, s.grouped)
 
   def batches(self, seed: int, batch_size: int, start_step: int, num_steps: int,
               positions: np.ndarray | None = None) -> Iterator[dict]:
@@ -204,8 +205,10 @@ def load_text_data(config: ml_collections.ConfigDict, held_out: Sequence[str] = 
   sizes = [len(examples) for examples in trained.values()]
   if not all(sizes):
     mixture_of(trained, np.ones(len(sizes)))  # raises, naming the tasks without examples
-  probabilities = mixture_probabilities(sizes, config.sampling.strategy,
-                                        config.sampling.temperature, config.sampling.cap)
+  grouped = config.sampling.strategy == 'grouped'  # every task's share is fixed, equal
+  probabilities = mixture_probabilities(sizes, 'uniform' if grouped else
+                                        config.sampling.strategy, config.sampling.temperature,
+                                        config.sampling.cap)
   evals = {}
   for name in names:
     scored = tuple(validation[name][i]
@@ -214,7 +217,7 @@ def load_text_data(config: ml_collections.ConfigDict, held_out: Sequence[str] = 
     evals[name] = TextEvalSet(specs[name], scored, *ranked)
   settings = TextSettings(config.data.seq_len, text_cfg.examples_per_step,
                           text_cfg.train_on_prompt, text_cfg.loss_mean == 'examples',
-                          text_cfg.max_new_tokens)
+                          text_cfg.max_new_tokens, grouped)
   mixture = mixture_of(trained, probabilities, config.sampling.get('schedule', ()))
   return TextData(mixture, evals,
                   load_llm_tokenizer(config.data.vocabulary), settings, tuple(skipped))
