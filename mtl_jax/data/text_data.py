@@ -16,7 +16,8 @@ Each task is scored on the first config.text.eval_examples of its validation exa
 
 TextData serves a fit as TaskData does: `train_names`, `vocab_size`, `batches` (each step's
 examples drawn, rendered and packed: data/text_batches.py) and `view` (one task's STL run).
-Held-out tasks (config.text.held_out) are never trained; every fit scores them, zero-shot.
+Held-out tasks (config.text.held_out) are never trained; every fit scores them, zero-shot,
+and the loss of config.text.general, a body of text no task trains on (forgetting).
 """
 
 import zlib
@@ -46,6 +47,7 @@ VALIDATION_EVERY = 10  # a chatterbot conversation's share of validation: 1 in t
 JSONL_SPLITS = ('train', 'validation')  # the keys of config.text.jsonl
 LOSS_MEANS = ('tokens', 'examples')  # config.text.loss_mean
 CHATTERBOT_SOURCE, JSONL_SOURCE = 'chatterbot-corpus', 'jsonl'  # the specs' sources
+GENERAL = 'general_text'  # config.text.general's name among a fit's scores
 
 
 class TextEvalSet(NamedTuple):
@@ -66,6 +68,15 @@ class TextSettings(NamedTuple):
   grouped: bool  # config.sampling.strategy == 'grouped': task i's examples in group i's rows
 
 
+class GeneralText(NamedTuple):
+  """config.text.general: a body of text no task trains on, whose loss before and after
+  training measures forgetting. Its tokens are cut into windows of the rows' length that
+  overlap by one token, so every token but the first is predicted exactly once."""
+  path: str
+  windows: tuple[tuple[int, ...], ...]
+  bytes: int  # UTF-8 bytes of the scored text
+
+
 class TextData(NamedTuple):
   """What a text fit trains and is scored on (module docstring)."""
   mixture: TextMixture  # the trained tasks, in the run's order
@@ -74,6 +85,7 @@ class TextData(NamedTuple):
   settings: TextSettings
   skipped: tuple[str, ...] = ()  # 'file:line: reason' of each malformed JSONL line skipped
   target_scales: dict | None = None  # no regression targets: a text task writes tokens
+  general: GeneralText | None = None
 
   @property
   def tasks(self) -> tuple[str, ...]:
@@ -156,6 +168,25 @@ def text_spec(config: ml_collections.ConfigDict, name: str) -> Task:
   return text_task(name, JSONL_SOURCE, False, generated)
 
 
+def general_text(path: str, tokenizer: LlmTokenizer, length: int, max_windows: int
+                 ) -> GeneralText:
+  """The first `max_windows` windows of the text file at `path` (GeneralText)."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f'config.text.general: {path}: {e}') from e
+  tokens = tokenizer.encode(text, add_special_tokens=False)
+  if len(tokens) < 2:
+    raise ValueError(f'config.text.general: {path} holds {len(tokens)} token(s); forgetting '
+                     f'is measured on at least two.')
+  stride = length - 1
+  starts = range(0, len(tokens) - 1, stride)[:max_windows]
+  windows = tuple(tuple(tokens[start:start + length]) for start in starts)
+  scored = tokens[:starts[-1] + len(windows[-1])]
+  return GeneralText(path, windows, len(tokenizer.decode(scored).encode('utf-8')))
+
+
 def load_text_data(config: ml_collections.ConfigDict, held_out: Sequence[str] = ()) -> TextData:
   """The text run's data: config.tasks trained, `held_out` only scored (module docstring).
   Every example is read now (a TFDS training split stays unread until drawn), so a bad line
@@ -219,8 +250,10 @@ def load_text_data(config: ml_collections.ConfigDict, held_out: Sequence[str] = 
                           text_cfg.train_on_prompt, text_cfg.loss_mean == 'examples',
                           text_cfg.max_new_tokens, grouped)
   mixture = mixture_of(trained, probabilities, config.sampling.get('schedule', ()))
-  return TextData(mixture, evals,
-                  load_llm_tokenizer(config.data.vocabulary), settings, tuple(skipped))
+  tokenizer = load_llm_tokenizer(config.data.vocabulary)
+  general = (general_text(text_cfg.general, tokenizer, config.data.seq_len,
+                          text_cfg.eval_examples) if text_cfg.general else None)
+  return TextData(mixture, evals, tokenizer, settings, tuple(skipped), None, general)
 
 
 def text_specs(data: TextData) -> tuple[Task, ...]:

@@ -21,10 +21,10 @@ from mtl_jax.data.llm_tokenizer import LlmTokenizer
 from mtl_jax.data.packing import TextExample, pack
 from mtl_jax.data.text_sources import Conversation
 from mtl_jax import progress
-from mtl_jax.data.text_data import TextData
+from mtl_jax.data.text_data import GENERAL, TextData
 from mtl_jax.metrics import (answer_exact_match, answer_f1, bits_per_byte, compute_metrics,
                              rank_accuracy, rank_accuracy_norm)
-from mtl_jax.tasks.text import GENERATED, RANKED
+from mtl_jax.tasks.text import GENERATED, LIKELIHOOD, RANKED
 from mtl_jax.models.causal_lm import next_tokens
 from mtl_jax.models.decoder import Decoder, segment_mask, segment_positions
 from mtl_jax.models.generation import Generator, Sampling, split_layers
@@ -161,7 +161,7 @@ def _row_length(examples: Sequence[TextExample], length: int) -> int:
 def evaluate_text(model: Decoder, params, data: TextData, rows: int
                   ) -> dict[str, dict[str, float]]:
   """task -> its metrics (tasks.text) on its validation set, for every task of `data`,
-  trained and held-out. Rows are data's training length, or longer when an example is: no
+  trained and held-out; and GENERAL -> loss and bits per byte of data's general text. Rows are data's training length, or longer when an example is: no
   evaluation example is truncated."""
   tokenizer, results = data.tokenizer, {}
   with progress.bar(len(data.eval), 'evaluate', unit='task') as bar:
@@ -183,4 +183,9 @@ def evaluate_text(model: Decoder, params, data: TextData, rows: int
         inputs['references'] = [c.messages[-1][1] for c in conversations]
       results[name] = compute_metrics(task.metrics, inputs)
       bar.update()
+  if data.general is not None:
+    examples = [TextExample(0, (), window) for window in data.general.windows]
+    nll = score_completions(model, params, examples, rows, data.settings.seq_len)
+    results[GENERAL] = compute_metrics(LIKELIHOOD, {'nats': nll.nats, 'tokens': nll.tokens,
+                                                    'bytes': [data.general.bytes]})
   return results

@@ -18,7 +18,7 @@ import ml_collections
 from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import TaskData, load_task_data, task_view
-from mtl_jax.data.text_data import TextData, load_text_data, packing_stats
+from mtl_jax.data.text_data import GENERAL, TextData, load_text_data, packing_stats
 from mtl_jax.evaluation import summary
 from mtl_jax.metrics import HIGHER_IS_BETTER
 from mtl_jax.parallel import distributed
@@ -178,6 +178,23 @@ def _only(metrics: dict, names: Sequence[str]) -> dict:
   return {name: metrics[name] for name in names}
 
 
+def untrained_report(data: TextData, scores: dict) -> dict:
+  """eval.json's entries of what a text run never trains on, from `scores` (phase -> a fit's
+  scores; of 'single', task -> its STL fit's): 'held_out' (each phase's scores of the
+  held-out tasks, and their primary metrics) and 'forgetting' (of the general text)."""
+  def of(names, pick):
+    return {phase: ({task: pick(s, names) for task, s in by.items()} if phase == 'single'
+                    else pick(by, names)) for phase, by in scores.items()}
+  out = {}
+  if data.held_out:
+    out['held_out'] = {'primary_metric': {name: data.eval[name].task.primary_metric
+                                          for name in data.held_out},
+                       **of(data.held_out, _only)}
+  if data.general is not None:
+    out['forgetting'] = {'text': data.general.path, **of(GENERAL, lambda s, name: s[name])}
+  return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The main job. Returns what it writes to workdir/eval.json.
 
@@ -200,18 +217,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_workdir(workdir, resolved, config.faults.overwrite_workdir)
   _write_json(os.path.join(workdir, 'config.json'), resolved)
   base, single, multi, finetuned = None, None, None, None
-  held_out = {}  # a text run's held-out tasks: phase -> task -> metrics
+  scores = {}  # a text run's: phase -> its fits' whole scores (of 'single': task -> them)
   if text:
     args = fit_args(config, tasks, data, workdir, 'base')
-    base = _phase(args.workdir, lambda: fit(*args, desc='base').metrics)
+    base = scores['base'] = _phase(args.workdir, lambda: fit(*args, desc='base').metrics)
   if config.mode in ('single', 'both'):
     single = {}
     for task in tasks:
       args = fit_args(config, tasks, data, workdir, 'single', task)
-      scores = _phase(args.workdir, lambda: fit(*args, desc=f'STL {task.name}').metrics)
-      single[task.name] = scores[task.name]
-      if text and data.held_out:
-        held_out.setdefault('single', {})[task.name] = _only(scores, data.held_out)
+      alone = _phase(args.workdir, lambda: fit(*args, desc=f'STL {task.name}').metrics)
+      single[task.name] = alone[task.name]
+      scores.setdefault('single', {})[task.name] = alone
   if text and config.weighting.name == 'doremi' and not config.weighting.args.get('reference'):
     method = weighting.get('doremi', **{**config.weighting.args,
                                         'reference': tuple(base[t.name]['loss'] for t in tasks)})
@@ -226,8 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         args = fit_args(config, tasks, data, workdir, 'finetune', task)
         finetuned[task.name] = _phase(args.workdir, lambda: fit(
             *args, desc=f'fine-tune {task.name}', start=multi_fit.params).metrics)[task.name]
-    if text and data.held_out:
-      held_out['multi'] = _only(multi_fit.metrics, data.held_out)
+    scores['multi'] = multi_fit.metrics
 
   primary = {t.name: t.primary_metric for t in tasks}
   higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}
@@ -236,10 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     report['finetuned'] = finetuned
   if text:
     report['base'] = _only(base, [t.name for t in tasks])
-    if data.held_out:
-      held_out['base'] = _only(base, data.held_out)
-      report['held_out'] = {'primary_metric': {name: data.eval[name].task.primary_metric
-                                               for name in data.held_out}, **held_out}
+    report.update(untrained_report(data, scores))
     steps = range(min(config.num_steps, PACKING_STEPS))
     report['packing'] = packing_stats(data, config.seed, config.batch_size, steps)._asdict()
   if multi is not None and single is not None:
@@ -263,8 +275,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if finetuned is not None:
       print('\nAfter per-task fine-tuning (the MTL column is the fine-tuned models):')
       print(summary.format_table(finetuned, single, primary))
-    if 'held_out' in report and 'multi' in held_out:
+    if 'held_out' in report and multi is not None:
       print('\nHeld-out tasks, zero-shot:')
-      print(summary.format_table(held_out['multi'], held_out['base'],
+      print(summary.format_table(report['held_out']['multi'], report['held_out']['base'],
                                  report['held_out']['primary_metric'], columns=('MTL', 'base')))
+    if 'forgetting' in report and multi is not None:
+      before, after = report['forgetting']['base'], report['forgetting']['multi']
+      print(f'\nGeneral text ({data.general.path}): bits per byte '
+            f'{before["bits_per_byte"]:.4f} before, {after["bits_per_byte"]:.4f} after MTL.')
   return report
