@@ -217,6 +217,12 @@ def _text_rules(config: ml_collections.ConfigDict, registered: Sequence[str]):
   _require(not sourceless or 'train' in text.jsonl, 'tasks',
            f'{sourceless} are neither registered, nor in data.local, nor chatterbot languages; '
            f'a JSONL task needs config.text.jsonl.train files naming it.')
+  for cluster, members in text.clusters.items():
+    where = f'text.clusters.{cluster}'
+    _require(schema.is_a(members, tuple[str, ...]) and len(members) > 0, where,
+             f'must be a non-empty list of held-out tasks, got {members!r}.')
+    outside = [m for m in members if m not in held_out]
+    _require(not outside, where, f'{outside} are not held-out tasks {list(held_out)}.')
   for name, templates in text.templates.items():
     where = f'text.templates.{name}'
     _require(name in names, where, f'{name!r} is not a task of the run {list(names)}.')

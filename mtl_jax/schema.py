@@ -83,6 +83,9 @@ FIELDS = (
           '(docs/llm.md)'),
     Field('text.held_out', tuple[str, ...], (),
           'tasks only scored, zero-shot, in every fit: never trained (same names as tasks)'),
+    Field('text.clusters', dict, {},
+          'cluster -> held-out tasks: eval.json reports each cluster\'s gain (Δ%) over the '
+          'base model, as Δm% over its tasks'),
     Field('text.examples_per_step', int, 64,
           'examples drawn per step and packed into batch_size rows of data.seq_len tokens; '
           'what does not fit is dropped and counted'),

