@@ -3,6 +3,7 @@ chatterbot languages, JSONL files), its batches, its evaluation, and the main jo
 end on a tiny random decoder with SmolLM2's tokenizer (experiments/configs/instructions.py)."""
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -19,8 +20,10 @@ from mtl_jax.data.pipeline import labelled_examples
 from mtl_jax.data.text_data import GENERAL, load_text_data
 from mtl_jax.errors import ConfigError
 from mtl_jax.evaluation import text_eval
+from mtl_jax.jobs import sweep
 from mtl_jax.jobs.main import train_and_evaluate
 from mtl_jax.models.decoder import Decoder, segment_mask
+from mtl_jax.report import tables
 from mtl_jax.tasks import TaskKind
 from mtl_jax.tasks import get as get_task
 
@@ -299,3 +302,38 @@ def test_a_grouped_text_run_packs_each_task_into_its_own_rows(config):
   batch = next(data.batches(config.seed, 8, 0, 1))
   for task in range(len(specs)):  # 8 rows, 4 tasks: rows 2t and 2t + 1 are task t's
     assert set(np.unique(batch['task_ids'][2 * task:2 * task + 2])) == {-1, task}
+
+
+def test_a_text_sweep_reports_held_out_clusters_and_forgetting_per_method(tmp_path):
+  """jobs.sweep's section on what no run trains on, from eval.json files written by hand."""
+  primary = {'es': 'bits_per_byte', 'nli': 'acc'}
+  scores = lambda es, nli: {'es': {'bits_per_byte': es}, 'nli': {'acc': nli}}
+  base, general = scores(4.0, 0.5), {'bits_per_byte': 3.0}
+  runs = {  # (method or None for STL, seed) -> eval.json
+      (None, 0): {'single': {'a': {}, 'b': {}},
+                  'held_out': {'primary_metric': primary, 'base': base,
+                               'single': {'a': scores(3.0, 0.5), 'b': scores(3.6, 0.75)}},
+                  'forgetting': {'base': general, 'single': {'a': {'bits_per_byte': 3.2},
+                                                             'b': {'bits_per_byte': 3.4}}}},
+      ('equal', 0): {'held_out': {'primary_metric': primary, 'base': base,
+                                  'multi': scores(2.0, 0.25)},
+                     'forgetting': {'base': general, 'multi': {'bits_per_byte': 3.6}}}}
+  for (method, seed), report in runs.items():
+    path = sweep.run_dir(str(tmp_path), method, seed)
+    os.makedirs(path)
+    with open(os.path.join(path, sweep.EVAL), 'w') as f:
+      json.dump(report, f)
+  rows = sweep.untrained_rows(str(tmp_path), ('equal',), (0,),
+                              {'dialogue': ('es',), 'both': ('es', 'nli')})
+  es, nli, general_text = 'es (bits_per_byte ↓)', 'nli (acc ↑)', f'{GENERAL} (bits_per_byte ↓)'
+  assert rows['base'][0] == {es: 4.0, nli: 0.5, 'dialogue (gain %)': 0.0,
+                             'both (gain %)': 0.0, general_text: 3.0}
+  # MTL: bits per byte 4 -> 2 is +50%; accuracy 0.5 -> 0.25 is -50%.
+  assert rows['equal'][0] == pytest.approx({es: 2.0, nli: 0.25, 'dialogue (gain %)': 50.0,
+                                            'both (gain %)': 0.0, general_text: 3.6})
+  # STL: the mean over the single-task models of each column (gains 25 and 10 on es;
+  # on both: (25 + 0) / 2 and (10 + 50) / 2).
+  assert rows['STL'][0] == pytest.approx({es: 3.3, nli: 0.625, 'dialogue (gain %)': 17.5,
+                                          'both (gain %)': 21.25, general_text: 3.3})
+  section = tables.untrained_section(rows)
+  assert '| equal | 1 | 2.0000 ± 0.0000 | 0.2500 ± 0.0000 | 50.0000 ± 0.0000 |' in section

@@ -9,12 +9,16 @@ Variants:
           no tuned static baseline (GLUE's test labels are withheld: no second split).
   smoke   seconds per run: default.py:smoke, three methods × two seeds, a 2-value grid
           (tests, a first look).
+  instructions  the instruction-tuning experiment (instructions.py): SmolLM2 on a text
+          mixture, equal weights, a loss weighter, a gradient method and DoReMi's online
+          weights × three seeds, with held-out clusters (docs/llm.md).
+  instructions_smoke  its smoke: instructions.py:smoke, equal and doremi, one seed.
 Override any field, e.g. `--config.seeds='(0,1)'` or `--config.base.num_steps=300`.
 """
 
 import ml_collections
 
-from experiments.configs import default, glue
+from experiments.configs import default, glue, instructions
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
@@ -56,6 +60,19 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.methods = ('equal', 'tuned_static', 'pcgrad')
     c.tuned_static.grid = (0.5, 1.0)  # 3 tuning runs on the two tasks
     c.seeds = (0, 1)
+  elif variant in ('instructions', 'instructions_smoke'):
+    # The instruction-tuning experiment (docs/llm.md): SmolLM2 on a text mixture (or the
+    # smoke's tiny random decoder); every run also scores the base model, the held-out
+    # clusters and the general text. One validation split, so no tuned static baseline.
+    c.title = 'Multi-task instruction tuning: weighting methods'
+    c.base = instructions.get_config('' if variant == 'instructions' else 'smoke')
+    c.methods = ('equal', 'uncertainty', 'pcgrad', 'doremi')
+    c.modes = ml_collections.ConfigDict()
+    c.report_split = 'validation'
+    c.tuned_static.split = 'validation'
+    if variant == 'instructions_smoke':
+      c.methods, c.seeds = ('equal', 'doremi'), (0,)
   else:
-    raise ValueError(f'Unknown variant {variant!r} of sweep.py; known: glue, smoke.')
+    raise ValueError(f'Unknown variant {variant!r} of sweep.py; known: glue, smoke, '
+                     f'instructions, instructions_smoke.')
   return c

@@ -64,6 +64,18 @@ def delta_m(mtl: Mapping[str, float], stl: Mapping[str, float],
   return sum(deltas.values()) / len(deltas)
 
 
+def gain_where_defined(after: Mapping[str, float], before: Mapping[str, float],
+                       higher_is_better: Mapping[str, bool]) -> float | None:
+  """Δm% of `after` over `before` over the tasks whose `before` is not 0 (a relative gain
+  over 0 is undefined); None when none is: e.g. a held-out cluster's gain over the base
+  model."""
+  defined = [t for t in after if before[t] != 0]
+  if not defined:
+    return None
+  return delta_m({t: after[t] for t in defined}, {t: before[t] for t in defined},
+                 {t: higher_is_better[t] for t in defined})
+
+
 def learnable_bar(metric: str, labels: np.ndarray, mask: np.ndarray) -> float | None:
   """The value `metric` must exceed for a task to count as learnable alone, given its
   validation labels and their mask (None: no bar is defined for the metric)."""

@@ -192,18 +192,13 @@ def untrained_report(data: TextData, scores: dict, clusters: Mapping[str, Sequen
   if data.held_out:
     primary = {name: data.eval[name].task.primary_metric for name in data.held_out}
     out['held_out'] = {'primary_metric': primary, **of(data.held_out, _only)}
-    value = lambda phase, name: scores[phase][name][primary[name]]
-
-    def gain(members):  # Δm% over the members whose base value is not 0 (None: none is)
-      defined = [n for n in members if value('base', n) != 0]
-      return summary.delta_m({n: value('multi', n) for n in defined},
-                             {n: value('base', n) for n in defined},
-                             {n: HIGHER_IS_BETTER[primary[n]] for n in defined}
-                             ) if defined else None
-
     if clusters and 'multi' in scores:
-      out['held_out']['cluster_gain'] = {cluster: gain(members)
-                                         for cluster, members in clusters.items()}
+      values = lambda phase, members: {n: scores[phase][n][primary[n]] for n in members}
+      out['held_out']['cluster_gain'] = {
+          cluster: summary.gain_where_defined(
+              values('multi', members), values('base', members),
+              {n: HIGHER_IS_BETTER[primary[n]] for n in members})
+          for cluster, members in clusters.items()}
   if data.general is not None:
     out['forgetting'] = {'text': data.general.path, **of(GENERAL, lambda s, name: s[name])}
   return out

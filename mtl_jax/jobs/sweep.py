@@ -21,6 +21,7 @@ stopped.
 
 import json
 import os
+import statistics
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -28,6 +29,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mtl_jax import weighting
+from mtl_jax.data.text_data import GENERAL
 from mtl_jax.evaluation import summary
 from mtl_jax.evaluation.evaluate import split_prefix
 from mtl_jax.metrics import HIGHER_IS_BETTER
@@ -224,6 +226,57 @@ def collect(workdir: str, methods, seeds, prefix: str = '') -> tables.SweepResul
                              step_time, every_seed)
 
 
+def _columns(held: dict, forgetting: dict | None, clusters, scores: dict, base: dict
+             ) -> dict[str, float | None]:
+  """One row's cells of the untrained section from one phase's `scores` (name -> metrics):
+  each held-out task's primary metric, each cluster's gain over `base`, the general text's
+  bits per byte."""
+  primary = held.get('primary_metric', {})
+  value = lambda by, names: {n: by[n][primary[n]] for n in names}
+  arrow = lambda n: '↑' if HIGHER_IS_BETTER[primary[n]] else '↓'
+  cells = {f'{n} ({primary[n]} {arrow(n)})': v for n, v in value(scores, primary).items()}
+  for cluster, members in clusters.items():
+    cells[f'{cluster} (gain %)'] = summary.gain_where_defined(
+        value(scores, members), value(base, members),
+        {n: HIGHER_IS_BETTER[primary[n]] for n in members})
+  if forgetting is not None:
+    cells[f'{GENERAL} (bits_per_byte ↓)'] = scores[GENERAL]['bits_per_byte']
+  return cells
+
+
+def untrained_rows(workdir: str, methods, seeds, clusters
+                   ) -> dict[str, dict[int, dict[str, float | None]]]:
+  """A text sweep's scores of what no run trains on, row -> seed -> column -> value: 'base'
+  (the untrained model), 'STL' (the mean over the seed's single-task models) and each
+  method's MTL model (columns: _columns). Empty for a sweep of other runs."""
+  rows: dict[str, dict[int, dict]] = {}
+  for method in (None, *methods):
+    for seed in seeds:
+      path = run_dir(workdir, method, seed)
+      if not finished(path):
+        continue
+      report = read_eval(path)
+      held, forgetting = report.get('held_out', {}), report.get('forgetting')
+      if not held and forgetting is None:
+        return {}
+      merged = lambda phase: {**held.get(phase, {}), **(
+          {GENERAL: forgetting[phase]} if forgetting is not None else {})}
+      base = merged('base')
+      cells = lambda scores: _columns(held, forgetting, clusters, scores, base)
+      rows.setdefault('base', {}).setdefault(seed, cells(base))
+      if method is None:
+        models = [{**held.get('single', {}).get(t, {}), **(
+            {GENERAL: forgetting['single'][t]} if forgetting is not None else {})}
+                  for t in report['single']]
+        per_model = [cells(m) for m in models]
+        rows.setdefault(tables.STL, {})[seed] = {
+            k: (None if any(c[k] is None for c in per_model)
+                else statistics.fmean(c[k] for c in per_model)) for k in per_model[0]}
+      else:
+        rows.setdefault(method, {})[seed] = cells(merged('multi'))
+  return rows
+
+
 def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains every pending run (the tuned static baseline's search first), then writes and
   returns W/report.md."""
@@ -238,6 +291,10 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> str:
            f'alone is judged on the STL baselines\' {splits[0]} split.']
   results = collect(workdir, sweep.methods, sweep.seeds, split_prefix(sweep.report_split, splits))
   report = tables.markdown(results, sweep.reference, sweep.title, notes)
+  untrained = untrained_rows(workdir, sweep.methods, sweep.seeds,
+                             dict(sweep.base.get('text', {}).get('clusters', {})))
+  if untrained:
+    report += '\n' + tables.untrained_section(untrained)
   if search is not None:
     report += '\n' + tables.tuning_section(search)
   if is_writer():

@@ -4,7 +4,7 @@ Per method: each task's primary metric as mean ± std over seeds, Δm% against t
 baselines of the same seed (then mean ± std over seeds), and the median step time with its
 overhead over a reference method; the best method per task is marked. Std is the sample
 standard deviation (n − 1); with one seed it is 0. A sweep with a tuned static baseline adds
-its search (tuning_section).
+its search (tuning_section); a sweep of text runs, what no run trains on (untrained_section).
 """
 
 import statistics
@@ -147,4 +147,20 @@ def tuning_section(search: Mapping) -> str:
   for point in search['path']:
     bold = '**' if point['weights'] == search['weights'] else ''
     lines.append(f'| {bold}{weights(point["weights"])}{bold} | {point["delta_m"]:+.2f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def untrained_section(rows: Mapping[str, Mapping[int, Mapping[str, float | None]]]) -> str:
+  """The section of a text sweep on what no run trains on (jobs.sweep.untrained_rows): per
+  row, each column's mean ± std over the seeds where it is defined."""
+  columns = list(next(iter(next(iter(rows.values())).values())))
+  lines = ['## Held-out tasks and general text (zero-shot: never trained)', '',
+           'Rows: the untrained base model, the mean over the single-task models, each '
+           'method\'s MTL model. A cluster\'s gain is Δm% over its tasks against the base model '
+           '(tasks whose base value is 0 left out); the general text is config.text.general.',
+           '', '| row | seeds | ' + ' | '.join(columns) + ' |',
+           '|' + '---|' * (len(columns) + 2)]
+  for row, seeds in rows.items():
+    cells = [_cell([v[c] for v in seeds.values() if v[c] is not None]) for c in columns]
+    lines.append(f'| {row} | {len(seeds)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
