@@ -175,7 +175,8 @@ def format_table(mtl: Mapping[str, Mapping[str, float]],
     if unlearnt and kept:
       dm = delta_m(kept, {t: primary_stl[t] for t in kept}, {t: primary_hib[t] for t in kept})
       lines.append(f'Δm%: {dm:+.2f} over the {len(kept)} task(s) learnable alone; not '
-                   f'learnable alone (STL at chance, evaluation.summary.learnable_bar): '
+                   f'learnable alone (STL not past its bar: chance, learnable_bar; in a text '
+                   f'run, the base model): '
                    f'{", ".join(unlearnt)}')
   lines.append('* primary metric, used for Δm%')
   return '\n'.join(lines) + '\n'

@@ -117,8 +117,9 @@ def markdown(results: SweepResults, reference: str, title: str = 'Sweep report',
       cells.append(_cell(ratios, fmt='.2f') + '×' if ratios else '–')
     lines.append('| ' + ' | '.join(cells) + ' |')
   if filtered:
-    lines += ['', 'Not learnable alone (STL at chance in some seed, so a relative gain over it '
-              'measures nothing): ' + ', '.join(t for t in tasks if t not in learnable) + '.']
+    lines += ['', 'Not learnable alone (STL at chance in some seed, or in a text run no better '
+              'than the base model, so a relative gain over it measures nothing): '
+              + ', '.join(t for t in tasks if t not in learnable) + '.']
   lines += ['', '## Best method per task', '']
   lines += [f'- {t}: {best[t]}' for t in tasks]
   return '\n'.join(lines) + '\n'
