@@ -15,6 +15,8 @@ from mtl_jax import config as config_lib
 from mtl_jax import weighting
 from mtl_jax.data.pipeline import load_task_data, train_batches
 from mtl_jax.evaluation import summary
+from mtl_jax.jobs import main as main_job
+from mtl_jax.jobs import submit
 from mtl_jax.train.loop import fit
 from conftest import build_step
 
@@ -26,18 +28,44 @@ def _losses(workdir):
     return [json.loads(line)['task_losses'] for line in f]
 
 
-@pytest.mark.integration
-def test_another_seed_gives_other_losses(smoke_config, tmp_path):
-  """The other half, that two runs with one seed are identical, is test_checkpoint's: its
-  resume tests compare a second run, in the same process and in another, bitwise."""
-  smoke_config.mode, smoke_config.num_steps, smoke_config.log_every = 'multi', 6, 1
-  tasks = config_lib.validate(smoke_config)
-  data = load_task_data(smoke_config.data, tasks)
-  fit(smoke_config, tasks, data, str(tmp_path / 'a'), weighting.get('equal'), 'a')
-  smoke_config.seed = 1
-  fit(smoke_config, tasks, data, str(tmp_path / 'b'), weighting.get('equal'), 'b')
-  first, other = _losses(tmp_path / 'a'), _losses(tmp_path / 'b')
-  assert len(first) == len(other) == 6 and first != other
+# The smoke variant's main job through the command line, on two of its tasks (a tagging and
+# a regression head: 3 fits, not 5) with one checkpoint per fit, at its end. Shared by the
+# end-to-end test and the other-seed test below.
+SMOKE_TASKS = ('pos', 'similarity')
+
+
+def _smoke_command(data_dir, workdir, *flags):
+  return [sys.executable, '-m', 'mtl_jax.train', '--config',
+          os.path.join(ROOT, 'experiments/configs/default.py:smoke'), '--workdir', str(workdir),
+          f'--config.data.data_dir={data_dir}', f'--config.tasks={SMOKE_TASKS!r}',
+          '--config.checkpoint.every=20', *flags]
+
+
+@pytest.fixture(scope='module')
+def smoke_run(data_dir, tmp_path_factory):
+  """(workdir, the finished command's result) of the smoke variant's main job (mode 'both')."""
+  workdir = tmp_path_factory.mktemp('smoke') / 'run'
+  result = subprocess.run(_smoke_command(data_dir, workdir), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+@pytest.mark.slow
+def test_another_seed_gives_other_losses(smoke_run, tmp_path):
+  """The smoke run's MTL fit again in this process, its config.json with only the seed
+  changed: other losses at every logged step. The other half, that two runs with one seed
+  are identical (here and in another process), is test_checkpoint's: its resume tests
+  compare a second run, in the same process and in another, bitwise."""
+  workdir, _ = smoke_run
+  config = submit.run_config(str(workdir))
+  config.seed += 1
+  tasks = config_lib.validate(config)
+  data = load_task_data(config.data, tasks)
+  fit(*main_job.fit_args(config, tasks, data, str(tmp_path), 'multi'), desc='MTL')
+  first, other = _losses(workdir), _losses(tmp_path)
+  assert len(first) == len(other) == 4
+  assert all(a[t] != b[t] for a, b in zip(first, other) for t in SMOKE_TASKS), (first, other)
 
 
 @pytest.mark.integration
@@ -81,14 +109,9 @@ def test_static_weights_scale_the_gradient(smoke_config):
 
 
 @pytest.mark.slow
-def test_main_job_smoke_variant_end_to_end(data_dir, tmp_path):
-  workdir = tmp_path / 'run'
-  cmd = [sys.executable, '-m', 'mtl_jax.train', '--config',
-         os.path.join(ROOT, 'experiments/configs/default.py:smoke'), '--workdir', str(workdir),
-         f'--config.data.data_dir={data_dir}']
-  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  tasks = ('pos', 'sentiment', 'entailment', 'similarity')
+def test_main_job_smoke_variant_end_to_end(smoke_run, data_dir):
+  workdir, result = smoke_run
+  tasks = SMOKE_TASKS
   report = json.loads((workdir / 'eval.json').read_text())
   assert set(report['multi']) == set(report['single']) == set(tasks)
   primary = report['primary_metric']
@@ -102,14 +125,16 @@ def test_main_job_smoke_variant_end_to_end(data_dir, tmp_path):
   assert set(report['learnable_alone']) == set(tasks)
   for name in tasks:
     assert (workdir / 'single' / name / 'eval.json').exists()
+    assert os.listdir(workdir / 'single' / name / 'checkpoints') == ['20']
+  assert os.listdir(workdir / 'checkpoints') == ['20']
   records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records] == [5, 10, 15, 20]
   assert json.loads((workdir / 'config.json').read_text())['tasks'] == list(tasks)
-  assert 'Δm%' in result.stdout and 'sentiment' in result.stdout
+  assert 'Δm%' in result.stdout and 'similarity' in result.stdout
   # The same workdir with another config: refused, naming the field; nothing written is lost.
   before = (workdir / 'eval.json').read_text()
-  again = subprocess.run(cmd + ['--config.num_steps=10'], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+  again = subprocess.run(_smoke_command(data_dir, workdir, '--config.num_steps=10'), cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
   assert again.returncode != 0 and 'already holds a run' in again.stderr
   assert 'num_steps: 20 -> 10' in again.stderr
   assert (workdir / 'eval.json').read_text() == before
