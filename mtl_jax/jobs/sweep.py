@@ -22,7 +22,7 @@ stopped.
 import json
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
 from absl import app, flags, logging
@@ -199,26 +199,30 @@ def tune(sweep: ml_collections.ConfigDict, workdir: str) -> dict:
   return search
 
 
+def finished_runs(workdir: str, methods, seeds) -> Iterator[tuple[str | None, int, str, dict]]:
+  """(method or None for STL, seed, folder, eval.json) of each finished run, baselines first."""
+  for method in (None, *methods):
+    for seed in seeds:
+      path = run_dir(workdir, method, seed)
+      if finished(path):
+        yield method, seed, path, read_eval(path)
+
+
 def collect(workdir: str, methods, seeds, prefix: str = '') -> tables.SweepResults:
   """The finished runs' primary metrics (on the split `prefix` names: split_prefix) and step
   times (unfinished runs are left out)."""
   primary, stl, mtl, step_time = {}, {}, {m: {} for m in methods}, {m: {} for m in methods}
   learnable = []  # each baseline's learnable_alone (None where its eval.json lacks it)
-  for method in (None, *methods):
-    for seed in seeds:
-      path = run_dir(workdir, method, seed)
-      if not finished(path):
-        continue
-      report = read_eval(path)
-      primary = report['primary_metric']
-      if method is None:
-        stl[seed] = tables.primary_values(report['single'], primary, prefix)
-        learnable.append(report.get('learnable_alone'))
-        continue
-      mtl[method][seed] = tables.primary_values(report['multi'], primary, prefix)
-      seconds = tables.median_step_time(read_jsonl(os.path.join(path, 'metrics.jsonl')))
-      if seconds is not None:
-        step_time[method][seed] = seconds
+  for method, seed, path, report in finished_runs(workdir, methods, seeds):
+    primary = report['primary_metric']
+    if method is None:
+      stl[seed] = tables.primary_values(report['single'], primary, prefix)
+      learnable.append(report.get('learnable_alone'))
+      continue
+    mtl[method][seed] = tables.primary_values(report['multi'], primary, prefix)
+    seconds = tables.median_step_time(read_jsonl(os.path.join(path, 'metrics.jsonl')))
+    if seconds is not None:
+      step_time[method][seed] = seconds
   higher = {t: HIGHER_IS_BETTER[m] for t, m in primary.items()}
   every_seed = (None if not learnable or None in learnable else
                 frozenset(t for t in primary if all(seed[t] for seed in learnable)))
@@ -250,30 +254,25 @@ def untrained_rows(workdir: str, methods, seeds, clusters
   (the untrained model), 'STL' (the mean over the seed's single-task models) and each
   method's MTL model (columns: _columns). Empty for a sweep of other runs."""
   rows: dict[str, dict[int, dict]] = {}
-  for method in (None, *methods):
-    for seed in seeds:
-      path = run_dir(workdir, method, seed)
-      if not finished(path):
-        continue
-      report = read_eval(path)
-      held, forgetting = report.get('held_out', {}), report.get('forgetting')
-      if not held and forgetting is None:
-        return {}
-      merged = lambda phase: {**held.get(phase, {}), **(
-          {GENERAL: forgetting[phase]} if forgetting is not None else {})}
-      base = merged('base')
-      cells = lambda scores: _columns(held, forgetting, clusters, scores, base)
-      rows.setdefault('base', {}).setdefault(seed, cells(base))
-      if method is None:
-        models = [{**held.get('single', {}).get(t, {}), **(
-            {GENERAL: forgetting['single'][t]} if forgetting is not None else {})}
-                  for t in report['single']]
-        per_model = [cells(m) for m in models]
-        rows.setdefault(tables.STL, {})[seed] = {
-            k: (None if any(c[k] is None for c in per_model)
-                else statistics.fmean(c[k] for c in per_model)) for k in per_model[0]}
-      else:
-        rows.setdefault(method, {})[seed] = cells(merged('multi'))
+  for method, seed, _, report in finished_runs(workdir, methods, seeds):
+    held, forgetting = report.get('held_out', {}), report.get('forgetting')
+    if not held and forgetting is None:
+      return {}
+    merged = lambda phase: {**held.get(phase, {}), **(
+        {GENERAL: forgetting[phase]} if forgetting is not None else {})}
+    base = merged('base')
+    cells = lambda scores: _columns(held, forgetting, clusters, scores, base)
+    rows.setdefault('base', {}).setdefault(seed, cells(base))
+    if method is None:
+      models = [{**held.get('single', {}).get(t, {}), **(
+          {GENERAL: forgetting['single'][t]} if forgetting is not None else {})}
+                for t in report['single']]
+      per_model = [cells(m) for m in models]
+      rows.setdefault(tables.STL, {})[seed] = {
+          k: (None if any(c[k] is None for c in per_model)
+              else statistics.fmean(c[k] for c in per_model)) for k in per_model[0]}
+    else:
+      rows.setdefault(method, {})[seed] = cells(merged('multi'))
   return rows
 
 
