@@ -28,5 +28,6 @@ def test_bench_prints_one_json_line_with_method_ratios():
     assert abs(ratio - record['weighting_step_s'][name] / record['step_s']) < 0.05 * ratio + 1e-3
   assert 0 < record['fraction_of_matmul'] and record['train_gflop_per_step'] > 0
   assert set(record['architecture_ratio']) == {'soft'}
-  assert record['mfu'] == pytest.approx(record['achieved_gflop_s'] / 50.0, rel=0.02, abs=1e-3)
+  # achieved_gflop_s is printed to 0.1 GFLOP/s, so its quotient by 50 carries up to 1e-3 of rounding.
+  assert record['mfu'] == pytest.approx(record['achieved_gflop_s'] / 50.0, rel=0.02, abs=1.1e-3)
   assert all(ratio > 0 for ratio in record['architecture_ratio'].values())
