@@ -362,8 +362,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
            f'{config.faults.nonfinite!r} is not one of {NONFINITE}.')
   _require(config.parallelism in PARALLELISMS, 'parallelism',
            f'{config.parallelism!r} is not one of {PARALLELISMS}.')
+  _positive(config, 'mesh.devices', allow_zero=True)
   if num_devices is not None and config.parallelism == 'mesh':
-    shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(config.mesh, num_devices)))
+    _require(config.mesh.devices <= num_devices, 'mesh.devices',
+             f'{config.mesh.devices} exceeds the {num_devices} devices of this run.')
+    shape = dict(zip(mesh_lib.MESH_AXES,
+                     mesh_lib.mesh_shape(config.mesh, config.mesh.devices or num_devices)))
     rules = mesh_lib.axis_rules(config.mesh)
     for field in ('batch_size', 'eval_batch_size'):  # evaluation is sharded like training
       mesh_lib.check_batch_size(shape, rules, config[field], f'config.{field}')
@@ -500,7 +504,8 @@ def build_terms(config: ml_collections.ConfigDict, num_domains: int) -> dict[str
 
 def build_backend(config: ml_collections.ConfigDict, program: Program,
                   devices: Sequence[jax.Device] | None = None) -> Backend:
-  """`program` placed by config.parallelism's backend, on `devices` (default: all)."""
+  """`program` placed by config.parallelism's backend, on `devices` (default: the mesh's
+  run_devices; pmap takes every local device)."""
   if config.parallelism == 'pmap':
     return pmap_lib.backend(program, config.batch_size)
   mesh = mesh_lib.make_mesh(config.mesh, devices)

@@ -194,6 +194,8 @@ FIELDS = (
           'data-parallel devices; -1 = the devices the other axes leave (docs/scaling.md)'),
     Field('mesh.fsdp', int, 1, 'parameters and optimizer state split over these devices (ZeRO-3)'),
     Field('mesh.tensor', int, 1, 'attention heads and FFN units split over these devices'),
+    Field('mesh.devices', int, 0,
+          "the mesh spans this process's first N devices; 0 = every device (one process only)"),
     Field('mesh.rules', tuple, (),
           '(logical axis, mesh axes) pairs before parallel.mesh.AXIS_RULES'),
 

@@ -23,6 +23,7 @@ def config(layout: str, data_dir: str):
   # regression head) and one layer: what crosses the processes is the same, and the
   # programs each process compiles are smaller (docs/testing.md).
   c.tasks, c.model.num_layers = ('pos', 'similarity'), 1
+  c.mesh.devices = 0  # every device of both processes
   c.optimizer.warmup_steps, c.optimizer.schedule = 0, 'constant'  # every step moves params
   c.model.dropout_rate = c.model.attention_dropout_rate = c.model.head_dropout_rate = 0.0
   if layout == 'mesh':  # all three mesh axes, per-task gradients of the global batch

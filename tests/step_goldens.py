@@ -62,7 +62,7 @@ MESH_DEVICES = {'fsdp': 4}  # a mesh route's device count (default 1)
 
 def route_config(route: str):
   config = default.get_config('smoke')
-  config.mesh.data = 1
+  config.mesh.data, config.mesh.devices = 1, 0  # build() hands the backend its devices
   config.model.pair_head_hidden = 16  # small goldens: the default 512 makes most of the bytes
   for field, value in ROUTES[route].items():
     *parents, name = field.split('.')
@@ -111,15 +111,21 @@ def flat(tree) -> dict[str, np.ndarray]:
           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def paths(tree) -> list[str]:
+  """The key paths of `tree`'s leaves (arrays or abstract shapes), as `flat` names them."""
+  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def unflat(like, stored: dict[str, np.ndarray]):
-  """`like`'s pytree with every leaf read from `stored` by its key path."""
+  """`like`'s pytree (arrays or abstract shapes) with every leaf read from `stored` by its
+  key path. A typed key (the state's dropout key) is rebuilt with the loop's implementation."""
   def leaf(path, x):
     key = jax.tree_util.keystr(path)
     if key not in stored:
       raise KeyError(f'The golden has no leaf {key}.')
     value = stored[key]
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(value, impl=jax.random.key_impl(x))
+      return jax.random.wrap_key_data(value, impl=loop.DROPOUT_KEY_IMPL)
     return value
   return jax.tree_util.tree_map_with_path(leaf, like)
 

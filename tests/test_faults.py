@@ -183,7 +183,7 @@ def test_a_bad_config_fails_naming_its_field_with_nothing_written(config, field,
     node = node[p]
   node[leaf] = value
   if field == 'mesh.fsdp':
-    config.mesh.data = 1
+    config.mesh.data, config.mesh.devices = 1, 0
   if field.startswith('data.local'):
     config.tasks = ('sentiment', 'mine')
   workdir = tmp_path / 'run'

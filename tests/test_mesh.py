@@ -35,6 +35,7 @@ def config(exact_config):
 
 def _mesh(config, data, fsdp, tensor):
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = data, fsdp, tensor
+  config.mesh.devices = 0
   return mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
 
 
@@ -243,6 +244,21 @@ def test_one_device_is_a_one_by_one_mesh(config):
   config.mesh.data = -1
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
   assert dict(mesh.shape) == {'data': 1, 'fsdp': 1, 'tensor': 1}
+
+
+def test_mesh_devices_takes_the_first_devices_and_refuses_more_than_there_are(config):
+  config.mesh.data, config.mesh.devices = -1, 2
+  mesh = mesh_lib.make_mesh(config.mesh)
+  assert list(mesh.devices.flat) == jax.devices()[:2] and dict(mesh.shape)['data'] == 2
+  config_lib.validate(config, 8)
+  config.mesh.devices = 9
+  with pytest.raises(ConfigError, match=r'config\.mesh\.devices: 9 exceeds the 8 devices'):
+    config_lib.validate(config, 8)
+  with pytest.raises(ConfigError, match=r'config\.mesh\.devices: 9 exceeds the 8 devices'):
+    mesh_lib.make_mesh(config.mesh)
+  config.mesh.devices = -1
+  with pytest.raises(ConfigError, match=r'config\.mesh\.devices: must be >= 0, got -1'):
+    config_lib.validate(config)
 
 
 def test_decoder_rules_shard_heads_and_width_and_keep_indivisible_kv_heads_whole():

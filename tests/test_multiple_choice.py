@@ -170,7 +170,7 @@ def test_copa_trains_the_same_on_the_mesh_pmap_and_micro_batches(copa_config, tm
   config = copa_config
   config.adversary.enabled = True
   layouts = {'mesh': {}, 'pmap': {'parallelism': 'pmap'},
-             'micro': {'micro_batches': 2, 'mesh.data': 2, 'mesh.fsdp': 4}}
+             'micro': {'micro_batches': 2, 'mesh.data': 2, 'mesh.fsdp': 4, 'mesh.devices': 0}}
   logs = {}
   for name, overrides in layouts.items():
     run = config.copy_and_resolve_references()

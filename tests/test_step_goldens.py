@@ -54,9 +54,11 @@ def assert_close(actual: dict, expected: dict, what: str):
 def test_one_step_equals_the_golden(route, data_dir):
   stored = np.load(f'{step_goldens.DIRECTORY}/{route}.npz')
   backend, batches = step_goldens.build(route, data_dir)
-  initial = jax.device_get(backend.init(None))
   before = step_goldens.part(stored, 'state')
-  state = step_goldens.unflat(initial, from_stored(before, step_goldens.flat(initial)))
+  # The state's tree from its abstract shapes: creating a state would compile a program
+  # whose values the golden's replace anyway.
+  abstract = backend.abstract
+  state = step_goldens.unflat(abstract, from_stored(before, step_goldens.paths(abstract)))
   batch = step_goldens.unflat(next(batches()), step_goldens.part(stored, 'batch'))
   new_state, metrics = backend.step(step_goldens.to_step(backend, state), batch)
   after = step_goldens.part(stored, 'new_state')

@@ -98,6 +98,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 0
     c.checkpoint.every = 3
     c.eval_batch_size = 8
+    c.mesh.devices = 1  # a model this small gains nothing from more: each adds a partition
   else:
     raise ValueError(f'Unknown variant {variant!r} of instructions.py; known: gpu, smoke.')
   return c

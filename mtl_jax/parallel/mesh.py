@@ -68,11 +68,26 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   return tuple(sizes)
 
 
+def run_devices(mesh_config: ml_collections.ConfigDict) -> list[jax.Device]:
+  """The devices a run's mesh spans: every device, or this process's first mesh.devices (a
+  small run on a host with many devices, each extra one only adding partitions)."""
+  count = mesh_config.devices
+  if not count:
+    return jax.devices()
+  if jax.process_count() > 1:
+    raise ConfigError(f'config.mesh.devices: {count} devices of one process cannot span a run '
+                      f'of {jax.process_count()} processes; set it to 0 (every device).')
+  if count > jax.local_device_count():
+    raise ConfigError(f'config.mesh.devices: {count} exceeds the {jax.local_device_count()} '
+                      f'devices of this process.')
+  return jax.local_devices()[:count]
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict,
               devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all). Auto axes: the
-  shardings are given to jit, and XLA places the collectives."""
-  devices = jax.devices() if devices is None else list(devices)
+  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: run_devices). Auto axes:
+  the shardings are given to jit, and XLA places the collectives."""
+  devices = run_devices(mesh_config) if devices is None else list(devices)
   shape = mesh_shape(mesh_config, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
                        devices=devices)

@@ -63,6 +63,11 @@ def init_params(model, seed: int, seq_len: int) -> dict:
   return model.init(jax.random.key(seed), dummy, dummy, dummy)['params']
 
 
+# Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
+# default model's layers. Still a pure function of (seed, step).
+DROPOUT_KEY_IMPL = 'unsafe_rbg'
+
+
 def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: int,
                  mode: str = 'params', batch_size: int = 1,
                  terms: dict[str, Term] | None = None, encoder: dict | None = None
@@ -71,9 +76,7 @@ def create_state(model, optimizer, method, num_tasks: int, seed: int, seq_len: i
   `terms`: the objective terms, whose parameters start from keys folded from the seed's.
   `encoder`: the pretrained encoder's parameters (pretrained.load(model)), which replace the
   encoder's random init; give them whenever model.encoder_config.pretrained is set."""
-  # Dropout bits from XLA's RngBitGenerator: on CPU, threefry bits cost more than the small
-  # default model's layers. Still a pure function of (seed, step).
-  dropout_key = jax.random.key(seed, impl='unsafe_rbg')
+  dropout_key = jax.random.key(seed, impl=DROPOUT_KEY_IMPL)
   params = pretrained.initialise(model, nn.unbox(init_params(model, seed, seq_len)), encoder)
   grads_like = (task_gradient_like(model, params, mode, batch_size, seq_len)
                 if method.needs is weighting.Needs.GRADS else None)
