@@ -47,7 +47,9 @@ def test_batch_counts_differ_between_device_slices(config):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize('method_name', ['equal', 'uncertainty', 'pcgrad', 'mgda'])
+# One method of each route: the loss-weighted backward (uncertainty, which also learns
+# parameters of its own) and the per-task VJPs (mgda); the adversary's cases below run equal.
+@pytest.mark.parametrize('method_name', ['uncertainty', 'mgda'])
 def test_pmap_matches_one_device(config, method_name):
   _assert_same_run(config, method_name)
 
@@ -95,8 +97,8 @@ def test_main_job_trains_the_same_under_pmap_and_the_mesh(smoke_config, tmp_path
   for a, b in zip(logs['mesh'], logs['pmap'], strict=True):
     np.testing.assert_allclose(list(b['task_losses'].values()),
                                list(a['task_losses'].values()), rtol=2e-5, err_msg=a['step'])
-  # The mesh evaluates on 8 devices, pmap on one: their predictions differ in rounding
-  # (tests/test_mesh.py compares them), which moves a rank correlation of the nearly equal
+  # pmap sums 8 devices' gradients, the mesh (the smoke config's one device) takes one: the
+  # trained parameters differ in rounding, which moves a rank correlation of the nearly equal
   # scores of an 8-step model by up to ~3e-3; one of 32 rows classified otherwise is 3e-2.
   for task, metrics in reports['mesh']['multi'].items():
     for name, value in metrics.items():
