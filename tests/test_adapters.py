@@ -3,12 +3,17 @@ architecture against an independent computation (a plain decoder whose kernels a
 W + (α/r)·ΔW, or numpy for the per-token router), the base model at initialisation, and
 task routing in the gradient."""
 
+import json
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
+import peft_adapters
 from mtl_jax.models import adapters
 from mtl_jax.models import decoder as decoder_lib
 from mtl_jax.models.decoder import Decoder, DecoderConfig
@@ -168,3 +173,40 @@ def test_per_task_adapters_without_task_ids_are_an_error():
   x, y = jnp.ones((1, 2, 4)), jnp.ones((1, 2, 3))
   with pytest.raises(ValueError, match="task_lora adapters need each token's task id"):
     module.init(jax.random.key(0), x, y, None)
+
+
+@pytest.mark.parametrize('case', peft_adapters.CASES)
+def test_peft_loads_the_written_lora_and_computes_the_same_logits(case, tmp_path):
+  """write_peft's folder (the stored one PEFT's reference was made from: the same files) and
+  PEFT's logits for it (experiments/reference/peft_reference.py) against the adapted
+  decoder's, on the transformers parity inputs (right- and left-padded rows)."""
+  cfg, params, adapter_cfg, task = peft_adapters.adapted(case)
+  written = adapters.write_peft(str(tmp_path / case), params, adapter_cfg, task, 'tiny_llama')
+  stored = os.path.join(peft_adapters.FOLDER, case)
+  for name in (adapters.PEFT_CONFIG_FILE,):
+    with open(os.path.join(written, name)) as a, open(os.path.join(stored, name)) as b:
+      assert json.load(a) == json.load(b)
+  ours, theirs = (load_file(os.path.join(f, adapters.PEFT_WEIGHTS_FILE)) for f in (written, stored))
+  assert ours.keys() == theirs.keys()
+  for key in ours:
+    np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+  ref = np.load(os.path.join(peft_adapters.DATA, 'tiny_llama_reference.npz'))
+  mask, positions = jnp.asarray(ref['attention_mask']), jnp.asarray(ref['position_ids'])
+  tasks = jnp.full(mask.shape, task or 0)
+  model = Decoder(cfg, adapter=adapters.hook(adapter_cfg))
+  out = model.apply({'params': params}, jnp.asarray(ref['input_ids']), positions,
+                    decoder_lib.segment_mask(mask, positions), tasks)
+  logits = np.asarray(model.apply({'params': params}, out.hidden, method=model.logits))
+  want = np.load(os.path.join(peft_adapters.DATA, 'tiny_llama_peft_reference.npz'))[case]
+  real = np.asarray(mask) > 0
+  np.testing.assert_allclose(logits[real], want[real], rtol=1e-4, atol=1e-5)
+  base = Decoder(cfg).apply({'params': _base(params)}, jnp.asarray(ref['input_ids']),
+                            positions, decoder_lib.segment_mask(mask, positions))
+  assert np.abs(np.asarray(base.hidden) - np.asarray(out.hidden))[real].max() > 1e-2  # moved
+
+
+def test_architectures_without_a_peft_form_say_so():
+  for architecture in ('mtl_lora', 'hydra_lora'):
+    with pytest.raises(ValueError, match=f'{architecture} has no PEFT form'):
+      adapters.peft_pairs({}, _adapter_config(architecture), 0)

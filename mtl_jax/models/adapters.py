@@ -24,14 +24,19 @@ Dropout (rate cfg.dropout) applies to x before A, as in PEFT.
 """
 
 import functools
+import json
 import math
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
 
+from mtl_jax.models import llama_checkpoint
 from mtl_jax.models.decoder import PROJECTIONS
 
 ARCHITECTURES = ('lora', 'task_lora', 'shared_task_lora', 'mtl_lora', 'hydra_lora')
@@ -206,3 +211,74 @@ def merge(params: dict, cfg: AdapterConfig, task: int | None = None) -> dict:
               'kernel': merged.astype(kernel.dtype)}
     return {k: walk(v) for k, v in node.items()}
   return walk(params)
+
+
+# ----------------------------------------------------------------------------------------
+# PEFT's adapter format: adapter_config.json and adapter_model.safetensors, one folder per
+# adapter, with PEFT's key names and torch layouts (lora_A (r, fan_in), lora_B (fan_out, r)).
+
+PEFT_CONFIG_FILE = 'adapter_config.json'
+PEFT_WEIGHTS_FILE = 'adapter_model.safetensors'
+PEFT_FORMS = ('lora', 'task_lora', 'shared_task_lora')
+
+
+def _projection_module(path: tuple[str, ...]) -> str:
+  """The Hugging Face module of our projection kernel `path`, with an {i} for the layer."""
+  return llama_checkpoint.LEAVES[path].hf.removesuffix('.weight')
+
+
+def peft_pairs(params: dict, cfg: AdapterConfig, task: int | None = None
+               ) -> dict[tuple[str, ...], tuple[jax.Array, jax.Array]]:
+  """Our kernel path -> (A (layers, fan_in, r'), B (layers, r', fan_out)) of the one LoRA that
+  PEFT loads for `task`: the shared pair (lora), the task's (task_lora), or both side by side
+  (shared_task_lora: [A A_t] and [B; B_t] compute x A B + x A_t B_t at rank r' = 2r)."""
+  if cfg.architecture not in PEFT_FORMS:
+    raise ValueError(f'{cfg.architecture} has no PEFT form (PEFT holds plain LoRA pairs); '
+                     f'export its merged weights instead (adapters.merge).')
+  _check_mergeable(cfg, task)
+  pairs = {}
+  for block, names in (('attention', ('q', 'k', 'v', 'o')), ('mlp', ('gate', 'up', 'down'))):
+    for name in names:
+      adapter = params['layers'][block][name].get('adapter')
+      if adapter is None:
+        continue
+      parts = []
+      if cfg.architecture in ('lora', 'shared_task_lora'):
+        parts.append((adapter['a'], adapter['b']))
+      if cfg.architecture in ('task_lora', 'shared_task_lora'):
+        parts.append((adapter['task_a'][:, task], adapter['task_b'][:, task]))
+      pairs[('layers', block, name, 'kernel')] = (
+          jnp.concatenate([a for a, _ in parts], -1), jnp.concatenate([b for _, b in parts], -2))
+  return pairs
+
+
+def write_peft(folder: str, params: dict, cfg: AdapterConfig, task: int | None = None,
+               base_model: str = '') -> str:
+  """Writes the LoRA that PEFT loads for `task` (see peft_pairs) into `folder` (which must
+  not exist or be empty): float32 tensors, and a config whose lora_alpha / r is ours
+  (α / r). `base_model` goes to base_model_name_or_path. Returns `folder`."""
+  pairs = peft_pairs(params, cfg, task)
+  rank = next(iter(pairs.values()))[0].shape[-1]
+  tensors = {}
+  for path, (a, b) in pairs.items():
+    module = 'base_model.model.' + _projection_module(path)
+    for layer in range(a.shape[0]):
+      tensors[module.format(i=layer) + '.lora_A.weight'] = np.ascontiguousarray(
+          np.asarray(a[layer], np.float32).T)
+      tensors[module.format(i=layer) + '.lora_B.weight'] = np.ascontiguousarray(
+          np.asarray(b[layer], np.float32).T)
+  targets = sorted({_projection_module(path).rsplit('.', 1)[-1] for path in pairs})
+  config = {'peft_type': 'LORA', 'task_type': 'CAUSAL_LM', 'r': rank,
+            'lora_alpha': cfg.alpha * rank / cfg.rank, 'lora_dropout': cfg.dropout,
+            'target_modules': targets, 'bias': 'none', 'fan_in_fan_out': False,
+            'use_rslora': False, 'init_lora_weights': True, 'inference_mode': True,
+            'base_model_name_or_path': base_model}
+  if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+    raise ValueError(f'{folder}: exists and is not an empty folder; not overwritten.')
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, PEFT_CONFIG_FILE), 'w') as f:
+    json.dump(config, f, indent=2)
+    f.write('\n')
+  safetensors.numpy.save_file(tensors, os.path.join(folder, PEFT_WEIGHTS_FILE),
+                              metadata={'format': 'pt'})
+  return folder
