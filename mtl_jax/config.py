@@ -364,10 +364,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None
            f'{config.parallelism!r} is not one of {PARALLELISMS}.')
   _positive(config, 'mesh.devices', allow_zero=True)
   if num_devices is not None and config.parallelism == 'mesh':
-    _require(config.mesh.devices <= num_devices, 'mesh.devices',
-             f'{config.mesh.devices} exceeds the {num_devices} devices of this run.')
-    shape = dict(zip(mesh_lib.MESH_AXES,
-                     mesh_lib.mesh_shape(config.mesh, config.mesh.devices or num_devices)))
+    shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(
+        config.mesh, mesh_lib.mesh_size(config.mesh, num_devices))))
     rules = mesh_lib.axis_rules(config.mesh)
     for field in ('batch_size', 'eval_batch_size'):  # evaluation is sharded like training
       mesh_lib.check_batch_size(shape, rules, config[field], f'config.{field}')

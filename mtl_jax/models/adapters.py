@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from mtl_jax.models import llama_checkpoint
+from mtl_jax.models import hf_folder, llama_checkpoint
 from mtl_jax.models.decoder import PROJECTIONS
 
 ARCHITECTURES = ('lora', 'task_lora', 'shared_task_lora', 'mtl_lora', 'hydra_lora')
@@ -178,19 +178,32 @@ def _check_mergeable(cfg: AdapterConfig, task: int | None):
     raise ValueError(f'{cfg.architecture} merges one task at a time; name the task.')
 
 
+def lora_pair(adapter: dict, cfg: AdapterConfig, task: int | None
+              ) -> tuple[jax.Array, jax.Array]:
+  """(A (*layers, fan_in, r'), B (*layers, r', fan_out)), the one LoRA pair that computes a
+  `task` token's update of a plain-LoRA architecture: the shared pair (lora), the task's
+  (task_lora), or both side by side (shared_task_lora: [A A_t] and [B; B_t] compute
+  x A B + x A_t B_t at rank r' = 2r)."""
+  parts = []
+  if cfg.architecture in ('lora', 'shared_task_lora'):
+    parts.append((adapter['a'], adapter['b']))
+  if cfg.architecture in ('task_lora', 'shared_task_lora'):
+    parts.append((adapter['task_a'][..., task, :, :], adapter['task_b'][..., task, :, :]))
+  return (jnp.concatenate([a for a, _ in parts], -1),
+          jnp.concatenate([b for _, b in parts], -2))
+
+
 def weight_update(adapter: dict, cfg: AdapterConfig, task: int | None) -> jax.Array:
   """ΔW (*layers, fan_in, fan_out) of one projection's adapter parameters for the tokens of
   `task` (None for 'lora'), in float32: what adding to the kernel computes the same."""
   _check_mergeable(cfg, task)
-  delta = 0.0
-  if cfg.architecture in ('lora', 'shared_task_lora'):
-    delta = adapter['a'] @ adapter['b']
-  if cfg.architecture in ('task_lora', 'shared_task_lora'):
-    delta = delta + adapter['task_a'][..., task, :, :] @ adapter['task_b'][..., task, :, :]
   if cfg.architecture == 'mtl_lora':
     mix = jax.nn.softmax(adapter['task_mix'][..., task, :], axis=-1)  # (*layers, heads)
     up = jnp.einsum('...j,...jro->...ro', mix, adapter['b'])
     delta = adapter['a'] @ adapter['task_transform'][..., task, :, :] @ up
+  else:
+    a, b = lora_pair(adapter, cfg, task)
+    delta = a @ b
   return (cfg.alpha / cfg.rank) * delta
 
 
@@ -229,9 +242,8 @@ def _projection_module(path: tuple[str, ...]) -> str:
 
 def peft_pairs(params: dict, cfg: AdapterConfig, task: int | None = None
                ) -> dict[tuple[str, ...], tuple[jax.Array, jax.Array]]:
-  """Our kernel path -> (A (layers, fan_in, r'), B (layers, r', fan_out)) of the one LoRA that
-  PEFT loads for `task`: the shared pair (lora), the task's (task_lora), or both side by side
-  (shared_task_lora: [A A_t] and [B; B_t] compute x A B + x A_t B_t at rank r' = 2r)."""
+  """Our kernel path -> the lora_pair that PEFT loads for `task`, for each adapted
+  projection."""
   if cfg.architecture not in PEFT_FORMS:
     raise ValueError(f'{cfg.architecture} has no PEFT form (PEFT holds plain LoRA pairs); '
                      f'export its merged weights instead (adapters.merge).')
@@ -242,13 +254,7 @@ def peft_pairs(params: dict, cfg: AdapterConfig, task: int | None = None
       adapter = params['layers'][block][name].get('adapter')
       if adapter is None:
         continue
-      parts = []
-      if cfg.architecture in ('lora', 'shared_task_lora'):
-        parts.append((adapter['a'], adapter['b']))
-      if cfg.architecture in ('task_lora', 'shared_task_lora'):
-        parts.append((adapter['task_a'][:, task], adapter['task_b'][:, task]))
-      pairs[('layers', block, name, 'kernel')] = (
-          jnp.concatenate([a for a, _ in parts], -1), jnp.concatenate([b for _, b in parts], -2))
+      pairs[('layers', block, name, 'kernel')] = lora_pair(adapter, cfg, task)
   return pairs
 
 
@@ -273,8 +279,7 @@ def write_peft(folder: str, params: dict, cfg: AdapterConfig, task: int | None =
             'target_modules': targets, 'bias': 'none', 'fan_in_fan_out': False,
             'use_rslora': False, 'init_lora_weights': True, 'inference_mode': True,
             'base_model_name_or_path': base_model}
-  if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-    raise ValueError(f'{folder}: exists and is not an empty folder; not overwritten.')
+  hf_folder.require_empty(folder)
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, PEFT_CONFIG_FILE), 'w') as f:
     json.dump(config, f, indent=2)

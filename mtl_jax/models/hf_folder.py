@@ -25,3 +25,9 @@ def read_config(folder: str) -> dict:
       return json.load(f)
   except ValueError as e:
     raise CheckpointError(f'{path}: not valid JSON: {e}') from e
+
+
+def require_empty(folder: str):
+  """CheckpointError unless `folder` is absent or an empty folder: a writer never overwrites."""
+  if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+    raise CheckpointError(f'{folder}: exists and is not an empty folder; not overwritten.')

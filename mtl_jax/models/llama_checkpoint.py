@@ -67,7 +67,8 @@ from safetensors.numpy import save_file
 from mtl_jax.data.llm_tokenizer import gguf_reader
 from mtl_jax.models import rope
 from mtl_jax.models.decoder import Decoder, DecoderConfig
-from mtl_jax.models.hf_folder import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
+from mtl_jax.models.hf_folder import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config,
+                                      require_empty)
 
 INDEX_FILE = 'model.safetensors.index.json'
 # model_type -> the transformers class written into config.json's "architectures".
@@ -707,8 +708,7 @@ def write_hf(folder: str, cfg: DecoderConfig, params: dict,
       raise CheckpointError(f'tokenizer file name {name!r} is not a plain file name of its own.')
     if not os.path.isfile(path):
       raise CheckpointError(f'{path}: not found (tokenizer file {name!r}).')
-  if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-    raise CheckpointError(f'{folder}: exists and is not an empty folder; not overwritten.')
+  require_empty(folder)
   parent = os.path.dirname(os.path.abspath(folder))
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(folder))}.', dir=parent)

@@ -77,10 +77,15 @@ def run_devices(mesh_config: ml_collections.ConfigDict) -> list[jax.Device]:
   if jax.process_count() > 1:
     raise ConfigError(f'config.mesh.devices: {count} devices of one process cannot span a run '
                       f'of {jax.process_count()} processes; set it to 0 (every device).')
-  if count > jax.local_device_count():
-    raise ConfigError(f'config.mesh.devices: {count} exceeds the {jax.local_device_count()} '
-                      f'devices of this process.')
-  return jax.local_devices()[:count]
+  return jax.local_devices()[:mesh_size(mesh_config, jax.local_device_count())]
+
+
+def mesh_size(mesh_config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """How many of a run's `num_devices` its mesh spans: mesh.devices, or all (0)."""
+  if mesh_config.devices > num_devices:
+    raise ConfigError(f'config.mesh.devices: {mesh_config.devices} exceeds the {num_devices} '
+                      f'devices of this run.')
+  return mesh_config.devices or num_devices
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict,
